@@ -1,0 +1,239 @@
+"""Experiment configuration: one YAML file, validated by a schema, overridable with `--set`.
+
+In the style of torchtune's configs: every field has a default that runs, every error names the
+field and the fix. Method-specific options are validated by the schema the method registers
+(see `fedsub.core.registry`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A bad configuration; the message is one line that names the field and the fix."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Strict):
+    name: str = Field("minilm", description="'minilm' (offline all-MiniLM-L6-v2), an HF id or a local HF folder")
+    max_length: int = Field(64, gt=0, description="tokens per example; longer inputs are truncated")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["query", "key", "value", "dense"],
+        description="module-name suffixes adapted by LoRA (or trained densely by full fine-tuning)",
+    )
+    head_modules: list[str] | None = Field(None, description="task head modules, trained densely; None = auto")
+    tiny: bool = Field(False, description="random-init tiny copy of the architecture (tests)")
+
+
+class DataConfig(Strict):
+    dataset: str = Field(
+        "wordnet_supersense",
+        description="builtin name (wordnet_supersense, fashion_mnist, digits), 'hf:NAME' or a .csv/.jsonl/.parquet path",
+    )
+    text_column: str = "text"
+    label_column: str = "label"
+    num_classes: int | None = Field(None, gt=1, description="keep only the N largest classes")
+    max_train_per_class: int | None = Field(None, gt=0)
+    max_test_per_class: int | None = Field(None, gt=0)
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+
+
+class PartitionConfig(Strict):
+    scheme: Literal["iid", "dirichlet", "shards", "quantity"] = "dirichlet"
+    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (dirichlet, quantity)")
+    min_partition_size: int = Field(2, ge=0, description="re-draw until every client has this many examples")
+    classes_per_client: int = Field(2, gt=0, description="shards: label classes per client")
+    by: str | None = Field(None, description="column to partition over; default: the label column")
+
+
+class FederationConfig(Strict):
+    num_clients: int = Field(8, gt=0)
+    clients_per_round: int = Field(8, gt=0)
+    rounds: int = Field(10, gt=0)
+    eval_every: int = Field(1, gt=0, description="evaluate the global model every k rounds (and the last)")
+
+    @model_validator(mode="after")
+    def _clients_fit(self) -> "FederationConfig":
+        if self.clients_per_round > self.num_clients:
+            raise ValueError(
+                f"clients_per_round ({self.clients_per_round}) exceeds num_clients ({self.num_clients}); lower it"
+            )
+        return self
+
+
+class TrainConfig(Strict):
+    local_steps: int | None = Field(10, gt=0, description="optimizer steps per client per round")
+    local_epochs: float | None = Field(None, gt=0, description="instead of local_steps: passes over the client data")
+    batch_size: int = Field(16, gt=0)
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    eval_batch_size: int = Field(128, gt=0)
+    max_grad_norm: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> "TrainConfig":
+        if self.local_epochs is not None:
+            self.__dict__["local_steps"] = None  # epochs win; avoid re-validating in a loop
+        elif self.local_steps is None:
+            raise ValueError("set local_steps or local_epochs")
+        return self
+
+
+class MethodSpec(Strict):
+    """One method of the run: its registered name, optional train overrides, and its own options."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    name: str
+    lr: float | None = Field(None, gt=0, description="overrides train.lr for this method")
+    _options: Any = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _known_method(self) -> "MethodSpec":
+        from fedsub.core.registry import method_options  # late: methods register on import
+
+        self._options = method_options(self.name).model_validate(self.model_extra or {})
+        return self
+
+    @property
+    def options(self) -> BaseModel:
+        """The method's own options, validated by the schema it registered."""
+        return self._options
+
+
+class ExperimentConfig(Strict):
+    name: str = "experiment"
+    seed: int = 0
+    device: str = Field("cpu", description="cpu, cuda or cuda:N")
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    partition: PartitionConfig = PartitionConfig()
+    federation: FederationConfig = FederationConfig()
+    train: TrainConfig = TrainConfig()
+    methods: list[MethodSpec] = Field(default_factory=lambda: [MethodSpec(name="fedit")], min_length=1)
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _names_as_specs(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _unique_methods(self) -> "ExperimentConfig":
+        names = [m.name for m in self.methods]
+        if len(set(names)) != len(names):
+            raise ValueError(f"methods: each method once per run, got {names}")
+        return self
+
+
+# ---------------------------------------------------------------- loading and overrides
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
+    """Read YAML, apply `key=value` overrides, validate. Raises ConfigError with a one-line message."""
+    raw = read_yaml(Path(path))
+    for item in overrides:
+        apply_override(raw, item)
+    return validate_config(raw, source=str(path))
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; pass the path of a YAML file (see configs/)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {path}{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply `a.b.c=value` (value parsed as YAML) to the nested dict; list elements by index."""
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set train.lr=1e-4")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    *parents, leaf = key.split(".")
+    node: Any = raw
+    for part in parents:
+        node = _child(node, part, key)
+    if isinstance(node, list):
+        node[_index(node, leaf, key)] = value
+    else:
+        node[leaf] = value
+
+
+def _child(node: Any, part: str, key: str) -> Any:
+    if isinstance(node, list):
+        child = node[_index(node, part, key)]
+        if isinstance(child, str):  # a method given by name only
+            child = node[_index(node, part, key)] = {"name": child}
+        return child
+    if not isinstance(node, dict):
+        raise ConfigError(f"--set {key}: {part!r} is inside a value, not a section")
+    return node.setdefault(part, {})
+
+
+def _index(node: list, part: str, key: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"--set {key}: {part!r} is not an index of a list of {len(node)}")
+    return int(part)
+
+
+def validate_config(raw: dict[str, Any], source: str = "config") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {describe_error(err, raw)}") from None
+
+
+def describe_error(err: ValidationError, raw: dict[str, Any]) -> str:
+    """The first validation error as 'field a.b: reason' (+ how many more)."""
+    first = err.errors()[0]
+    path = ".".join(str(p) for p in first["loc"])
+    path = _method_path(path, raw)
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key; check the spelling (fedsub methods lists each method's options)"
+    more = len(err.errors()) - 1
+    suffix = f" (and {more} more error{'s' if more > 1 else ''})" if more else ""
+    return f"field {path or '<top>'}: {message}{suffix}"
+
+
+def _method_path(path: str, raw: dict[str, Any]) -> str:
+    """Name a method entry by its name rather than its index: methods.1 -> methods[fedit]."""
+    parts = path.split(".")
+    if len(parts) >= 2 and parts[0] == "methods" and parts[1].isdigit():
+        entries = raw.get("methods") or []
+        entry = entries[int(parts[1])] if isinstance(entries, list) and int(parts[1]) < len(entries) else None
+        name = entry if isinstance(entry, str) else (entry or {}).get("name") if isinstance(entry, dict) else None
+        if name:
+            parts[:2] = [f"methods[{name}]"]
+    return ".".join(parts)
+
+
+def config_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The resolved config as plain data (method options included), for the run directory."""
+    data = cfg.model_dump(mode="json")
+    data["methods"] = [{"name": m.name, "lr": m.lr, **m.options.model_dump(mode="json")} for m in cfg.methods]
+    return data

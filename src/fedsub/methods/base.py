@@ -1,0 +1,89 @@
+"""Shared machinery of the FedAvg family: clients train from the global values, the server averages.
+
+Each method module (PEFT's per-method layout) only says what is trained and what crosses the wire.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedsub.core.tensors import weighted_mean
+from fedsub.core.types import ClientContext, ClientUpdate, Payload, ServerState, TrainSettings
+from fedsub.core.workspace import Workspace
+
+
+class NoOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoraOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rank: int = Field(8, gt=0, description="LoRA rank r")
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA scale s = lora_alpha / r")
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+
+
+def adamw(params, train: TrainSettings) -> torch.optim.AdamW:
+    return torch.optim.AdamW(list(params), lr=train.lr, weight_decay=train.weight_decay)
+
+
+def add_lora(workspace: Workspace, options: LoraOptions, seed: int | None = None) -> None:
+    """Wrap the workspace model with PEFT LoRA on its target modules; the head is trained densely.
+
+    The LoRA A init comes from torch's global RNG, seeded here so every client builds the same A.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    config = LoraConfig(
+        r=options.rank,
+        lora_alpha=options.lora_alpha,
+        lora_dropout=options.lora_dropout,
+        target_modules=workspace.target_modules,
+        modules_to_save=workspace.head_modules,
+    )
+    workspace.model = get_peft_model(workspace.model, config)
+
+
+def lora_scale(options: LoraOptions) -> float:
+    return options.lora_alpha / options.rank
+
+
+class FedAvgMethod:
+    """FedAvg (McMahan et al. 2017) over the workspace's trainable tensors, AdamW on the clients.
+
+    Subclasses choose what is trainable in `prepare_model`; what is trainable is what is sent.
+    """
+
+    Options: type[BaseModel] = NoOptions
+    name = "fedavg"
+
+    def __init__(self, options: BaseModel | None = None):
+        self.options = options if options is not None else self.Options()
+
+    def prepare_model(self, workspace: Workspace) -> None:
+        raise NotImplementedError
+
+    def init(self, workspace: Workspace) -> ServerState:
+        return ServerState(round=0, tensors=workspace.read(workspace.trainable_names()))
+
+    def configure_train(self, state: ServerState, client_id: int) -> Payload:
+        return Payload(tensors=dict(state.tensors))
+
+    def client_train(self, workspace: Workspace, payload: Payload, client: ClientContext) -> ClientUpdate:
+        workspace.write(payload.tensors)
+        optimizer = adamw((p for p in workspace.model.parameters() if p.requires_grad), client.train)
+        metrics = workspace.train_local(client, optimizer)
+        upload = workspace.read(payload.tensors.keys())
+        return ClientUpdate(client.client_id, Payload(upload), len(client.indices), metrics)
+
+    def aggregate_train(self, state: ServerState, updates: Sequence[ClientUpdate]) -> tuple[ServerState, dict[str, float]]:
+        mean = weighted_mean([u.payload.tensors for u in updates], [u.num_examples for u in updates])
+        return ServerState(state.round + 1, {**state.tensors, **mean}, state.extra), {}
+
+    def load_global(self, workspace: Workspace, state: ServerState) -> None:
+        workspace.write(state.tensors)

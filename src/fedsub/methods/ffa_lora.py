@@ -1,0 +1,22 @@
+"""ffa_lora: LoRA with A frozen at its shared random init; only B (and the head) is trained and sent.
+
+Sun et al. 2024, "Improving LoRA in privacy-preserving federated learning". With A fixed and shared,
+avg(B) A = avg(BA): aggregation is exact and the upload is halved.
+"""
+
+from __future__ import annotations
+
+from fedsub.core.registry import register
+from fedsub.core.workspace import Workspace
+from fedsub.methods.base import FedAvgMethod, LoraOptions, add_lora
+
+
+@register("ffa_lora")
+class FFALoRA(FedAvgMethod):
+    Options = LoraOptions
+
+    def prepare_model(self, workspace: Workspace) -> None:
+        add_lora(workspace, self.options)
+        for name, param in workspace.model.named_parameters():
+            if ".lora_A." in name:
+                param.requires_grad_(False)  # never trained, so never in a payload

