@@ -1,0 +1,191 @@
+"""GaLore projectors as small pure functions (Zhao et al. 2024, "GaLore", arXiv 2403.03507).
+
+A GaLore-managed matrix W (m x n) is projected on one side, chosen by shape (METHODS.md):
+
+- ``right`` when m >= n: P is r x n with orthonormal rows, ``g~ = G P^T`` (m x r),
+  back-projection ``N P`` (m x n);
+- ``left`` when m < n: P is m x r with orthonormal columns, ``g~ = P^T G`` (r x n),
+  back-projection ``P N``.
+
+Projecting the smaller dimension keeps the optimizer state at max(m, n) x r. These functions are
+shared by the client optimizer (:mod:`fedsub.optim.galore`) and by a server that builds or
+aggregates projectors (FedGaLore).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from fedsub.linalg.svd import orthonormalize, randomized_svd, seeded_gaussian
+
+Side = Literal["right", "left"]
+
+__all__ = [
+    "Side",
+    "choose_side",
+    "effective_rank",
+    "projector_shape",
+    "moment_shape",
+    "derive_seed",
+    "svd_projector",
+    "rsvd_projector",
+    "random_projector",
+    "project",
+    "project_back",
+    "add_projected_back_",
+    "transport_moments",
+]
+
+_MASK64 = (1 << 64) - 1
+
+
+def choose_side(shape: tuple[int, int] | torch.Size) -> Side:
+    """``right`` if m >= n else ``left`` (GaLore's 'std' rule: project the shorter side)."""
+    m, n = shape
+    return "right" if m >= n else "left"
+
+
+def effective_rank(shape: tuple[int, int] | torch.Size, rank: int) -> int:
+    """Rank actually used: ``min(rank, m, n)`` (a larger rank has no more directions to keep)."""
+    return min(int(rank), *shape)
+
+
+def projector_shape(shape: tuple[int, int] | torch.Size, rank: int) -> tuple[int, int]:
+    """Shape of P for a matrix of ``shape``: r x n (right side) or m x r (left side)."""
+    m, n = shape
+    r = effective_rank(shape, rank)
+    return (r, n) if choose_side(shape) == "right" else (m, r)
+
+
+def moment_shape(shape: tuple[int, int] | torch.Size, rank: int) -> tuple[int, int]:
+    """Shape of the projected gradient and of both Adam moments: m x r (right) or r x n (left)."""
+    m, n = shape
+    r = effective_rank(shape, rank)
+    return (m, r) if choose_side(shape) == "right" else (r, n)
+
+
+def derive_seed(*parts: int) -> int:
+    """Mix integers into one 63-bit seed (splitmix64 finaliser on a running hash).
+
+    Used for (group seed, parameter index, refresh index): neighbouring inputs give unrelated
+    streams, unlike ``seed + index`` where two keys can collide.
+    """
+    h = 0x9E3779B97F4A7C15
+    for part in parts:
+        h = (h ^ (int(part) & _MASK64)) & _MASK64
+        h = (h + 0x9E3779B97F4A7C15) & _MASK64
+        h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
+        h ^= h >> 31
+    return h & ((1 << 63) - 1)
+
+
+def _svd_dtype(dtype: torch.dtype) -> torch.dtype:
+    """LAPACK/cuSOLVER have no bf16/fp16 SVD: factorise low precision in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _from_factors(u: Tensor, vh: Tensor, side: Side, rank: int, dtype: torch.dtype) -> Tensor:
+    p = vh[:rank] if side == "right" else u[:, :rank]
+    return p.to(dtype)
+
+
+def svd_projector(grad: Tensor, rank: int, *, dtype: torch.dtype | None = None) -> Tensor:
+    """Top-r singular vectors of ``grad`` on its projection side (exact SVD, as GaLore).
+
+    Right side: the first r rows of Vh; left side: the first r columns of U. ``dtype`` defaults
+    to the gradient's (computed in float32 for 16-bit gradients); the device is the gradient's.
+    """
+    side = choose_side(grad.shape)
+    r = effective_rank(grad.shape, rank)
+    u, _, vh = torch.linalg.svd(grad.to(_svd_dtype(grad.dtype)), full_matrices=False)
+    return _from_factors(u, vh, side, r, dtype or grad.dtype)
+
+
+def rsvd_projector(
+    grad: Tensor,
+    rank: int,
+    *,
+    oversampling: int = 10,
+    power_iters: int = 2,
+    seed: int = 0,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Like :func:`svd_projector` but via randomized SVD (see :func:`fedsub.linalg.svd.randomized_svd`)."""
+    side = choose_side(grad.shape)
+    r = effective_rank(grad.shape, rank)
+    a = grad.to(_svd_dtype(grad.dtype))
+    u, _, vh = randomized_svd(a, r, oversampling=oversampling, power_iters=power_iters, seed=seed)
+    return _from_factors(u, vh, side, r, dtype or grad.dtype)
+
+
+def random_projector(
+    shape: tuple[int, int] | torch.Size,
+    rank: int,
+    seed: int,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> Tensor:
+    """Orthonormalised Gaussian projector that depends only on ``(shape, rank, seed)``.
+
+    Built in float64 on a CPU generator (QR with a sign convention), then cast and moved, so every
+    client with the same seed holds the same P and no bytes need to be sent (FedGaLore 'random').
+    """
+    m, n = shape
+    r = effective_rank(shape, rank)
+    length = n if choose_side(shape) == "right" else m
+    q = orthonormalize(seeded_gaussian((length, r), seed, dtype=torch.float64))
+    p = q.mT if choose_side(shape) == "right" else q
+    return p.contiguous().to(device=device, dtype=dtype)
+
+
+def project(grad: Tensor, p: Tensor, side: Side) -> Tensor:
+    """Projected gradient: ``G P^T`` (right) or ``P^T G`` (left), in P's dtype.
+
+    A 16-bit gradient is multiplied in its own dtype (P cast down, as the official GaLore does)
+    rather than upcasting the m x n gradient; only the small result is cast to P's dtype.
+    """
+    pp = p if grad.dtype == p.dtype else p.to(grad.dtype)
+    low = grad @ pp.mT if side == "right" else pp.mT @ grad
+    return low.to(p.dtype)
+
+
+def project_back(low: Tensor, p: Tensor, side: Side) -> Tensor:
+    """Back-projection to the full m x n shape: ``N P`` (right) or ``P N`` (left)."""
+    return low @ p if side == "right" else p @ low
+
+
+def add_projected_back_(
+    weight: Tensor, low: Tensor, p: Tensor, side: Side, *, alpha: float, beta: float = 1.0
+) -> Tensor:
+    """In place ``W <- beta * W + alpha * project_back(low, P)`` as one fused ``addmm_``.
+
+    One pass over W instead of three (scale, matmul into a temporary, add): GaLore's step then
+    touches the m x n weight only once. For a 16-bit W the product runs in W's dtype.
+    """
+    if low.dtype != weight.dtype:
+        low, p = low.to(weight.dtype), p.to(weight.dtype)
+    if side == "right":
+        return weight.addmm_(low, p, beta=beta, alpha=alpha)
+    return weight.addmm_(p, low, beta=beta, alpha=alpha)
+
+
+def transport_moments(
+    exp_avg: Tensor, exp_avg_sq: Tensor, p_old: Tensor, p_new: Tensor, side: Side
+) -> tuple[Tensor, Tensor]:
+    """Carry Adam moments from span(P_old) to span(P_new) (FedGaLore, METHODS.md point 6).
+
+    Right side: Q = P_old P_new^T (r x r), m_new = m_old Q exactly (a gradient projected on P_old
+    re-expressed on P_new), v_new = v_old (Q o Q), the diagonal approximation (v is an elementwise
+    second moment, which a rotation does not map exactly). Left side is the transpose:
+    Q = P_old^T P_new, m_new = Q^T m_old, v_new = (Q o Q)^T v_old.
+    """
+    if side == "right":
+        q = p_old @ p_new.mT
+        return exp_avg @ q, exp_avg_sq @ (q * q)
+    q = p_old.mT @ p_new
+    return q.mT @ exp_avg, (q * q).mT @ exp_avg_sq
