@@ -1,0 +1,43 @@
+# fedsub: `make demo` runs the default experiment, `make test` the test suite.
+# Both set up everything on a fresh Debian machine first: the Debian data packages and a venv.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEBS   := wordnet-base dataset-fashion-mnist
+STAMP  := $(VENV)/.fedsub-installed
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup debian demo test bench clean
+
+setup: debian $(STAMP)
+
+debian:
+	@dpkg -s $(DEBS) >/dev/null 2>&1 || { \
+	  echo "installing Debian data packages: $(DEBS)"; \
+	  $(SUDO) apt-get install -y -qq --no-install-recommends $(DEBS) >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends $(DEBS); }; }
+
+# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[test]'
+	# reference implementations the tests compare against; their metadata pins stale deps, hence --no-deps
+	$(BIN)/python -m pip install -q --no-deps galore-torch==1.0 mvlearn==0.5.0
+	touch $@
+
+demo: setup
+	$(BIN)/fedsub run configs/demo.yaml --out runs/demo --overwrite
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

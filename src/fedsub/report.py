@@ -1,0 +1,78 @@
+"""Tables and plots from run directories (one folder per method holding metrics.jsonl)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+COLUMNS = [
+    ("method", "method", "{}"),
+    ("final_accuracy", "final acc", "{:.4f}"),
+    ("best_accuracy", "best acc", "{:.4f}"),
+    ("final_macro_f1", "macro-F1", "{:.4f}"),
+    ("bytes_up_per_round", "MB up/round", "{:.2f}"),
+    ("bytes_down_per_round", "MB down/round", "{:.2f}"),
+    ("seconds_per_round", "s/round", "{:.2f}"),
+]
+MB_COLUMNS = {"bytes_up_per_round", "bytes_down_per_round"}
+
+
+def table_rows(summaries: list[dict[str, Any]]) -> list[list[str]]:
+    rows = []
+    for summary in summaries:
+        row = []
+        for key, _, fmt in COLUMNS:
+            value = summary.get(key)
+            if value is None:
+                row.append("-")
+            else:
+                row.append(fmt.format(value / 1e6 if key in MB_COLUMNS else value))
+        rows.append(row)
+    return rows
+
+
+def markdown_table(summaries: list[dict[str, Any]]) -> str:
+    header = [title for _, title, _ in COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(summaries)]
+    return "\n".join(lines) + "\n"
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Records of a metrics.jsonl; a torn last line (a crash mid-write) is ignored."""
+    records = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return records
+
+
+def plot_metric(curves: dict[str, list[dict[str, Any]]], path: Path, metric: str = "accuracy", title: str = "") -> None:
+    """Metric vs round, one line per method; written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fedsub.core.io import atomic_write_bytes
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    for method, records in curves.items():
+        points = [(r["round"], r[metric]) for r in records if r.get(metric) is not None]
+        if points:
+            ax.plot(*zip(*points), marker="o", markersize=3, label=method)
+    ax.set_xlabel("round")
+    ax.set_ylabel(f"test {metric}")
+    ax.set_title(title or f"test {metric} per round")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buffer.getvalue())
