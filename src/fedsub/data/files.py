@@ -63,10 +63,17 @@ def make_sources(cfg: DataConfig, splits: dict[str, datasets.Dataset]) -> list[S
     raw = [_column_values(table, cfg.label_column) for table in splits.values()]
     feature = next(iter(splits.values())).features[cfg.label_column]
     codes, names = encode_labels(raw, feature, cfg.label_column)
+    for table, c in zip(splits.values(), codes):
+        c[_is_null(table, cfg.text_column)] = -1  # rows without text are dropped like unlabelled ones
     return [
         Source(columns=_standard_columns(cfg, table, tag), labels=c, names=names, input_column="text")
         for (tag, table), c in zip(splits.items(), codes)
     ]
+
+
+def _is_null(table: datasets.Dataset, column: str) -> np.ndarray:
+    data = table.select_columns([column]).with_format("arrow")[:].column(0)
+    return data.is_null().to_numpy(zero_copy_only=False)
 
 
 def _require_columns(cfg: DataConfig, table: datasets.Dataset) -> None:
@@ -86,7 +93,7 @@ def _require_columns(cfg: DataConfig, table: datasets.Dataset) -> None:
 
 def _standard_columns(cfg: DataConfig, table: datasets.Dataset, tag: str) -> datasets.Dataset:
     """Rename the text column to "text", drop the label column (codes are kept apart), add "id"."""
-    ids = _ids(table, tag, exclude={cfg.text_column, cfg.label_column})
+    ids = _ids(table, tag, exclude={cfg.text_column, cfg.label_column}, where=cfg.dataset)
     drop = {cfg.label_column, "label", "id"} | ({"text"} if cfg.text_column != "text" else set())
     table = table.remove_columns([c for c in table.column_names if c in drop and c != cfg.text_column])
     if table.features[cfg.text_column].dtype != "string":  # large_string (pandas), numbers (CSV)
@@ -95,13 +102,13 @@ def _standard_columns(cfg: DataConfig, table: datasets.Dataset, tag: str) -> dat
     return table.add_column("id", ids)
 
 
-def _ids(table: datasets.Dataset, tag: str, exclude: set[str]) -> list[str]:
+def _ids(table: datasets.Dataset, tag: str, exclude: set[str], where: str) -> list[str]:
     """The file's own "id" column as strings when it has one (must be unique), else `tag:<row>`."""
     if "id" not in table.column_names or "id" in exclude:
         return [f"{tag}:{i}" for i in range(len(table))]
     ids = [str(v) for v in _column_values(table, "id")]
     if len(set(ids)) != len(ids):
-        raise ConfigError(f"data.dataset: column 'id' of {tag} has duplicate values; make them unique or rename it")
+        raise ConfigError(f"data.dataset: column 'id' of {where} has duplicate values; make them unique or rename it")
     return ids
 
 
@@ -120,8 +127,11 @@ def encode_labels(
     if isinstance(feature, datasets.ClassLabel):
         codes = [np.array([-1 if v is None or v < 0 else v for v in values], np.int64) for values in raw]
         return codes, list(feature.names)
-    present = {v for values in raw for v in values if not _missing(v)}
-    keys = {v: _label_key(v, column) for v in present}
+    keys: dict[Any, str | int] = {}
+    for values in raw:  # in file order, so an error names the first bad value
+        for v in values:
+            if v not in keys and not _missing(v):
+                keys[v] = _label_key(v, column)
     names_by_key = {key: str(key) for key in keys.values()}
     ordered = sorted(names_by_key, key=lambda k: (isinstance(k, str), k))
     code_of = {key: i for i, key in enumerate(ordered)}
