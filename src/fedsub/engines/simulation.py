@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from fedsub.config import ExperimentConfig, MethodSpec
+from fedsub.config import ConfigError, ExperimentConfig, MethodSpec
 from fedsub.core.registry import build_method
 from fedsub.core.tensors import normalized_weights
 from fedsub.core.types import ClientContext, ServerState, TrainSettings
@@ -45,8 +45,10 @@ def prepare_data(cfg: ExperimentConfig, run_dir: Path) -> FederatedData:
     from fedsub.data import load_splits, partition, save_partition_report
 
     splits = load_splits(cfg.data, cfg.seed)
+    if splits.input_column != "text":
+        raise ConfigError(f"field data.dataset: {cfg.data.dataset} holds images; this version classifies text only")
     parts = partition(splits.train, cfg.partition, cfg.federation.num_clients, cfg.seed)
-    heterogeneity = save_partition_report(run_dir, parts, splits.train, splits.label_names)
+    heterogeneity = save_partition_report(run_dir, parts, splits.train, splits.label_names, cfg=cfg.partition, seed=cfg.seed)
     task = ClassificationTask(load_tokenizer(cfg.model), cfg.model.max_length, len(splits.label_names))
     train = task.encode(splits.train["text"], splits.train["label"])
     test = task.encode(splits.test["text"], splits.test["label"])
