@@ -117,3 +117,12 @@ def test_transport_second_moment_permutes_under_a_permuted_basis() -> None:
     torch.testing.assert_close(v_new, v[:, perm])
     _, vl_new = transport_moments(torch.zeros(3, 2), v.T, p_old.T, p_old[perm].T, "left")
     torch.testing.assert_close(vl_new, v.T[perm])
+
+
+def test_add_projected_back_into_bf16_weight() -> None:
+    w = torch.ones(3, 2, dtype=torch.bfloat16)
+    low = torch.tensor([[1.0], [2.0], [3.0]])
+    add_projected_back_(w, low, P_ROW, "right", alpha=-0.5, beta=0.5)
+    assert w.dtype == torch.bfloat16
+    expected = 0.5 - 0.5 * low @ P_ROW  # [[0.2, 0.1], [-0.1, -0.3], [-0.4, -0.7]]
+    torch.testing.assert_close(w.float(), expected, atol=4e-3, rtol=0)  # bf16: 8 mantissa bits

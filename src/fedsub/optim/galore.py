@@ -6,29 +6,25 @@ the normalised step back. The official implementation keeps the projector inside
 its state cannot be exported, resumed or handed to another client. Here everything is a tensor in
 ``optimizer.state[p]``:
 
-====================  ==========================================================================
-key                   meaning
-====================  ==========================================================================
-``step``              steps taken (CPU float32 scalar, like torch AdamW); drives the refresh plan
-``m_step``            steps in the first moment's bias correction (restarts with the moment)
-``v_step``            steps in the second moment's bias correction; ``inf`` = no correction
-``exp_avg``           first moment of the projected gradient (m x r right side, r x n left side)
-``exp_avg_sq``        second moment, same shape
-``projector``         P (r x n right side, m x r left side); absent until built or set
-``update_R``          only with ``track_update``: accumulated low-rank update R (moment shape)
-``update_decay``      only with ``track_update``: product of decay factors c (CPU float64)
-====================  ==========================================================================
+- ``step``: steps taken (CPU float32 scalar, as torch AdamW); drives the refresh schedule;
+- ``m_step`` / ``v_step``: steps counted in each moment's bias correction (``v_step = inf``: none);
+- ``exp_avg`` / ``exp_avg_sq``: Adam moments of the projected gradient (m x r right, r x n left);
+- ``projector``: P (r x n right side, m x r left side), absent until built or set;
+- ``update_R`` / ``update_decay`` (``track_update`` only): R and the product of decay factors.
 
 Moments, projector and R are float32 for 16-bit parameters (float64 parameters keep float64):
 their memory is small (max(m, n) x r) and bf16 moments would lose the Adam update's small terms.
-Matmuls with the m x n gradient or weight run in the parameter's dtype.
+Matmuls with the m x n gradient or weight run in the parameter's dtype on accelerators and in
+float32 on CPU (see :func:`fedsub.optim.projector.project`).
 
 Parameters outside a GaLore group (no ``rank``) and non-2-D parameters follow torch.optim.AdamW's
 single-tensor (``foreach=False``) code path operation for operation, so they match it bit for bit.
 
 Weight decay is decoupled and applied first, as torch AdamW: ``W <- c W - lr scale back(N)`` with
 ``c = 1 - lr wd`` and ``N = m_hat / (sqrt(v_hat) + eps)``. With P fixed, W_E = (prod c) W_0 + R P where
-``R <- c R - lr scale N`` (see :meth:`GaLoreAdamW.get_update_factor`).
+``R <- c R - lr scale N`` (see :meth:`GaLoreAdamW.get_update_factor`). METHODS.md writes the
+recurrence as ``c (R - lr scale N)``, i.e. decay after the update as galore-torch does; the two differ
+by O(lr^2 wd) and the decay-first form is the one that reduces to torch AdamW.
 """
 
 from __future__ import annotations
