@@ -24,6 +24,7 @@ class LoraOptions(BaseModel):
     rank: int = Field(8, gt=0, description="LoRA rank r")
     lora_alpha: float = Field(16.0, gt=0, description="LoRA scale s = lora_alpha / r")
     lora_dropout: float = Field(0.0, ge=0, lt=1)
+    diagnostics: bool = Field(True, description="subspace diagnostics every round (diag_* metrics, see methods/diagnostics.py)")
 
 
 def adamw(params, train: TrainSettings) -> torch.optim.AdamW:
@@ -69,7 +70,14 @@ class FedAvgMethod:
         raise NotImplementedError
 
     def init(self, workspace: Workspace) -> ServerState:
-        return ServerState(round=0, tensors=workspace.read(workspace.trainable_names()))
+        return ServerState(round=0, tensors=workspace.read(workspace.trainable_names()), extra=self.init_extra(workspace))
+
+    def init_extra(self, workspace: Workspace) -> dict:
+        """Server-side extras; LoRA methods keep their frozen factors (FFA-LoRA's A) for diagnostics."""
+        if not getattr(self.options, "diagnostics", False):
+            return {}
+        frozen = [n for n, p in workspace.model.named_parameters() if not p.requires_grad and (".lora_A." in n or ".lora_B." in n)]
+        return {"frozen_lora": workspace.read(frozen)} if frozen else {}
 
     def configure_train(self, state: ServerState, client_id: int) -> Payload:
         return Payload(tensors=dict(state.tensors))
@@ -83,7 +91,16 @@ class FedAvgMethod:
 
     def aggregate_train(self, state: ServerState, updates: Sequence[ClientUpdate]) -> tuple[ServerState, dict[str, float]]:
         mean = weighted_mean([u.payload.tensors for u in updates], [u.num_examples for u in updates])
-        return ServerState(state.round + 1, {**state.tensors, **mean}, state.extra), {}
+        new = ServerState(state.round + 1, {**state.tensors, **mean}, state.extra)
+        return new, self.round_metrics(state, new, updates)
+
+    def round_metrics(self, state: ServerState, new: ServerState, updates: Sequence[ClientUpdate]) -> dict[str, float]:
+        """Metrics of one aggregation (a hook): LoRA methods report the subspace diagnostics."""
+        if not getattr(self.options, "diagnostics", False):
+            return {}
+        from fedsub.methods.diagnostics import fedavg_diagnostics  # late: diagnostics imports lora maths
+
+        return fedavg_diagnostics(self.options, state, new, updates)
 
     def load_global(self, workspace: Workspace, state: ServerState) -> None:
         workspace.write(state.tensors)

@@ -1,0 +1,91 @@
+"""Subspace diagnostics on constructed clients, and their wiring into fedit / ffa_lora rounds."""
+
+import math
+
+import pytest
+import torch
+
+from fedsub.methods.diagnostics import (
+    basis_overlap,
+    column_basis,
+    lora_diagnostics,
+    numerical_rank,
+    update_gram,
+)
+from fedsub.engines.simulation import Simulation
+from fedsub_fixtures import tiny_config
+
+E = torch.eye(3, dtype=torch.float64)
+
+
+def col(i):
+    return E[:, i : i + 1]
+
+
+def row(i, n=2):
+    return torch.eye(n, dtype=torch.float64)[i : i + 1]
+
+
+def test_identical_clients_give_overlap_cosine_and_ratio_one():
+    b = torch.tensor([[1.0, 0.0], [2.0, 1.0], [0.0, 3.0]], dtype=torch.float64)
+    a = torch.tensor([[1.0, -1.0], [0.5, 2.0]], dtype=torch.float64)
+    d = lora_diagnostics([[(b, a)] * 3], [0.2, 0.3, 0.5], [(b, a)], rank=2)
+    for key in ("diag_basis_overlap", "diag_basis_overlap_sqrt", "diag_cancellation_ratio", "diag_cos_client_global", "diag_cos_pairwise"):
+        assert d[key] == pytest.approx(1.0, abs=1e-12), key
+    assert d["diag_rank_mean"] == d["diag_rank_max"] == 2.0
+    assert d["diag_truncation_energy"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_orthogonal_clients_give_pairwise_cosine_zero_and_inflate_the_rank():
+    # ΔW_1 = e1 e1ᵀ, ΔW_2 = e2 e2ᵀ, weights 3/4, 1/4: ΔW̄ = diag(3/4, 1/4, 0) -> rank 2 from rank-1 clients.
+    clients = [[(col(0), row(0)), (col(1), row(1))]]
+    aggregated = [(torch.cat([col(0), col(1)], 1) * torch.tensor([0.75, 0.25], dtype=torch.float64), torch.eye(2, dtype=torch.float64))]
+    d = lora_diagnostics(clients, [0.75, 0.25], aggregated, rank=1)
+    assert d["diag_cos_pairwise"] == 0.0
+    norm_mean = math.sqrt(0.75**2 + 0.25**2)
+    assert d["diag_cancellation_ratio"] == pytest.approx(norm_mean, abs=1e-12)  # Σ p_k ‖ΔW_k‖ = 1
+    assert d["diag_cos_client_global"] == pytest.approx((0.75 + 0.25) / norm_mean / 2, abs=1e-12)
+    # The rank-1 reference is e1: client 1 lies in it (overlap 1), client 2 is orthogonal (0).
+    assert d["diag_basis_overlap"] == pytest.approx(0.5, abs=1e-12)
+    assert d["diag_rank_mean"] == d["diag_rank_max"] == 2.0
+    assert d["diag_truncation_energy"] == pytest.approx(0.25**2 / norm_mean**2, abs=1e-12)
+
+
+def test_opposite_clients_cancel_completely():
+    b, a = col(0) + col(2), row(1)
+    d = lora_diagnostics([[(b, a), (-b, a)]], [0.5, 0.5], [(b, a)], rank=1)
+    assert d["diag_cancellation_ratio"] == pytest.approx(0.0, abs=1e-12)
+    assert d["diag_cos_pairwise"] == pytest.approx(-1.0, abs=1e-12)
+    assert d["diag_rank_max"] == 0.0  # ΔW̄ = 0
+
+
+def test_gram_is_the_frobenius_inner_product_over_layers():
+    gen = torch.Generator().manual_seed(1)
+    pairs = [(torch.randn(4, 2, generator=gen, dtype=torch.float64), torch.randn(2, 3, generator=gen, dtype=torch.float64)) for _ in range(3)]
+    dense = torch.stack([(b @ a).flatten() for b, a in pairs])
+    assert torch.allclose(update_gram(pairs), dense @ dense.T, atol=1e-12)
+
+
+def test_overlap_is_the_squared_frobenius_norm_over_the_client_rank():
+    q_ref = col(0)
+    q_client = column_basis(torch.tensor([[1.0, 1.0], [1.0, -1.0], [0.0, 0.0]]))  # span(e1, e2)
+    assert q_client.shape == (3, 2)
+    assert basis_overlap(q_ref, q_client) == pytest.approx(0.5, abs=1e-12)  # ‖e1ᵀ Q‖² = 1, over r = 2
+    assert basis_overlap(q_ref, column_basis(torch.zeros(3, 2))) is None
+
+
+def test_numerical_rank_uses_a_relative_tolerance():
+    assert numerical_rank(torch.tensor([5.0, 1.0, 1e-9])) == 2
+    assert numerical_rank(torch.zeros(3)) == 0
+
+
+@pytest.mark.parametrize("name", ["fedit", "ffa_lora"])
+def test_fedavg_lora_rounds_report_diagnostics_unless_turned_off(tiny_data, tmp_path, name):
+    cfg = tiny_config(methods=[name])
+    record = Simulation(cfg, cfg.methods[0], tiny_data, tmp_path / name).run_round(0)
+    assert 0.0 < record["diag_basis_overlap"] <= 1.0 + 1e-9 and 0.0 < record["diag_cancellation_ratio"] <= 1.0 + 1e-9
+    # FFA-LoRA's shared A caps the aggregate at rank r = 8; FedIT's independent A's inflate it.
+    assert (record["diag_rank_max"] == 8.0) == (name == "ffa_lora")
+    cfg = tiny_config(methods=[{"name": name, "diagnostics": False}])
+    record = Simulation(cfg, cfg.methods[0], tiny_data, tmp_path / f"{name}-off").run_round(0)
+    assert not [k for k in record if k.startswith("diag_")]
