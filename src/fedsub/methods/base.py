@@ -76,7 +76,8 @@ class FedAvgMethod:
         """Server-side extras; LoRA methods keep their frozen factors (FFA-LoRA's A) for diagnostics."""
         if not getattr(self.options, "diagnostics", False):
             return {}
-        frozen = [n for n, p in workspace.model.named_parameters() if not p.requires_grad and (".lora_A." in n or ".lora_B." in n)]
+        params = workspace.model.named_parameters()
+        frozen = [n for n, p in params if not p.requires_grad and (".lora_A." in n or ".lora_B." in n)]
         return {"frozen_lora": workspace.read(frozen)} if frozen else {}
 
     def configure_train(self, state: ServerState, client_id: int) -> Payload:

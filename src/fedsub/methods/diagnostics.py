@@ -102,7 +102,9 @@ def basis_overlap(q_ref: Tensor, q_client: Tensor) -> float | None:
     return float((q_ref.mT @ q_client).square().sum()) / q_client.shape[1]
 
 
-def layer_spectrum(pairs: Sequence[Factors], weights: Sequence[float], rank: int, rtol: float, reference: float) -> tuple[int, float]:
+def layer_spectrum(
+    pairs: Sequence[Factors], weights: Sequence[float], rank: int, rtol: float, reference: float
+) -> tuple[int, float]:
     """(numerical rank of ΔW̄, share of ‖ΔW̄‖² beyond its top `rank` singular values)."""
     s = factored_svd(*stack_factors(pairs, weights))[1]
     energy = s.square()

@@ -1,0 +1,59 @@
+"""fedsvd: clients train B only; the server re-orthogonalises A by an SVD of the aggregated product.
+
+FedSVD ("Adaptive orthogonalization for private federated learning with LoRA", arXiv 2505.12805):
+A is frozen on the clients (as in FFA-LoRA, so avg(B) A = avg(BA) exactly), but unlike FFA-LoRA the
+server refreshes it every round: M = B̄ A_prev, rank-r SVD, A ← V_rᵀ (orthonormal rows), B ← U_r S_r.
+M has rank ≤ r, so B A = M: the aggregated product is preserved while A follows the data.
+Downlink: A, B and the head; uplink: B and the head (half the LoRA bytes).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from fedsub.core.registry import register
+from fedsub.core.tensors import normalized_weights, weighted_sum
+from fedsub.core.types import ClientContext, ClientUpdate, Payload, ServerState
+from fedsub.core.workspace import Workspace
+from fedsub.methods.base import FedAvgMethod, LoraOptions, adamw, add_lora, lora_scale
+from fedsub.methods.diagnostics import round_diagnostics
+from fedsub.methods.lora_math import LORA_A, average_non_lora, fedsvd_factors, lora_layers
+
+
+@register("fedsvd")
+class FedSVD(FedAvgMethod):
+    Options = LoraOptions
+
+    def prepare_model(self, workspace: Workspace) -> None:
+        add_lora(workspace, self.options)
+        for name, param in workspace.model.named_parameters():
+            if LORA_A in name:
+                param.requires_grad_(False)  # set by the server each round, never trained or uploaded
+
+    def init(self, workspace: Workspace) -> ServerState:
+        names = workspace.trainable_names() + [n for n in workspace.parameters_by_name() if LORA_A in n]
+        return ServerState(round=0, tensors=workspace.read(names))
+
+    def client_train(self, workspace: Workspace, payload: Payload, client: ClientContext) -> ClientUpdate:
+        workspace.write(payload.tensors)
+        optimizer = adamw((p for p in workspace.model.parameters() if p.requires_grad), client.train)
+        metrics = workspace.train_local(client, optimizer)
+        upload = workspace.read(workspace.trainable_names())  # B and the head, not A
+        return ClientUpdate(client.client_id, Payload(upload), len(client.indices), metrics)
+
+    def aggregate_train(self, state: ServerState, updates: Sequence[ClientUpdate]) -> tuple[ServerState, dict[str, float]]:
+        weights = normalized_weights([u.num_examples for u in updates])
+        uploads = [u.payload.tensors for u in updates]
+        tensors = {**state.tensors, **average_non_lora(uploads, weights)}
+        layers = lora_layers(state.tensors)
+        for keys in layers.values():
+            b_mean = weighted_sum(uploads, weights, [keys.b])[keys.b]
+            b, a = fedsvd_factors(b_mean, state.tensors[keys.a], self.options.rank)
+            tensors[keys.b] = b.to(state.tensors[keys.b].dtype)
+            tensors[keys.a] = a.to(state.tensors[keys.a].dtype)
+        new = ServerState(state.round + 1, tensors, state.extra)
+        if not self.options.diagnostics:
+            return new, {}
+        aggregated = {p: (tensors[k.b], tensors[k.a]) for p, k in layers.items()}
+        scale = lora_scale(self.options)
+        return new, round_diagnostics(layers, updates, scale, aggregated, self.options.rank, known=(state.tensors,))
