@@ -1,0 +1,99 @@
+"""fedftg: GaLore-AdamW on the lower MLP up-projections, FedAvg of the dense trained weights.
+
+FedFTG (arXiv 2410.23111; METHODS.md "FedFTG"): each client fine-tunes the MLP up-projection
+(intermediate dense) weights of the lower half of the transformer blocks with GaLore-AdamW
+(GaLore, arXiv 2403.03507) using its own per-client ``svd`` projectors, refreshed every
+``update_proj_gap`` of its steps; the task head is trained densely (plain AdamW); everything else
+is frozen. The server averages the dense weights (FedAvg), so there is no rank inflation.
+
+The client's optimizer state (projectors, moments, step counts) stays on the client between its
+rounds (``client.state``), as in the paper; ``reset_each_round`` starts every round from scratch.
+
+Bytes: down and up are the dense trained weights and the head (the paper's protocol).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedsub.core.registry import register
+from fedsub.core.types import ClientContext, ClientUpdate, Payload
+from fedsub.core.workspace import Workspace
+from fedsub.methods.base import FedAvgMethod
+from fedsub.methods.galore_common import (
+    export_state,
+    freeze_all_but,
+    galore_optimizer,
+    head_parameter_names,
+    import_state,
+    layer_index,
+    linear_weight_names,
+)
+
+
+class FedFTGOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rank: int = Field(8, gt=0, description="GaLore rank r of every managed matrix")
+    scale: float = Field(1.0, gt=0, description="GaLore scale (alpha) of the back-projected step")
+    proj_type: Literal["svd", "rsvd", "random"] = Field("svd", description="per-client projector source")
+    update_proj_gap: int = Field(50, gt=0, description="client steps between projector refreshes (counted across rounds)")
+    modules: list[str] = Field(
+        default_factory=lambda: ["intermediate.dense", "up_proj", "c_fc", "fc1"],
+        description="module-name suffixes of the MLP up-projection (any that the model has); independent of model.target_modules",
+    )
+    layers: list[int] | None = Field(None, description="block indices to train; None = the lower half (at least one)")
+    reset_each_round: bool = Field(False, description="start each round with a fresh optimizer instead of the kept one")
+    seed: int = Field(0, description="seed of random / rsvd projectors")
+
+
+def lower_half(indices: list[int]) -> set[int]:
+    """The lower half of L blocks: 0 .. max(1, L // 2) - 1 (6 blocks -> 0, 1, 2; 1 block -> 0)."""
+    count = max(indices) + 1
+    return set(range(max(1, count // 2)))
+
+
+def ftg_modules(workspace: Workspace, options: FedFTGOptions) -> list[str]:
+    """The linear modules FedFTG trains: suffix match on ``modules``, inside the chosen blocks."""
+    import torch.nn as nn
+
+    heads = tuple(workspace.head_modules)
+    linears = [n for n, m in workspace.model.named_modules() if isinstance(m, nn.Linear) and n.split(".", 1)[0] not in heads]
+    blocks = [i for i in map(layer_index, linears) if i is not None]
+    if not blocks:
+        raise ValueError("fedftg: the model has no numbered transformer blocks to pick layers from")
+    wanted = set(options.layers) if options.layers is not None else lower_half(blocks)
+    chosen = [
+        n for n in linears
+        if any(n == s or n.endswith("." + s) for s in options.modules) and layer_index(n) in wanted
+    ]  # fmt: skip
+    if not chosen:
+        raise ValueError(f"fedftg: no linear layer matches modules={options.modules} in layers {sorted(wanted)}")
+    return chosen
+
+
+@register("fedftg")
+class FedFTG(FedAvgMethod):
+    """FedFTG (arXiv 2410.23111): GaLore clients, FedAvg of the dense weights."""
+
+    Options = FedFTGOptions
+
+    def prepare_model(self, workspace: Workspace) -> None:
+        self.galore_names = linear_weight_names(workspace.model, ftg_modules(workspace, self.options))
+        freeze_all_but(workspace, self.galore_names + head_parameter_names(workspace))
+
+    def client_train(self, workspace: Workspace, payload: Payload, client: ClientContext) -> ClientUpdate:
+        workspace.write(payload.tensors)
+        o = self.options
+        optimizer, _ = galore_optimizer(
+            workspace, self.galore_names, client.train, rank=o.rank, scale=o.scale,
+            proj_type=o.proj_type, update_proj_gap=o.update_proj_gap, seed=o.seed,
+        )  # fmt: skip
+        if "optimizer" in client.state and not o.reset_each_round:
+            import_state(optimizer, client.state["optimizer"])
+        metrics = workspace.train_local(client, optimizer)
+        if not o.reset_each_round:
+            client.state["optimizer"] = export_state(optimizer)
+        upload = workspace.read(payload.tensors.keys())
+        return ClientUpdate(client.client_id, Payload(upload), len(client.indices), metrics)

@@ -1,0 +1,255 @@
+"""fedgalore: shared GaLore projectors, factored uploads, synchronised projected second moments.
+
+FedGaLore (arXiv 2602.01746), as specified in METHODS.md "FedGaLore – our specification"; the
+client optimizer is GaLore-AdamW (GaLore, arXiv 2403.03507). Per GaLore-managed weight W (m x n,
+right side P: r x n shown; the left side is the transpose):
+
+- Projector: one P per matrix, shared by every client of a round, held ``proj_refresh_rounds``
+  rounds. ``proj_source``: ``random`` (seeded from (seed, refresh index, matrix index): every
+  client rebuilds it, zero bytes), ``svd`` / ``rsvd`` (the federated sketch: both names mean the
+  same thing, a server without gradients can only do a randomized SVD of the summed sketch),
+  ``hybrid`` (sketch for the refreshes at rounds <= ``svd_rounds``, random after). Round 0 is
+  random. Sketch: in the round before a sketched refresh each client accumulates
+  S_k = sum_s G_s^T Omega (n x (r+o), Omega a shared seeded m x (r+o) Gaussian) at backward time
+  and uploads it; the server's new P is the top-r left basis of sum_k p_k S_k, sent down (r x n).
+- Client: W_t, P and the synchronised V_hat in; E GaLore-AdamW steps; up: R (m x r) and the decay
+  product c^E (one scalar: all managed matrices share lr and wd) with W_E = c^E W_t + R P exactly,
+  V_k (m x r, not with sync none), the head, and S_k when due.
+- Server: W_{t+1} = c_bar W_t + (sum_k p_k R_k) P, one m x r sum and one matmul per matrix.
+  ``sync``: ``ajive`` (fedsub.linalg.moments.sync_second_moments), ``mean``, or ``none``
+  (FedGaLore-minus: each client keeps its whole optimizer state in ``client.state``).
+- Bias correction (point 4): V_hat is installed with ``set_second_moment(step=None)``: not
+  corrected again; the first moment restarts at zero with its own count.
+- Projector change: ``moments_on_refresh`` ``reset`` (V_hat dropped / client moments zeroed) or
+  ``transport`` (v <- v (Q o Q), m <- m Q with Q = P_old P_new^T).
+
+Bytes: the downlink carries the dense global W of every managed matrix and the head (what a client
+that may have missed rounds needs), P when it is sketched, V_hat when synchronised.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Literal, Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
+
+from fedsub.core.registry import register
+from fedsub.core.tensors import normalized_weights, weighted_sum
+from fedsub.core.types import ClientContext, ClientUpdate, Payload, ServerState
+from fedsub.core.workspace import Workspace
+from fedsub.linalg.svd import seeded_gaussian
+from fedsub.methods.base import FedAvgMethod
+from fedsub.methods.galore_common import export_state, freeze_all_but, galore_optimizer, head_parameter_names, import_state, linear_weight_names
+from fedsub.optim.projector import choose_side, derive_seed, effective_rank, project_back, random_projector, transport_moments
+
+_SKETCH_STREAM = 0x5EC7  # separates the sketch's Omega seeds from the projector seeds
+
+
+class FedGaLoreOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rank: int = Field(8, gt=0, description="GaLore rank r of every managed matrix")
+    scale: float = Field(1.0, gt=0, description="GaLore scale (alpha) of the back-projected step")
+    modules: list[str] | None = Field(None, description="suffix filter over model.target_modules; None = all of them")
+    proj_source: Literal["random", "svd", "rsvd", "hybrid"] = Field(
+        "hybrid", description="random | svd / rsvd (both: the federated gradient sketch) | hybrid (sketch until svd_rounds, then random)"
+    )
+    svd_rounds: int = Field(4, ge=0, description="hybrid: refreshes at rounds <= svd_rounds use the sketch")
+    proj_refresh_rounds: int = Field(2, gt=0, description="a projector is held this many rounds")
+    oversampling: int | None = Field(None, ge=0, description="sketch oversampling o; None = r")
+    sync: Literal["ajive", "mean", "none"] = Field("ajive", description="server sync of the projected second moments")
+    moments_on_refresh: Literal["reset", "transport"] = Field("reset", description="moments when the projector changes")
+    ajive_samples: int = Field(1000, gt=0, description="Monte-Carlo draws of each AJIVE bound")
+    ajive_signal_rank: int | None = Field(None, gt=0, description="AJIVE per-block signal rank; None = scree elbow")
+    seed: int = Field(0, description="seed of the shared random projectors and sketches")
+
+
+def sketch_projector(sketch: Tensor, shape: torch.Size, rank: int) -> Tensor:
+    """Top-r basis of the aggregated sketch as a projector: r x n (right) or m x r (left)."""
+    u, _, _ = torch.linalg.svd(sketch.to(torch.float64), full_matrices=False)
+    basis = u[:, : effective_rank(shape, rank)].to(torch.float32)
+    return basis.mT.contiguous() if choose_side(shape) == "right" else basis.contiguous()
+
+
+def factored_update(weight: Tensor, decay: float, r_bar: Tensor, projector: Tensor) -> Tensor:
+    """c_bar W + R_bar P (right) or c_bar W + P R_bar (left), in float32, cast back to W's dtype."""
+    side = choose_side(weight.shape)
+    dense = project_back(r_bar.float(), projector.float(), side)
+    return dense.add_(weight.float(), alpha=decay).to(weight.dtype)
+
+
+class GradientSketch:
+    """S = sum_s G_s^T Omega (right) or G_s Omega (left), accumulated after each backward."""
+
+    def __init__(self, named: dict[str, torch.nn.Parameter], width: int, seed: int):
+        self.named, self.omega, self.sums = named, {}, {}
+        for index, (name, p) in enumerate(named.items()):
+            m, n = p.shape
+            right = choose_side(p.shape) == "right"
+            k = min(width, n if right else m)
+            self.omega[name] = seeded_gaussian((m if right else n, k), derive_seed(seed, index), device=p.device)
+            self.sums[name] = torch.zeros((n if right else m, k), device=p.device)
+
+    def accumulate(self) -> None:
+        for name, p in self.named.items():
+            g = p.grad.float()
+            g = g.mT if choose_side(p.shape) == "right" else g
+            self.sums[name].addmm_(g, self.omega[name])
+
+
+@register("fedgalore")
+class FedGaLore(FedAvgMethod):
+    """FedGaLore (arXiv 2602.01746) with our specification's switches (METHODS.md)."""
+
+    Options = FedGaLoreOptions
+
+    def prepare_model(self, workspace: Workspace) -> None:
+        wanted = self.options.modules
+        modules = [m for m in workspace.target_modules if wanted is None or any(m == s or m.endswith("." + s) for s in wanted)]
+        if not modules:
+            raise ValueError(f"fedgalore: modules={wanted} matches none of {workspace.target_modules}")
+        self.galore_names = linear_weight_names(workspace.model, modules)
+        self.head_names = head_parameter_names(workspace)
+        freeze_all_but(workspace, self.galore_names + self.head_names)
+        params = workspace.parameters_by_name()
+        self.shapes = {n: params[n].shape for n in self.galore_names}
+
+    # ------------------------------------------------------------------ projector schedule
+    def random_projectors(self, refresh: int) -> dict[str, Tensor]:
+        o = self.options
+        return {n: random_projector(s, o.rank, derive_seed(o.seed, refresh, i)) for i, (n, s) in enumerate(self.shapes.items())}
+
+    def sketched(self, round_index: int) -> bool:
+        """Whether the projector installed at ``round_index`` comes from the sketch."""
+        source = self.options.proj_source
+        return round_index > 0 and (source in ("svd", "rsvd") or (source == "hybrid" and round_index <= self.options.svd_rounds))
+
+    def refresh_at(self, round_index: int) -> bool:
+        return round_index % self.options.proj_refresh_rounds == 0
+
+    def init(self, workspace: Workspace) -> ServerState:
+        tensors = workspace.read(self.galore_names + self.head_names)
+        extra = {"projectors": self.random_projectors(0), "refresh": 0, "proj_sketched": False, "v_hat": {}}
+        return ServerState(0, tensors, extra)
+
+    # ------------------------------------------------------------------ client
+    def configure_train(self, state: ServerState, client_id: int) -> Payload:
+        tensors = dict(state.tensors)
+        if state.extra["proj_sketched"]:  # random projectors are rebuilt from the seed: no bytes
+            tensors.update({f"P::{n}": p for n, p in state.extra["projectors"].items()})
+        tensors.update({f"V::{n}": v for n, v in state.extra["v_hat"].items()})
+        nxt = state.round + 1
+        return Payload(tensors, {"refresh": state.extra["refresh"], "sketch": self.refresh_at(nxt) and self.sketched(nxt)})
+
+    def client_train(self, workspace: Workspace, payload: Payload, client: ClientContext) -> ClientUpdate:
+        workspace.write({n: t for n, t in payload.tensors.items() if "::" not in n})
+        o = self.options
+        optimizer, managed = galore_optimizer(workspace, self.galore_names, client.train, rank=o.rank, scale=o.scale, proj_type="given", track_update=True)
+        named = dict(zip(self.galore_names, managed))
+        self.start_state(optimizer, named, payload, client)
+        sketch = None
+        if payload.scalars["sketch"]:
+            width = o.rank + (o.rank if o.oversampling is None else o.oversampling)
+            sketch = GradientSketch(named, width, derive_seed(o.seed, _SKETCH_STREAM, client.round))
+        metrics = workspace.train_local(client, optimizer, after_backward=sketch.accumulate if sketch else None)
+        if o.sync == "none":
+            client.state.update(optimizer=export_state(optimizer), refresh=int(payload.scalars["refresh"]))
+        upload, scalars = self.upload(workspace, optimizer, named, sketch)
+        return ClientUpdate(client.client_id, Payload(upload, scalars), len(client.indices), metrics)
+
+    def client_projectors(self, payload: Payload) -> dict[str, Tensor]:
+        """This round's shared projectors: sent (sketched) or rebuilt from the seed (random)."""
+        if all(f"P::{n}" in payload.tensors for n in self.galore_names):
+            return {n: payload.tensors[f"P::{n}"] for n in self.galore_names}
+        return self.random_projectors(int(payload.scalars["refresh"]))
+
+    def start_state(self, optimizer, named: dict[str, Tensor], payload: Payload, client: ClientContext) -> None:
+        """Install P and the starting moments: V_hat (synced), the client's own (sync none) or zeros."""
+        saved = client.state.get("optimizer") if self.options.sync == "none" else None
+        if saved is not None:
+            import_state(optimizer, saved)
+        changed = saved is None or client.state.get("refresh") != int(payload.scalars["refresh"])
+        policy = "reset" if saved is None else self.options.moments_on_refresh
+        for name, p in self.client_projectors(payload).items():
+            if changed:
+                optimizer.set_projector(named[name], p, moments=policy)
+            else:
+                optimizer.reset_update_factor(named[name])  # same P, moments continue; R restarts at W_t
+            if f"V::{name}" in payload.tensors:
+                optimizer.set_second_moment(named[name], payload.tensors[f"V::{name}"], step=None)
+
+    def upload(self, workspace: Workspace, optimizer, named: dict[str, Tensor], sketch: GradientSketch | None):
+        """R, V and S per matrix, the head, and the decay product c^E as a scalar."""
+        tensors, decays = workspace.read(self.head_names), set()
+        for name, p in named.items():
+            r, decay = optimizer.get_update_factor(p)
+            tensors[f"R::{name}"], decays = r.cpu(), decays | {decay}
+            if self.options.sync != "none":
+                tensors[f"V::{name}"] = optimizer.get_second_moment(p).cpu()
+            if sketch is not None:
+                tensors[f"S::{name}"] = sketch.sums[name].cpu()
+        if len(decays) != 1:
+            raise RuntimeError(f"managed matrices decayed differently: {decays}")
+        return tensors, {"decay": decays.pop()}
+
+    # ------------------------------------------------------------------ server
+    def aggregate_train(self, state: ServerState, updates: Sequence[ClientUpdate]) -> tuple[ServerState, dict[str, float]]:
+        weights = normalized_weights([u.num_examples for u in updates])
+        uploads = [u.payload.tensors for u in updates]
+        tensors = {**state.tensors, **weighted_sum(uploads, weights, self.head_names)}
+        c_bar = sum(w * float(u.payload.scalars["decay"]) for w, u in zip(weights, updates))
+        projectors = state.extra["projectors"]
+        r_bar = weighted_sum(uploads, weights, [f"R::{n}" for n in self.galore_names])
+        for name in self.galore_names:
+            tensors[name] = factored_update(state.tensors[name], c_bar, r_bar[f"R::{name}"], projectors[name])
+        v_hat, metrics = self.sync_moments(uploads, weights)
+        extra = self.next_projectors(state, uploads, weights, v_hat, metrics)
+        return ServerState(state.round + 1, tensors, extra), metrics
+
+    def sync_moments(self, uploads: list[dict], weights: list[float]) -> tuple[dict[str, Tensor], dict[str, float]]:
+        """V_hat per matrix (ajive or mean) and the AJIVE metrics."""
+        if self.options.sync == "none":
+            return {}, {}
+        if self.options.sync == "mean":
+            v = weighted_sum(uploads, weights, [f"V::{n}" for n in self.galore_names])
+            return {n: v[f"V::{n}"].clamp_min(0) for n in self.galore_names}, {}
+        from fedsub.linalg.moments import sync_second_moments  # late: AJIVE is only needed here
+
+        kwargs = dict(seed=self.options.seed, n_wedin_samples=self.options.ajive_samples, n_randdir_samples=self.options.ajive_samples)
+        if self.options.ajive_signal_rank is not None:
+            kwargs["signal_ranks"] = self.options.ajive_signal_rank
+        v_hat, ranks, tic = {}, [], time.perf_counter()
+        for name in self.galore_names:
+            moments = [u[f"V::{name}"] for u in uploads]
+            v_hat[name], result = sync_second_moments(moments, weights, **kwargs)
+            # Identical moments (result None) share every direction: their joint rank is their rank.
+            ranks.append(int(torch.linalg.matrix_rank(moments[0])) if result is None else result.joint_rank)
+        metrics = {
+            "ajive_joint_rank_mean": sum(ranks) / len(ranks),
+            "ajive_joint_rank_min": float(min(ranks)),
+            "ajive_joint_rank_max": float(max(ranks)),
+            "seconds_ajive": time.perf_counter() - tic,
+        }
+        return v_hat, metrics
+
+    def next_projectors(self, state: ServerState, uploads, weights, v_hat: dict, metrics: dict) -> dict:
+        """The next round's projectors (refreshed when due) and V_hat in their basis."""
+        nxt, extra = state.round + 1, dict(state.extra)
+        refresh = self.refresh_at(nxt)
+        metrics.update(proj_refreshed=float(refresh), proj_sketched=0.0)
+        if not refresh:
+            return {**extra, "v_hat": v_hat}
+        old = extra["projectors"]
+        if self.sketched(nxt) and all(f"S::{self.galore_names[0]}" in u for u in uploads):
+            s_bar = weighted_sum(uploads, weights, [f"S::{n}" for n in self.galore_names])
+            new = {n: sketch_projector(s_bar[f"S::{n}"], self.shapes[n], self.options.rank) for n in self.galore_names}
+            metrics["proj_sketched"] = 1.0
+        else:
+            new = self.random_projectors(extra["refresh"] + 1)
+        if self.options.moments_on_refresh == "transport":
+            v_hat = {n: transport_moments(v, v, old[n], new[n], choose_side(self.shapes[n]))[1].clamp_min(0) for n, v in v_hat.items()}
+        else:
+            v_hat = {}
+        return {"projectors": new, "refresh": extra["refresh"] + 1, "proj_sketched": metrics["proj_sketched"] == 1.0, "v_hat": v_hat}
