@@ -29,8 +29,12 @@ def resolve_model_path(name: str) -> str:
 
 
 def _quiet_transformers() -> None:
+    import warnings
+
     import transformers
 
+    # PEFT 0.21 calls a transformers 5 method deprecated in favour of another; nothing for users to fix.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
 

@@ -74,10 +74,11 @@ def run_method(cfg: ExperimentConfig, spec, data, run_dir: Path, console: Consol
 
 
 def round_line(record: dict, total: int) -> str:
-    acc = "" if record.get("accuracy") is None else f" acc {record['accuracy']:.4f} f1 {record['macro_f1']:.4f}"
+    """One short line per round (fits an 80-column log)."""
+    acc = "" if record.get("accuracy") is None else f" acc {record['accuracy']:.3f} f1 {record['macro_f1']:.3f}"
     return (
-        f"  {record['method']} round {record['round']}/{total}: train loss {record['train_loss']:.4f}{acc}"
-        f" | up {record['bytes_up'] / 1e6:.2f} MB | {record['seconds_round']:.1f} s"
+        f"  {record['method']} {record['round']}/{total}: loss {record['train_loss']:.3f}{acc}"
+        f" up {record['bytes_up'] / 1e6:.1f}MB {record['seconds_round']:.1f}s"
     )
 
 
