@@ -74,10 +74,12 @@ def sketch_projector(sketch: Tensor, shape: torch.Size, rank: int) -> Tensor:
 
 
 def factored_update(weight: Tensor, decay: float, r_bar: Tensor, projector: Tensor) -> Tensor:
-    """c_bar W + R_bar P (right) or c_bar W + P R_bar (left), in float32, cast back to W's dtype."""
+    """c_bar W + R_bar P (right) or c_bar W + P R_bar (left), in float32 (float64 for float64 W),
+    cast back to W's dtype: one m x n matmul, no per-client dense update."""
     side = choose_side(weight.shape)
-    dense = project_back(r_bar.float(), projector.float(), side)
-    return dense.add_(weight.float(), alpha=decay).to(weight.dtype)
+    dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    dense = project_back(r_bar.to(dtype), projector.to(dtype), side)
+    return dense.add_(weight.to(dtype), alpha=decay).to(weight.dtype)
 
 
 class GradientSketch:

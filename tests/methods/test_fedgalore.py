@@ -1,0 +1,194 @@
+"""FedGaLore (arXiv 2602.01746): factored aggregation by hand, exact reconstruction of the dense
+update, shared projectors, sync none == centralised GaLore-AdamW, AJIVE / mean sync, bytes."""
+
+import pytest
+import torch
+
+from fedsub.core.registry import build_method
+from fedsub.core.types import ClientUpdate, Payload, ServerState
+from fedsub.engines.simulation import Simulation, build_workspace
+from fedsub.methods.galore_common import galore_optimizer
+from fedsub.optim import GaLoreAdamW
+from fedsub.optim.projector import choose_side, project_back
+from fedsub_fixtures import tiny_config
+
+
+def hand_method(**options):
+    """fedgalore over one 3 x 2 matrix 'w' (right side, P: 1 x 2) and a head 'h', no model needed."""
+    method = build_method("fedgalore", {"rank": 1, "proj_refresh_rounds": 2, **options})
+    method.galore_names, method.head_names, method.shapes = ["w"], ["h"], {"w": torch.Size([3, 2])}
+    return method
+
+
+def hand_state(v_hat=None):
+    W = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    extra = {"projectors": {"w": torch.tensor([[0.0, 1.0]])}, "refresh": 0, "proj_sketched": False, "v_hat": v_hat or {}}
+    return ServerState(0, {"w": W, "h": torch.zeros(2)}, extra)
+
+
+def hand_update(cid, n, R, decay, h, V=None):
+    tensors = {"R::w": R, "h": h, **({"V::w": V} if V is not None else {})}
+    return ClientUpdate(cid, Payload(tensors, {"decay": decay}), n)
+
+
+def test_server_aggregates_in_factored_form_exact_numbers():
+    """W' = c_bar W + (sum p_k R_k) P with p = (1/4, 3/4), c = (0.5, 1): c_bar = 0.875."""
+    method = hand_method(sync="none")
+    a = hand_update(0, 1, torch.tensor([[1.0], [2.0], [3.0]]), 0.5, torch.tensor([4.0, 0.0]))
+    b = hand_update(1, 3, torch.tensor([[3.0], [2.0], [1.0]]), 1.0, torch.tensor([0.0, 4.0]))
+    new, metrics = method.aggregate_train(hand_state(), [a, b])
+    assert torch.equal(new.tensors["w"], torch.tensor([[0.875, 4.25], [2.625, 5.5], [4.375, 6.75]]))
+    assert torch.equal(new.tensors["h"], torch.tensor([1.0, 3.0]))
+    assert new.round == 1 and metrics["proj_refreshed"] == 0.0  # held: proj_refresh_rounds = 2
+    assert torch.equal(new.extra["projectors"]["w"], torch.tensor([[0.0, 1.0]]))
+
+
+def test_mean_sync_is_the_weighted_mean_and_ajive_of_identical_moments_returns_them():
+    V1, V2 = torch.tensor([[1.0], [2.0], [4.0]]), torch.tensor([[5.0], [2.0], [0.0]])
+    zeros, h = torch.zeros(3, 1), torch.zeros(2)
+    mean, _ = hand_method(sync="mean").aggregate_train(hand_state(), [hand_update(0, 1, zeros, 1.0, h, V1), hand_update(1, 3, zeros, 1.0, h, V2)])
+    assert torch.equal(mean.extra["v_hat"]["w"], torch.tensor([[4.0], [2.0], [1.0]]))
+    V = torch.tensor([[0.25], [1.5], [3.0]])
+    updates = [hand_update(k, n, zeros, 1.0, h, V.clone()) for k, n in enumerate([1, 2, 5])]
+    method = hand_method(sync="ajive", ajive_samples=50)
+    synced, metrics = method.aggregate_train(hand_state(), updates)
+    assert torch.equal(synced.extra["v_hat"]["w"], V)
+    assert metrics["ajive_joint_rank_mean"] == metrics["ajive_joint_rank_max"] == 1.0 and metrics["seconds_ajive"] >= 0
+    down = method.configure_train(synced, 0)  # broadcast to the next round's clients
+    assert torch.equal(down.tensors["V::w"], V) and "P::w" not in down.tensors  # random P: zero bytes
+
+
+def test_ajive_sync_of_differing_moments_is_non_negative_and_reports_ranks():
+    gen = torch.Generator().manual_seed(0)
+    base = torch.rand(16, 1, generator=gen) @ torch.rand(1, 3, generator=gen)  # shared rank-1 signal
+    method = hand_method(sync="ajive", ajive_samples=50)
+    method.shapes = {"w": torch.Size([16, 4])}
+    state = ServerState(0, {"w": torch.zeros(16, 4), "h": torch.zeros(2)},
+                        {"projectors": {"w": torch.eye(4)[:3]}, "refresh": 0, "proj_sketched": False, "v_hat": {}})
+    updates = [hand_update(k, 1, torch.zeros(16, 3), 1.0, torch.zeros(2), base + 0.01 * torch.rand(16, 3, generator=gen)) for k in range(3)]
+    new, metrics = method.aggregate_train(state, updates)
+    assert (new.extra["v_hat"]["w"] >= 0).all()
+    assert 0 <= metrics["ajive_joint_rank_min"] <= metrics["ajive_joint_rank_max"] <= 3
+
+
+def test_transport_on_refresh_maps_v_hat_to_the_new_basis_and_reset_drops_it():
+    V = torch.tensor([[1.0], [2.0], [4.0]])
+    updates = [hand_update(0, 1, torch.zeros(3, 1), 1.0, torch.zeros(2), V)]
+    state = hand_state()
+    state.round = 1  # next round (2) refreshes: proj_refresh_rounds = 2, random source
+    kept, _ = hand_method(sync="mean", proj_source="random", moments_on_refresh="transport").aggregate_train(state, updates)
+    q = state.extra["projectors"]["w"] @ kept.extra["projectors"]["w"].mT  # 1 x 1
+    assert torch.allclose(kept.extra["v_hat"]["w"], V * q**2)
+    assert kept.extra["refresh"] == 1 and not torch.equal(kept.extra["projectors"]["w"], state.extra["projectors"]["w"])
+    dropped, _ = hand_method(sync="mean", proj_source="random").aggregate_train(state, updates)
+    assert dropped.extra["v_hat"] == {}
+
+
+def simulation(tiny_data, tmp_path, name="fedgalore", options=None, **overrides):
+    cfg = tiny_config(methods=[{"name": name, **(options or {})}], **overrides)
+    return Simulation(cfg, cfg.methods[0], tiny_data, tmp_path / name)
+
+
+def as_float64(sim):
+    sim.workspace.model.double()
+    sim.state = sim.method.init(sim.workspace)
+    return sim
+
+
+def test_factored_upload_reconstructs_the_dense_update_with_weight_decay(tiny_data, tmp_path):
+    sim = as_float64(simulation(tiny_data, tmp_path, options={"rank": 3, "sync": "mean"}, train__weight_decay=0.1))
+    payload = sim.method.configure_train(sim.state, 0)
+    update = sim.method.client_train(sim.workspace, payload, sim.client_context(0, 0))
+    lr, steps = sim.settings.lr, sim.settings.local_steps
+    decay = update.payload.scalars["decay"]
+    assert decay == pytest.approx((1 - lr * 0.1) ** steps, rel=1e-12) and decay < 1
+    trained = sim.workspace.read(sim.method.galore_names)
+    projectors = sim.method.client_projectors(payload)
+    new, _ = sim.method.aggregate_train(sim.state, [update])  # one client: the server rebuilds W_E
+    for name, w_end in trained.items():
+        w_start, R = payload.tensors[name], update.payload.tensors[f"R::{name}"]
+        rebuilt = decay * w_start + project_back(R, projectors[name].double(), choose_side(w_start.shape))
+        dense = w_end - w_start
+        assert dense.norm() > 0
+        assert (rebuilt - w_end).norm() / dense.norm() < 1e-6, name
+        assert (new.tensors[name] - w_end).norm() / dense.norm() < 1e-6, name
+    assert not [n for n in update.payload.tensors if n in trained]  # no dense matrix goes up
+
+
+def record_projectors(monkeypatch):
+    calls = []
+    original = GaLoreAdamW.set_projector
+
+    def spy(self, p, projector, **kw):
+        calls.append(projector.detach().clone())
+        return original(self, p, projector, **kw)
+
+    monkeypatch.setattr(GaLoreAdamW, "set_projector", spy)
+    return calls
+
+
+@pytest.mark.parametrize("source", ["svd", "random"])
+def test_all_clients_of_a_round_use_the_servers_projector(tiny_data, tmp_path, monkeypatch, source):
+    sim = simulation(tiny_data, tmp_path, options={"proj_source": source, "proj_refresh_rounds": 1, "rank": 2, "sync": "mean"})
+    calls, per_client = record_projectors(monkeypatch), len(sim.method.galore_names)
+    for round_index in range(2):
+        server = list(sim.state.extra["projectors"].values())
+        calls.clear()
+        record = sim.run_round(round_index)
+        assert len(calls) == 3 * per_client
+        for k in range(3):
+            assert all(torch.equal(a, b) for a, b in zip(calls[k * per_client : (k + 1) * per_client], server))
+        if round_index == 0:
+            assert record["proj_sketched"] == float(source == "svd") and record["proj_refreshed"] == 1.0
+    assert sim.state.extra["refresh"] == 2
+
+
+def test_sketch_has_width_r_plus_o_and_the_next_projector_comes_from_it(tiny_data, tmp_path):
+    sim = simulation(tiny_data, tmp_path, options={"proj_source": "rsvd", "proj_refresh_rounds": 1, "rank": 2, "oversampling": 3, "sync": "none"})
+    payload = sim.method.configure_train(sim.state, 0)
+    assert payload.scalars["sketch"] is True
+    update = sim.method.client_train(sim.workspace, payload, sim.client_context(0, 0))
+    new, metrics = sim.method.aggregate_train(sim.state, [update])
+    assert metrics["proj_sketched"] == 1.0 and new.extra["proj_sketched"]
+    for name, (m, n) in sim.method.shapes.items():
+        S, P = update.payload.tensors[f"S::{name}"], new.extra["projectors"][name]
+        basis = P.mT if m >= n else P  # the projected side's orthonormal basis, (n or m) x r
+        assert S.shape == ((n, 5) if m >= n else (m, 5))
+        assert torch.allclose(basis.mT @ basis, torch.eye(2), atol=1e-5)
+        q, _ = torch.linalg.qr(S)
+        assert torch.allclose(q @ (q.mT @ basis), basis, atol=1e-4)  # P lies in span(S)
+    assert "P::" + sim.method.galore_names[0] in sim.method.configure_train(new, 0).tensors  # sent down
+
+
+def test_sync_none_single_client_equals_centralised_galore_adamw(tiny_data, tmp_path):
+    options = {"sync": "none", "proj_source": "random", "proj_refresh_rounds": 10, "rank": 2, "scale": 0.5}
+    overrides = dict(federation={"num_clients": 1, "clients_per_round": 1, "rounds": 3}, train__weight_decay=0.1)
+    sim = as_float64(simulation(tiny_data, tmp_path, options=options, **overrides))
+    reference = build_workspace(sim.cfg, build_method("fedgalore", options), tiny_data)
+    reference.model.double()
+    names = sim.method.galore_names
+    start = reference.read(names)
+    optimizer, managed = galore_optimizer(reference, names, sim.settings, rank=2, scale=0.5, proj_type="given")
+    for p, proj in zip(managed, sim.state.extra["projectors"].values()):
+        optimizer.set_projector(p, proj)
+    for round_index in range(3):
+        sim.run_round(round_index)
+        reference.train_local(sim.client_context(round_index, 0), optimizer)
+    central = reference.read(names + sim.method.head_names)
+    diffs = [(central[n] - sim.state.tensors[n]).abs().max().item() for n in central]
+    assert max(diffs) < 1e-10
+    assert min((central[n] - start[n]).abs().max().item() for n in names) > 1e-4  # all trained
+    assert sim.client_states[0]["optimizer"]["state"]  # the client's own moments were kept
+
+
+def test_bytes_up_at_rank_r_at_most_fedit_on_square_matrices(tiny_data, tmp_path):
+    square = {"name": "minilm", "tiny": True, "max_length": 16, "target_modules": ["query", "key", "value"]}
+    galore = simulation(tiny_data, tmp_path, options={"rank": 4, "proj_source": "random"}, model=square)
+    fedit = simulation(tiny_data, tmp_path, name="fedit", options={"rank": 4}, model=square)
+    shapes = [tuple(s) for s in galore.method.shapes.values()]
+    assert shapes and all(m == n for m, n in shapes)
+    up_galore, up_fedit = galore.run_round(0)["bytes_up"], fedit.run_round(0)["bytes_up"]
+    assert 0 < up_galore <= up_fedit
+    payload = galore.method.client_train(galore.workspace, galore.method.configure_train(galore.state, 0), galore.client_context(1, 0)).payload
+    matrices = sum(t.numel() for n, t in payload.tensors.items() if n.startswith(("R::", "V::")))
+    assert matrices == sum(2 * m * 4 for m, _ in shapes)  # R and V: m x r each
