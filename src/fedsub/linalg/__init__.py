@@ -1,0 +1,2 @@
+from fedsub.linalg.ajive import AJIVEResult, ajive
+from fedsub.linalg.moments import sync_second_moments
