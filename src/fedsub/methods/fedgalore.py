@@ -24,7 +24,14 @@ right side P: r x n shown; the left side is the transpose):
   ``transport`` (v <- v (Q o Q), m <- m Q with Q = P_old P_new^T).
 
 Bytes: the downlink carries the dense global W of every managed matrix and the head (what a client
-that may have missed rounds needs), P when it is sketched, V_hat when synchronised.
+that may have missed rounds needs; a factored downlink c_bar, sum p_k R_k and P would be smaller but
+is not implemented), a sketched P every round it is in use (a sampled client may have missed the
+refresh; random P costs nothing), V_hat when synchronised. R and V go up in the optimizer's state
+dtype (float32 also for bf16 models), c^E as a scalar (not counted: scalars are not tensor bytes).
+
+Metrics per round: ``ajive_joint_rank_mean/min/max`` over the managed matrices (identical moments
+count their numerical rank), ``seconds_ajive``; ``proj_refreshed`` / ``proj_sketched``: whether this
+aggregation installed a new projector for the next round, and whether it came from the sketch.
 """
 
 from __future__ import annotations
@@ -42,7 +49,14 @@ from fedsub.core.types import ClientContext, ClientUpdate, Payload, ServerState
 from fedsub.core.workspace import Workspace
 from fedsub.linalg.svd import seeded_gaussian
 from fedsub.methods.base import FedAvgMethod
-from fedsub.methods.galore_common import export_state, freeze_all_but, galore_optimizer, head_parameter_names, import_state, linear_weight_names
+from fedsub.methods.galore_common import (
+    export_state,
+    freeze_all_but,
+    galore_optimizer,
+    head_parameter_names,
+    import_state,
+    linear_weight_names,
+)
 from fedsub.optim.projector import choose_side, derive_seed, effective_rank, project_back, random_projector, transport_moments
 
 _SKETCH_STREAM = 0x5EC7  # separates the sketch's Omega seeds from the projector seeds
@@ -148,7 +162,9 @@ class FedGaLore(FedAvgMethod):
     def client_train(self, workspace: Workspace, payload: Payload, client: ClientContext) -> ClientUpdate:
         workspace.write({n: t for n, t in payload.tensors.items() if "::" not in n})
         o = self.options
-        optimizer, managed = galore_optimizer(workspace, self.galore_names, client.train, rank=o.rank, scale=o.scale, proj_type="given", track_update=True)
+        optimizer, managed = galore_optimizer(
+            workspace, self.galore_names, client.train, rank=o.rank, scale=o.scale, proj_type="given", track_update=True
+        )
         named = dict(zip(self.galore_names, managed))
         self.start_state(optimizer, named, payload, client)
         sketch = None
@@ -219,7 +235,8 @@ class FedGaLore(FedAvgMethod):
             return {n: v[f"V::{n}"].clamp_min(0) for n in self.galore_names}, {}
         from fedsub.linalg.moments import sync_second_moments  # late: AJIVE is only needed here
 
-        kwargs = dict(seed=self.options.seed, n_wedin_samples=self.options.ajive_samples, n_randdir_samples=self.options.ajive_samples)
+        samples = self.options.ajive_samples
+        kwargs = dict(seed=self.options.seed, n_wedin_samples=samples, n_randdir_samples=samples)
         if self.options.ajive_signal_rank is not None:
             kwargs["signal_ranks"] = self.options.ajive_signal_rank
         v_hat, ranks, tic = {}, [], time.perf_counter()
@@ -251,7 +268,10 @@ class FedGaLore(FedAvgMethod):
         else:
             new = self.random_projectors(extra["refresh"] + 1)
         if self.options.moments_on_refresh == "transport":
-            v_hat = {n: transport_moments(v, v, old[n], new[n], choose_side(self.shapes[n]))[1].clamp_min(0) for n, v in v_hat.items()}
+            # v <- v (Q o Q), the diagonal approximation; clamped as V_hat must stay >= 0 (sqrt).
+            sides = {n: choose_side(s) for n, s in self.shapes.items()}
+            v_hat = {n: transport_moments(v, v, old[n], new[n], sides[n])[1].clamp_min(0) for n, v in v_hat.items()}
         else:
             v_hat = {}
-        return {"projectors": new, "refresh": extra["refresh"] + 1, "proj_sketched": metrics["proj_sketched"] == 1.0, "v_hat": v_hat}
+        sketched = metrics["proj_sketched"] == 1.0
+        return {"projectors": new, "refresh": extra["refresh"] + 1, "proj_sketched": sketched, "v_hat": v_hat}
