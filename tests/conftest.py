@@ -7,6 +7,10 @@ import torch
 
 from fedsub_fixtures import TEXTS, tiny_config
 
+# The tests' models are tiny: a second intra-op thread buys nothing there, and on a loaded 2-core
+# machine OpenMP's spin-waiting made them up to 50x slower (measured).
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def tiny_data():
