@@ -41,7 +41,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
         doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
         print(f"{name:18s} {doc}")
         for field, info in cls.Options.model_fields.items():
-            print(f"    {field} = {info.default!r}  {info.description or ''}".rstrip())
+            default = info.get_default(call_default_factory=True)
+            print(f"    {field} = {default!r}  {info.description or ''}".rstrip())
     return 0
 
 
