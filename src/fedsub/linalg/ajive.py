@@ -13,6 +13,9 @@ percentiles, drawn batched in float32 (see _SAMPLE_DTYPE) from a seeded torch.Ge
 blocks' device. Where a draw would be a tall n x c Gaussian whose statistic depends on it only
 through its Gram matrix, a c x c Bartlett factor with the same Gram law is drawn instead
 (Bartlett 1933): exact in distribution, and the cost no longer grows with n.
+
+`fedsub.linalg.ajive` is the function (the package re-exports it over this module's name); reach
+the module with `from fedsub.linalg.ajive import ...` or importlib.
 """
 
 from __future__ import annotations
@@ -430,8 +433,9 @@ def _noise_norm_samples(
 
     This is ||X^T Q|| (or ||X Q||) for Q uniform orthonormal in the complement of the block's
     signal scores (loadings): X^T Q = V_perp S_perp U_perp^T Q, and U_perp^T Q is the first p rows
-    of W once the complement basis starts with U_perp. W[:p] = G1 (G^T G)^{-1/2} R needs only G1
-    (p x c) and the Gram of the other n_complement - p rows, drawn as a Bartlett factor.
+    of W once the complement basis starts with U_perp. W[:p] = G1 (G^T G)^{-1/2} (up to a c x c
+    rotation, which leaves the norm alone) needs only G1 (p x c) and the Gram of the other
+    n_complement - p rows, drawn as a Bartlett factor.
     """
     n_groups, p = s_perp.shape
     if n_cols == 0 or p == 0:
