@@ -192,3 +192,22 @@ def test_bytes_up_at_rank_r_at_most_fedit_on_square_matrices(tiny_data, tmp_path
     payload = galore.method.client_train(galore.workspace, galore.method.configure_train(galore.state, 0), galore.client_context(1, 0)).payload
     matrices = sum(t.numel() for n, t in payload.tensors.items() if n.startswith(("R::", "V::")))
     assert matrices == sum(2 * m * 4 for m, _ in shapes)  # R and V: m x r each
+
+
+def test_ajive_blocks_share_the_long_side_for_left_side_matrices(monkeypatch):
+    """A 4 x 16 weight projects on the left: moments are r x 16, AJIVE must see 16 x r blocks."""
+    import fedsub.linalg.moments as moments_module
+
+    seen = []
+
+    def fake_sync(moments, weights, **kwargs):
+        seen.extend(tuple(m.shape) for m in moments)
+        return moments[0] * 2, None
+
+    monkeypatch.setattr(moments_module, "sync_second_moments", fake_sync)
+    method = hand_method(sync="ajive", ajive_samples=50)
+    method.shapes = {"w": torch.Size([4, 16])}
+    V = torch.arange(48, dtype=torch.float32).reshape(3, 16)
+    v_hat, _ = method.sync_moments([{"V::w": V}, {"V::w": V + 1}], [0.5, 0.5])
+    assert seen == [(16, 3), (16, 3)]
+    assert torch.equal(v_hat["w"], 2 * V)  # transposed back to the optimizer's r x n layout

@@ -241,8 +241,12 @@ class FedGaLore(FedAvgMethod):
             kwargs["signal_ranks"] = self.options.ajive_signal_rank
         v_hat, ranks, tic = {}, [], time.perf_counter()
         for name in self.galore_names:
-            moments = [u[f"V::{name}"] for u in uploads]
-            v_hat[name], result = sync_second_moments(moments, weights, **kwargs)
+            # AJIVE's blocks share rows: the weight's long side (m for right-side moments m x r; a
+            # left-side moment is r x n, so it is transposed there and back).
+            left = choose_side(self.shapes[name]) == "left"
+            moments = [u[f"V::{name}"].mT if left else u[f"V::{name}"] for u in uploads]
+            synced, result = sync_second_moments(moments, weights, **kwargs)
+            v_hat[name] = synced.mT.contiguous() if left else synced
             # Identical moments (result None) share every direction: their joint rank is their rank.
             ranks.append(int(torch.linalg.matrix_rank(moments[0])) if result is None else result.joint_rank)
         metrics = {
