@@ -87,7 +87,7 @@ class FedAvgMethod:
         workspace.write(payload.tensors)
         optimizer = adamw((p for p in workspace.model.parameters() if p.requires_grad), client.train)
         metrics = workspace.train_local(client, optimizer)
-        upload = workspace.read(payload.tensors.keys())
+        upload = workspace.read(workspace.trainable_names())  # what was trained is what is sent
         return ClientUpdate(client.client_id, Payload(upload), len(client.indices), metrics)
 
     def aggregate_train(self, state: ServerState, updates: Sequence[ClientUpdate]) -> tuple[ServerState, dict[str, float]]:

@@ -13,9 +13,9 @@ from typing import Sequence
 
 from fedsub.core.registry import register
 from fedsub.core.tensors import normalized_weights, weighted_sum
-from fedsub.core.types import ClientContext, ClientUpdate, Payload, ServerState
+from fedsub.core.types import ClientUpdate, ServerState
 from fedsub.core.workspace import Workspace
-from fedsub.methods.base import FedAvgMethod, LoraOptions, adamw, add_lora, lora_scale
+from fedsub.methods.base import FedAvgMethod, LoraOptions, add_lora, lora_scale
 from fedsub.methods.diagnostics import round_diagnostics
 from fedsub.methods.lora_math import LORA_A, average_non_lora, fedsvd_factors, lora_layers
 
@@ -33,13 +33,6 @@ class FedSVD(FedAvgMethod):
     def init(self, workspace: Workspace) -> ServerState:
         names = workspace.trainable_names() + [n for n in workspace.parameters_by_name() if LORA_A in n]
         return ServerState(round=0, tensors=workspace.read(names))
-
-    def client_train(self, workspace: Workspace, payload: Payload, client: ClientContext) -> ClientUpdate:
-        workspace.write(payload.tensors)
-        optimizer = adamw((p for p in workspace.model.parameters() if p.requires_grad), client.train)
-        metrics = workspace.train_local(client, optimizer)
-        upload = workspace.read(workspace.trainable_names())  # B and the head, not A
-        return ClientUpdate(client.client_id, Payload(upload), len(client.indices), metrics)
 
     def aggregate_train(self, state: ServerState, updates: Sequence[ClientUpdate]) -> tuple[ServerState, dict[str, float]]:
         weights = normalized_weights([u.num_examples for u in updates])
