@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,8 @@ def prepare_run_dir(out: Path, overwrite: bool) -> Path:
 
 
 def run_experiment(cfg: ExperimentConfig, out: Path, *, quiet: bool = False, overwrite: bool = False, console: Console | None = None) -> list[dict[str, Any]]:
-    console = console or Console(stderr=True, quiet=quiet)
+    # Logs (CI, files) get 120 columns so the results table is not cut; terminals keep their width.
+    console = console or Console(stderr=True, quiet=quiet, width=None if sys.stderr.isatty() else 120)
     run_dir = prepare_run_dir(Path(out), overwrite)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     console.print(f"[bold]fedsub[/] {cfg.name}: loading data and partitioning over {cfg.federation.num_clients} clients")
