@@ -14,7 +14,7 @@ import torch
 from scipy import stats
 
 from fedsub.linalg import AJIVEResult, ajive, sync_second_moments
-from fedsub.linalg.ajive import (
+from fedsub.linalg.ajive_bounds import (
     _gram_equivalent_gaussian,
     _noise_norm_samples,
     _orthonormalize_blocks,
