@@ -23,6 +23,8 @@ import time
 
 import torch
 
+from common import emit
+
 from fedsub.linalg import ajive
 from fedsub.linalg.ajive import _random_direction_samples
 
@@ -121,11 +123,7 @@ def main() -> None:
         "repeats": args.repeats, "target_K10_768x8_s": TARGET_S,
         "meets_target": headline["cold_s_median"] < TARGET_S, "results": results,
     }  # fmt: skip
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

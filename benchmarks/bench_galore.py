@@ -15,13 +15,14 @@ all repeats. Targets: amortised <= 1.15x AdamW; matrix state <= 4 (2 max(m, n) r
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
+
+from common import emit
 
 from fedsub.optim import GaLoreAdamW
 from fedsub.optim.projector import effective_rank
@@ -166,11 +167,7 @@ def main() -> None:
         repeats = args.repeats if name == "minilm" else args.repeats_llama
         results += [bench_model(name, weights, int(r), args, repeats) for r in ranks.split(",")]
     report = {"machine": machine(), "device": args.device, "dtype": args.dtype, "results": results}
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

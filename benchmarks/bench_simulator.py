@@ -10,13 +10,14 @@ payloads, counting bytes, aggregation, logging) is the simulator's own cost. Tar
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import tempfile
 from pathlib import Path
 
 import torch
+
+from common import emit
 
 from fedsub.config import load_config
 from fedsub.report import read_metrics
@@ -48,10 +49,7 @@ def main() -> None:
         "target": 1.05,
     }
     result["target_met"] = result["median_overhead"] <= result["target"]
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":
