@@ -26,7 +26,7 @@ import torch
 from common import emit
 
 from fedsub.linalg import ajive
-from fedsub.linalg.ajive import _random_direction_samples
+from fedsub.linalg.ajive_bounds import _random_direction_samples
 
 CASES = [(10, 768, 8), (10, 4096, 16), (50, 768, 8), (50, 4096, 16)]
 TARGET_S = 1.0
