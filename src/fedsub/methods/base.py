@@ -50,6 +50,13 @@ def add_lora(workspace: Workspace, options: LoraOptions, seed: int | None = None
     workspace.model = get_peft_model(workspace.model, config)
 
 
+def freeze_lora_a(workspace: Workspace) -> None:
+    """Freeze every LoRA A: not trained, so (what is trained is what is sent) never uploaded."""
+    for name, param in workspace.model.named_parameters():
+        if ".lora_A." in name:
+            param.requires_grad_(False)
+
+
 def lora_scale(options: LoraOptions) -> float:
     return options.lora_alpha / options.rank
 

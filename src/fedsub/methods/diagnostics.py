@@ -167,6 +167,17 @@ def round_diagnostics(
     return lora_diagnostics(clients, weights, server, rank)
 
 
+def server_factor_diagnostics(
+    options, layers: dict[str, LoraKeys], updates: Sequence[ClientUpdate], tensors: Tensors, known: Sequence[Tensors] = ()
+) -> dict[str, float]:
+    """Diagnostics of a method whose new global LoRA factors are in `tensors` (fedsvd, flexlora,
+    svd_redistribute); {} when the method's `diagnostics` option is off."""
+    if not options.diagnostics:
+        return {}
+    aggregated = {p: (tensors[k.b], tensors[k.a]) for p, k in layers.items()}
+    return round_diagnostics(layers, updates, options.lora_alpha / options.rank, aggregated, options.rank, known)
+
+
 def fedavg_diagnostics(options, state: ServerState, new: ServerState, updates: Sequence[ClientUpdate]) -> dict[str, float]:
     """Diagnostics of the FedAvg-of-factors methods (fedit, ffa_lora): the server's update is
     s avg(B) avg(A) (A the shared frozen one for FFA-LoRA, kept in state.extra['frozen_lora'])."""

@@ -15,8 +15,8 @@ from fedsub.core.registry import register
 from fedsub.core.tensors import normalized_weights, weighted_sum
 from fedsub.core.types import ClientUpdate, ServerState
 from fedsub.core.workspace import Workspace
-from fedsub.methods.base import FedAvgMethod, LoraOptions, add_lora, lora_scale
-from fedsub.methods.diagnostics import round_diagnostics
+from fedsub.methods.base import FedAvgMethod, LoraOptions, add_lora, freeze_lora_a
+from fedsub.methods.diagnostics import server_factor_diagnostics
 from fedsub.methods.lora_math import LORA_A, average_non_lora, fedsvd_factors, lora_layers
 
 
@@ -26,9 +26,7 @@ class FedSVD(FedAvgMethod):
 
     def prepare_model(self, workspace: Workspace) -> None:
         add_lora(workspace, self.options)
-        for name, param in workspace.model.named_parameters():
-            if LORA_A in name:
-                param.requires_grad_(False)  # set by the server each round, never trained or uploaded
+        freeze_lora_a(workspace)  # set by the server each round, never trained or uploaded
 
     def init(self, workspace: Workspace) -> ServerState:
         names = workspace.trainable_names() + [n for n in workspace.parameters_by_name() if LORA_A in n]
@@ -45,8 +43,4 @@ class FedSVD(FedAvgMethod):
             tensors[keys.b] = b.to(state.tensors[keys.b].dtype)
             tensors[keys.a] = a.to(state.tensors[keys.a].dtype)
         new = ServerState(state.round + 1, tensors, state.extra)
-        if not self.options.diagnostics:
-            return new, {}
-        aggregated = {p: (tensors[k.b], tensors[k.a]) for p, k in layers.items()}
-        scale = lora_scale(self.options)
-        return new, round_diagnostics(layers, updates, scale, aggregated, self.options.rank, known=(state.tensors,))
+        return new, server_factor_diagnostics(self.options, layers, updates, tensors, known=(state.tensors,))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fedsub.core.registry import register
 from fedsub.core.workspace import Workspace
-from fedsub.methods.base import FedAvgMethod, LoraOptions, add_lora
+from fedsub.methods.base import FedAvgMethod, LoraOptions, add_lora, freeze_lora_a
 
 
 @register("ffa_lora")
@@ -17,6 +17,4 @@ class FFALoRA(FedAvgMethod):
 
     def prepare_model(self, workspace: Workspace) -> None:
         add_lora(workspace, self.options)
-        for name, param in workspace.model.named_parameters():
-            if ".lora_A." in name:
-                param.requires_grad_(False)  # never trained, so never in a payload
+        freeze_lora_a(workspace)  # A stays at its shared seeded init

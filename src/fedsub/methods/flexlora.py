@@ -31,7 +31,7 @@ from fedsub.core.tensors import normalized_weights
 from fedsub.core.types import ClientContext, ClientUpdate, Payload, ServerState
 from fedsub.core.workspace import Workspace
 from fedsub.methods.base import FedAvgMethod, LoraOptions, adamw, add_lora, lora_scale
-from fedsub.methods.diagnostics import round_diagnostics
+from fedsub.methods.diagnostics import server_factor_diagnostics
 from fedsub.methods.lora_math import (
     Factors,
     LoraKeys,
@@ -166,7 +166,4 @@ class FlexLoRA(FedAvgMethod):
             tensors[keys.b] = b.to(state.tensors[keys.b].dtype)
             tensors[keys.a] = a.to(state.tensors[keys.a].dtype)
         new = ServerState(state.round + 1, tensors, state.extra)
-        if not self.options.diagnostics:
-            return new, {}
-        aggregated = {p: (tensors[k.b], tensors[k.a]) for p, k in layers.items()}
-        return new, round_diagnostics(layers, updates, scale, aggregated, self.options.rank)
+        return new, server_factor_diagnostics(self.options, layers, updates, tensors)

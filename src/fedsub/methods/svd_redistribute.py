@@ -18,7 +18,7 @@ from fedsub.core.tensors import normalized_weights
 from fedsub.core.types import ClientUpdate, ServerState
 from fedsub.core.workspace import Workspace
 from fedsub.methods.base import FedAvgMethod, LoraOptions, add_lora, lora_scale
-from fedsub.methods.diagnostics import round_diagnostics
+from fedsub.methods.diagnostics import server_factor_diagnostics
 from fedsub.methods.lora_math import Split, average_non_lora, client_pairs, lora_layers, stack_factors, svd_refactor
 
 
@@ -61,7 +61,4 @@ class SvdRedistribute(FedAvgMethod):
         return svd_refactor(b_stack, a_stack, o.rank, lora_scale(o), self.split, o.max_update_norm, o.rescale)
 
     def diagnostics(self, layers, updates, new: ServerState) -> dict[str, float]:
-        if not self.options.diagnostics:
-            return {}
-        aggregated = {p: (new.tensors[k.b], new.tensors[k.a]) for p, k in layers.items()}
-        return round_diagnostics(layers, updates, lora_scale(self.options), aggregated, self.options.rank)
+        return server_factor_diagnostics(self.options, layers, updates, new.tensors)
