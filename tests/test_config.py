@@ -1,6 +1,6 @@
 import pytest
 
-from fedsub.config import ConfigError, load_config, validate_config
+from fedsub.config import ConfigError, config_to_dict, load_config, validate_config
 
 
 def write(tmp_path, text):
@@ -79,3 +79,11 @@ def test_bad_files_and_overrides(tmp_path):
 def test_local_epochs_replaces_local_steps():
     cfg = validate_config({"train": {"local_epochs": 1}})
     assert cfg.train.local_steps is None and cfg.train.local_epochs == 1
+
+
+def test_labels_let_variants_of_one_method_share_a_run():
+    cfg = validate_config({"methods": [{"name": "fedit", "label": "fedit_r4", "rank": 4}, {"name": "fedit", "rank": 8}]})
+    assert [m.key for m in cfg.methods] == ["fedit_r4", "fedit"]
+    assert config_to_dict(cfg)["methods"][0]["label"] == "fedit_r4"
+    with pytest.raises(ConfigError, match="distinct label"):
+        validate_config({"methods": [{"name": "fedit", "rank": 4}, {"name": "fedit", "rank": 8}]})

@@ -92,6 +92,7 @@ class MethodSpec(Strict):
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
     name: str
+    label: str | None = Field(None, pattern=r"^[A-Za-z0-9_.+-]+$", description="results name (default: the method name); lets variants of one method share a run")
     lr: float | None = Field(None, gt=0, description="overrides train.lr for this method")
     _options: Any = PrivateAttr(None)
 
@@ -101,6 +102,11 @@ class MethodSpec(Strict):
 
         self._options = method_options(self.name).model_validate(self.model_extra or {})
         return self
+
+    @property
+    def key(self) -> str:
+        """Its name in results and run directories: the label, else the method name."""
+        return self.label or self.name
 
     @property
     def options(self) -> BaseModel:
@@ -131,9 +137,9 @@ class ExperimentConfig(Strict):
 
     @model_validator(mode="after")
     def _unique_methods(self) -> "ExperimentConfig":
-        names = [m.name for m in self.methods]
-        if len(set(names)) != len(names):
-            raise ValueError(f"methods: each method once per run, got {names}")
+        keys = [m.key for m in self.methods]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"methods: each method once per run (give variants a distinct label), got {keys}")
         return self
 
 
@@ -235,5 +241,11 @@ def _method_path(path: str, raw: dict[str, Any]) -> str:
 def config_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
     """The resolved config as plain data (method options included), for the run directory."""
     data = cfg.model_dump(mode="json")
-    data["methods"] = [{"name": m.name, "lr": m.lr, **m.options.model_dump(mode="json")} for m in cfg.methods]
+    data["methods"] = [method_to_dict(m) for m in cfg.methods]
+    return data
+
+
+def method_to_dict(spec: MethodSpec) -> dict[str, Any]:
+    data = {"name": spec.name, **({"label": spec.label} if spec.label else {}), "lr": spec.lr}
+    data.update(spec.options.model_dump(mode="json"))
     return data

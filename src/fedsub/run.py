@@ -43,10 +43,10 @@ def run_experiment(cfg: ExperimentConfig, out: Path, *, quiet: bool = False, ove
     summaries, curves = [], {}
     for spec in cfg.methods:
         records = run_method(cfg, spec, data, run_dir, console)
-        summary = summarize(records, spec.name)
-        atomic_write_text(run_dir / spec.name / "summary.json", json.dumps(summary, indent=2))
+        summary = summarize(records, spec.key)
+        atomic_write_text(run_dir / spec.key / "summary.json", json.dumps(summary, indent=2))
         summaries.append(summary)
-        curves[spec.name] = records
+        curves[spec.key] = records
     atomic_write_text(run_dir / "summary.json", json.dumps({"methods": summaries, "heterogeneity": data.heterogeneity}, indent=2))
     atomic_write_text(run_dir / "results.md", markdown_table(summaries))
     plot_metric(curves, run_dir / "accuracy.png", title=f"{cfg.name}: test accuracy per round")
@@ -57,11 +57,11 @@ def run_experiment(cfg: ExperimentConfig, out: Path, *, quiet: bool = False, ove
 
 def run_method(cfg: ExperimentConfig, spec, data, run_dir: Path, console: Console) -> list[dict]:
     fed = cfg.federation
-    console.print(f"[bold]{spec.name}[/]: {fed.rounds} rounds x {fed.clients_per_round} clients")
-    simulation = Simulation(cfg, spec, data, run_dir / spec.name)
+    console.print(f"[bold]{spec.key}[/]: {fed.rounds} rounds x {fed.clients_per_round} clients")
+    simulation = Simulation(cfg, spec, data, run_dir / spec.key)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=console, transient=True, disable=console.quiet) as progress:
-        rounds = progress.add_task(f"{spec.name} rounds", total=fed.rounds)
+        rounds = progress.add_task(f"{spec.key} rounds", total=fed.rounds)
         clients = progress.add_task("clients", total=fed.clients_per_round)
 
         def on_client() -> None:

@@ -141,7 +141,7 @@ class Simulation:
         weights = normalized_weights([u.num_examples for u in updates])
         return {
             "round": round_index + 1,
-            "method": self.spec.name,
+            "method": self.spec.key,
             **evaluation,
             "train_loss": float(sum(w * u.metrics["train_loss"] for w, u in zip(weights, updates))),
             "clients": clients,
