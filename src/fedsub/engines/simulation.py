@@ -92,7 +92,22 @@ def train_settings(cfg: ExperimentConfig, spec: MethodSpec) -> TrainSettings:
     )
 
 
+def reset_peak_rss() -> None:
+    """Start a new peak-memory window, so each method of a run reports its own peak (Linux only)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # "5" resets VmHWM, the resident-set high-water mark
+    except OSError:
+        pass  # elsewhere the peak stays process-wide
+
+
 def peak_rss_mb() -> float:
+    """Peak resident memory since the last reset_peak_rss (process-wide where /proc is missing)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
 
@@ -101,6 +116,7 @@ class Simulation:
 
     def __init__(self, cfg: ExperimentConfig, spec: MethodSpec, data: FederatedData, out_dir: Path):
         self.cfg, self.spec, self.data, self.out_dir = cfg, spec, data, out_dir
+        reset_peak_rss()
         self.method = build_method(spec.name, spec.options)
         self.workspace = build_workspace(cfg, self.method, data)
         self.settings = train_settings(cfg, spec)
