@@ -91,6 +91,7 @@ def simulation(tiny_data, tmp_path, name="fedgalore", options=None, **overrides)
 
 def as_float64(sim):
     sim.workspace.model.double()
+    sim.method.base = sim.workspace.read(sim.method.galore_names)  # the clients' version 0, now float64
     sim.state = sim.method.init(sim.workspace)
     return sim
 
@@ -106,7 +107,7 @@ def test_factored_upload_reconstructs_the_dense_update_with_weight_decay(tiny_da
     projectors = sim.method.client_projectors(payload)
     new, _ = sim.method.aggregate_train(sim.state, [update])  # one client: the server rebuilds W_E
     for name, w_end in trained.items():
-        w_start, R = payload.tensors[name], update.payload.tensors[f"R::{name}"]
+        w_start, R = sim.state.tensors[name], update.payload.tensors[f"R::{name}"]
         rebuilt = decay * w_start + project_back(R, projectors[name].double(), choose_side(w_start.shape))
         dense = w_end - w_start
         assert dense.norm() > 0
@@ -211,3 +212,34 @@ def test_ajive_blocks_share_the_long_side_for_left_side_matrices(monkeypatch):
     v_hat, _ = method.sync_moments([{"V::w": V}, {"V::w": V + 1}], [0.5, 0.5])
     assert seen == [(16, 3), (16, 3)]
     assert torch.equal(v_hat["w"], 2 * V)  # transposed back to the optimizer's r x n layout
+
+
+@pytest.mark.parametrize("source", ["hybrid", "random"])
+def test_factored_downlink_gives_bit_identical_runs_to_the_dense_downlink(tiny_data, tmp_path, source):
+    """2 of 3 clients per round, history 1: clients catch up by one delta, by dense weights (two
+    rounds behind), and some hold nothing but the base; every path must give the dense run's numbers."""
+    options = {"rank": 2, "proj_source": source, "svd_rounds": 2, "proj_refresh_rounds": 1, "sync": "mean", "downlink_history": 1}
+    fed = {"num_clients": 3, "clients_per_round": 2, "rounds": 5}
+    runs = {mode: simulation(tiny_data, tmp_path / mode, options={**options, "downlink": mode}, federation=fed) for mode in ("dense", "factored")}
+    records = {mode: [sim.run_round(t) for t in range(5)] for mode, sim in runs.items()}
+    for dense, factored in zip(records["dense"], records["factored"]):
+        assert dense["accuracy"] == factored["accuracy"] and dense["train_loss"] == factored["train_loss"]
+        assert factored["bytes_down"] < dense["bytes_down"]
+    final = {mode: sim.state.tensors for mode, sim in runs.items()}
+    assert all(torch.equal(final["dense"][n], final["factored"][n]) for n in final["dense"])
+    held = {c: s.get("global_version") for c, s in runs["factored"].client_states.items()}
+    assert set(held.values()) <= {0, 1, 2, 3, 4} and len(held) == 3
+
+
+def test_factored_downlink_bytes_are_the_head_and_one_r_bar_per_matrix(tiny_data, tmp_path):
+    sim = simulation(tiny_data, tmp_path, options={"rank": 2, "proj_source": "random", "sync": "none"})
+    sim.run_round(0)
+    payload = sim.method.configure_train(sim.state, 0)  # client 0 holds version 0, needs delta 1
+    r_bar = sum(m * 2 if m >= n else 2 * n for m, n in sim.method.shapes.values())  # R_bar: m x r (right) or r x n
+    head = sum(sim.state.tensors[n].numel() for n in sim.method.head_names)
+    assert payload.nbytes() == 4 * (r_bar + head)
+    assert payload.scalars["deltas"] == 1 and payload.scalars["delta0_decay"] == sim.state.extra["deltas"][0]["decay"]
+    assert not [n for n in payload.tensors if n in sim.method.galore_names]  # no dense matrix goes down
+    dense = simulation(tiny_data, tmp_path / "d", options={"rank": 2, "proj_source": "random", "sync": "none", "downlink": "dense"})
+    dense.run_round(0)
+    assert dense.method.configure_train(dense.state, 0).nbytes() > 10 * payload.nbytes()

@@ -23,10 +23,11 @@ right side P: r x n shown; the left side is the transpose):
 - Projector change: ``moments_on_refresh`` ``reset`` (V_hat dropped / client moments zeroed) or
   ``transport`` (v <- v (Q o Q), m <- m Q with Q = P_old P_new^T).
 
-Bytes: the downlink carries the dense global W of every managed matrix and the head (what a client
-that may have missed rounds needs; a factored downlink c_bar, sum p_k R_k and P would be smaller but
-is not implemented), a sketched P every round it is in use (a sampled client may have missed the
-refresh; random P costs nothing), V_hat when synchronised. R and V go up in the optimizer's state
+Bytes: the downlink carries the head, the global managed matrices as factored deltas (``downlink``
+``factored``, the default: c_bar, R_bar and a sketched P per round the client missed, see
+fedgalore_downlink; the client keeps its own copy of the global weights) or dense (``dense``, or a
+client further behind than ``downlink_history`` rounds), a sketched P every round it is in use (a
+sampled client may have missed the refresh; random P costs nothing), V_hat when synchronised. R and V go up in the optimizer's state
 dtype (float32 also for bf16 models), c^E as a scalar (not counted: scalars are not tensor bytes).
 
 Metrics per round: ``ajive_joint_rank_mean/min/max`` over the managed matrices (identical moments
@@ -48,6 +49,7 @@ from fedsub.core.tensors import normalized_weights, weighted_sum
 from fedsub.core.types import ClientContext, ClientUpdate, Payload, ServerState
 from fedsub.core.workspace import Workspace
 from fedsub.linalg.svd import seeded_gaussian
+from fedsub.methods import fedgalore_downlink as downlink
 from fedsub.methods.base import FedAvgMethod
 from fedsub.methods.galore_common import (
     export_state,
@@ -78,6 +80,8 @@ class FedGaLoreOptions(BaseModel):
     ajive_samples: int = Field(1000, gt=0, description="Monte-Carlo draws of each AJIVE bound")
     ajive_signal_rank: int | None = Field(None, gt=0, description="AJIVE per-block signal rank; None = scree elbow")
     seed: int = Field(0, description="seed of the shared random projectors and sketches")
+    downlink: Literal["factored", "dense"] = Field("factored", description="global matrices down as factored deltas or dense")
+    downlink_history: int = Field(8, gt=0, description="factored: rounds of deltas the server keeps; clients further behind get dense")
 
 
 def sketch_projector(sketch: Tensor, shape: torch.Size, rank: int) -> Tensor:
@@ -131,6 +135,7 @@ class FedGaLore(FedAvgMethod):
         freeze_all_but(workspace, self.galore_names + self.head_names)
         params = workspace.parameters_by_name()
         self.shapes = {n: params[n].shape for n in self.galore_names}
+        self.base = workspace.read(self.galore_names)  # version 0 of the global weights: every client has it
 
     # ------------------------------------------------------------------ projector schedule
     def random_projectors(self, refresh: int) -> dict[str, Tensor]:
@@ -147,20 +152,56 @@ class FedGaLore(FedAvgMethod):
 
     def init(self, workspace: Workspace) -> ServerState:
         tensors = workspace.read(self.galore_names + self.head_names)
-        extra = {"projectors": self.random_projectors(0), "refresh": 0, "proj_sketched": False, "v_hat": {}}
+        extra = {"projectors": self.random_projectors(0), "refresh": 0, "proj_sketched": False, "v_hat": {}, "deltas": [], "known": {}}
         return ServerState(0, tensors, extra)
 
     # ------------------------------------------------------------------ client
     def configure_train(self, state: ServerState, client_id: int) -> Payload:
-        tensors = dict(state.tensors)
+        tensors, scalars = self.downlink_weights(state, client_id)
         if state.extra["proj_sketched"]:  # random projectors are rebuilt from the seed: no bytes
             tensors.update({f"P::{n}": p for n, p in state.extra["projectors"].items()})
         tensors.update({f"V::{n}": v for n, v in state.extra["v_hat"].items()})
         nxt = state.round + 1
-        return Payload(tensors, {"refresh": state.extra["refresh"], "sketch": self.refresh_at(nxt) and self.sketched(nxt)})
+        sketch = self.refresh_at(nxt) and self.sketched(nxt)
+        return Payload(tensors, {**scalars, "version": state.round, "refresh": state.extra["refresh"], "sketch": sketch})
+
+    def downlink_weights(self, state: ServerState, client_id: int) -> tuple[dict[str, Tensor], dict]:
+        """The head and the global matrices: as the deltas this client misses, else dense."""
+        chain = downlink.deltas_for(state.extra, client_id, state.round) if self.options.downlink == "factored" else None
+        if chain is None:
+            return dict(state.tensors), {}
+        tensors, scalars = downlink.pack(chain, state.extra["refresh"])
+        return {**{n: state.tensors[n] for n in self.head_names}, **tensors}, scalars
+
+    def client_weights(self, payload: Payload, client: ClientContext) -> dict[str, Tensor]:
+        """The global weights this round starts from: sent dense, or the client's own copy moved
+        along the sent deltas (kept in client.state for the next round it takes part in)."""
+        dense = {n: t for n, t in payload.tensors.items() if "::" not in n}
+        if self.options.downlink == "dense":
+            return dense
+        version = int(payload.scalars["version"])
+        if all(n in dense for n in self.galore_names):
+            weights = {n: dense[n].clone() for n in self.galore_names}
+        else:
+            held, copy = client.state.get("global_version", 0), client.state.get("global_weights", self.base)
+            weights, held = downlink.apply_deltas(
+                copy, held, payload.tensors, payload.scalars, lambda j, refresh: self.delta_projectors(payload, j, refresh), factored_update
+            )
+            if held != version:
+                raise RuntimeError(f"client {client.client_id} reached global version {held}, expected {version}")
+        client.state.update(global_weights=weights, global_version=version)
+        return {**dense, **weights}
+
+    def delta_projectors(self, payload: Payload, j: int, refresh: int) -> dict[str, Tensor]:
+        """Projectors of delta j: sent with it, this round's (same refresh), or rebuilt from the seed."""
+        if f"dP{j}::{self.galore_names[0]}" in payload.tensors:
+            return {n: payload.tensors[f"dP{j}::{n}"] for n in self.galore_names}
+        if refresh == int(payload.scalars["refresh"]):
+            return self.client_projectors(payload)
+        return self.random_projectors(refresh)
 
     def client_train(self, workspace: Workspace, payload: Payload, client: ClientContext) -> ClientUpdate:
-        workspace.write({n: t for n, t in payload.tensors.items() if "::" not in n})
+        workspace.write(self.client_weights(payload, client))
         o = self.options
         optimizer, managed = galore_optimizer(
             workspace, self.galore_names, client.train, rank=o.rank, scale=o.scale, proj_type="given", track_update=True
@@ -224,6 +265,11 @@ class FedGaLore(FedAvgMethod):
             tensors[name] = factored_update(state.tensors[name], c_bar, r_bar[f"R::{name}"], projectors[name])
         v_hat, metrics = self.sync_moments(uploads, weights)
         extra = self.next_projectors(state, uploads, weights, v_hat, metrics)
+        if self.options.downlink == "factored":
+            sketched = state.extra["proj_sketched"]
+            delta = {"version": state.round + 1, "decay": c_bar, "r_bar": {n: r_bar[f"R::{n}"] for n in self.galore_names},
+                     "refresh": state.extra["refresh"], "projectors": projectors if sketched else None}
+            extra = downlink.record_delta(extra, delta, [u.client_id for u in updates], self.options.downlink_history)
         return ServerState(state.round + 1, tensors, extra), metrics
 
     def sync_moments(self, uploads: list[dict], weights: list[float]) -> tuple[dict[str, Tensor], dict[str, float]]:
@@ -278,4 +324,4 @@ class FedGaLore(FedAvgMethod):
         else:
             v_hat = {}
         sketched = metrics["proj_sketched"] == 1.0
-        return {"projectors": new, "refresh": extra["refresh"] + 1, "proj_sketched": sketched, "v_hat": v_hat}
+        return {**extra, "projectors": new, "refresh": extra["refresh"] + 1, "proj_sketched": sketched, "v_hat": v_hat}
