@@ -29,3 +29,30 @@ def tiny_config(**overrides):
         else:
             raw[section] = value
     return validate_config(raw)
+
+
+def write_csv_experiment(folder, methods, **sections):
+    """A tiny experiment on a local CSV (36 definitions, 3 classes, 3 clients): writes data.csv and
+    tiny.yaml into `folder`, returns the YAML path. `sections` replace whole config sections."""
+    from pathlib import Path
+
+    import yaml
+
+    folder = Path(folder)
+    names = ["animal", "artifact", "feeling"]
+    rows = ["text,label"] + [f'"{t}",{names[label]}' for label in TEXTS for t in TEXTS[label]]
+    rows += [f'"another {t}",{names[label]}' for label in TEXTS for t in TEXTS[label]]
+    (folder / "data.csv").write_text("\n".join(rows) + "\n")
+    config = {
+        "name": "tiny",
+        "model": {"name": "minilm", "tiny": True, "max_length": 16},
+        "data": {"dataset": str(folder / "data.csv"), "test_fraction": 0.25},
+        "partition": {"scheme": "dirichlet", "alpha": 1.0, "min_partition_size": 3},
+        "federation": {"num_clients": 3, "clients_per_round": 2, "rounds": 2},
+        "train": {"local_steps": 2, "batch_size": 4, "lr": 1e-2},
+        "methods": methods,
+        **sections,
+    }
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

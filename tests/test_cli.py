@@ -5,32 +5,17 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 
 from fedsub.cli import main
 from fedsub.engines.simulation import TIMING_KEYS
-from fedsub_fixtures import TEXTS
+from fedsub_fixtures import write_csv_experiment
 
 METHODS = ["fedavg_full", "fedit", "ffa_lora"]
 
 
 @pytest.fixture
 def csv_config(tmp_path):
-    rows = ["text,label"] + [f'"{t}",{name}' for label, name in enumerate(["animal", "artifact", "feeling"]) for t in TEXTS[label]]
-    rows += [f'"another {t}",{name}' for label, name in enumerate(["animal", "artifact", "feeling"]) for t in TEXTS[label]]
-    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
-    config = {
-        "name": "tiny",
-        "model": {"name": "minilm", "tiny": True, "max_length": 16},
-        "data": {"dataset": str(tmp_path / "data.csv"), "test_fraction": 0.25},
-        "partition": {"scheme": "dirichlet", "alpha": 1.0, "min_partition_size": 3},
-        "federation": {"num_clients": 3, "clients_per_round": 2, "rounds": 2},
-        "train": {"local_steps": 2, "batch_size": 4, "lr": 1e-2},
-        "methods": METHODS,
-    }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return write_csv_experiment(tmp_path, METHODS)
 
 
 def read_jsonl(path):

@@ -1,4 +1,4 @@
-"""Command line: `fedsub run`, `fedsub methods`. Bad input exits 2 with one line, never a traceback."""
+"""Command line: `fedsub run|compare|report|export|methods`. Bad input exits 2 with one line, never a traceback."""
 
 from __future__ import annotations
 
@@ -20,8 +20,31 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="run directory (default runs/<name>-<time>)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events to <run>/<method>/tensorboard/")
+    add_grid_commands(sub)
     sub.add_parser("methods", help="list the registered methods and their options")
     return parser
+
+
+def add_grid_commands(sub) -> None:
+    """`fedsub compare`, `fedsub report`, `fedsub export` (fedsub.compare, fedsub.results, fedsub.export)."""
+    compare = sub.add_parser("compare", help="run methods x alphas x seeds (resumable), then tables and plots")
+    compare.add_argument("config", help="YAML experiment config listing the methods")
+    compare.add_argument("--methods", help="comma-separated method keys of the config (label or name; default: all)")
+    compare.add_argument("--alphas", help="comma-separated partition.alpha values, e.g. 0.1,0.5 (default: the config's)")
+    compare.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (default: the config's)")
+    compare.add_argument("--out", type=Path, help="grid directory (default runs/<name>-compare); finished cells there are kept")
+    compare.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config field (repeatable)")
+    compare.add_argument("--quiet", action="store_true", help="no progress output")
+    compare.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events per method")
+    report = sub.add_parser("report", help="rebuild results.csv, results.md and plots from compare or run directories")
+    report.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="fedsub compare or run directories")
+    report.add_argument("--out", type=Path, help="where to write (default: the DIR, when only one is given)")
+    export = sub.add_parser("export", help="the global model of a finished method as a PEFT adapter or a merged HF model")
+    export.add_argument("run_dir", type=Path, help="a fedsub run directory (or a compare cell alpha-A/seed-S)")
+    export.add_argument("--method", help="method key (needed when the run holds several)")
+    export.add_argument("--format", required=True, choices=["peft", "merged"], help="peft: LoRA methods only; merged: every method")
+    export.add_argument("--out", type=Path, required=True, help="folder to write (must be new or empty)")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -30,7 +53,47 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     out = args.out or Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_experiment(cfg, out, quiet=args.quiet, overwrite=args.overwrite)
+    check_tensorboard_flag(args)
+    run_experiment(cfg, out, quiet=args.quiet, overwrite=args.overwrite, tensorboard=args.tensorboard)
+    return 0
+
+
+def check_tensorboard_flag(args: argparse.Namespace) -> None:
+    if args.tensorboard:
+        from fedsub.tblog import check_tensorboard
+
+        check_tensorboard()
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from fedsub.compare import parse_grid, run_grid
+    from fedsub.config import load_config
+    from fedsub.run import make_console
+
+    grid = parse_grid(load_config(args.config, args.overrides), args.methods, args.alphas, args.seeds)
+    check_tensorboard_flag(args)
+    run_grid(grid, args.out or Path("runs") / f"{grid.cfg.name}-compare", make_console(args.quiet), tensorboard=args.tensorboard)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from fedsub.results import print_results, write_results
+    from fedsub.run import make_console
+
+    if args.out is None and len(args.dirs) > 1:
+        raise ConfigError(f"report: {len(args.dirs)} directories given; pass --out for the combined results")
+    out = args.out or args.dirs[0]
+    console = make_console()
+    print_results(console, write_results(args.dirs, out))
+    console.print(f"results.csv, results.md, accuracy_rounds.png, accuracy_bytes.png, partition_heatmaps.png in {out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from fedsub.export import export_model
+
+    out = export_model(args.run_dir, args.out, args.format, args.method)
+    print(f"exported ({args.format}) to {out}", file=sys.stderr)
     return 0
 
 
@@ -53,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     import datasets
 
     datasets.disable_progress_bars()
-    handler = {"run": cmd_run, "methods": cmd_methods}[args.command]
+    handler = {"run": cmd_run, "compare": cmd_compare, "report": cmd_report, "export": cmd_export, "methods": cmd_methods}[args.command]
     try:
         return handler(args)
     except ConfigError as err:

@@ -52,14 +52,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 def plot_metric(curves: dict[str, list[dict[str, Any]]], path: Path, metric: str = "accuracy", title: str = "") -> None:
     """Metric vs round, one line per method; written atomically as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from fedsub.core.io import atomic_write_bytes
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    fig, ax = pyplot().subplots(figsize=(6, 4), dpi=110)
     for method, records in curves.items():
         points = [(r["round"], r[metric]) for r in records if r.get(metric) is not None]
         if points:
@@ -70,9 +63,26 @@ def plot_metric(curves: dict[str, list[dict[str, Any]]], path: Path, metric: str
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    save_figure(fig, path)
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path) -> None:
+    """Write a matplotlib figure atomically as PNG and close it."""
     import io
+
+    from fedsub.core.io import atomic_write_bytes
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    plt.close(fig)
+    pyplot().close(fig)
     atomic_write_bytes(Path(path), buffer.getvalue())

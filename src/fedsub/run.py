@@ -1,7 +1,10 @@
 """`fedsub run`: one experiment config -> one run directory with a sub-folder per method.
 
 Layout: config.yaml (resolved), partition.json, label_histogram.csv, partition_heatmap.png,
-<method>/metrics.jsonl, <method>/summary.json, summary.json, results.md, accuracy.png.
+<method>/metrics.jsonl, <method>/final_model.safetensors, <method>/summary.json, summary.json,
+results.md, accuracy.png. A method is finished when its summary.json exists (written last), so
+`run_into` can add methods to an existing run directory and skip the finished ones
+(`fedsub compare` does; `fedsub run` starts from an empty directory).
 """
 
 from __future__ import annotations
@@ -10,17 +13,17 @@ import json
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fedsub.config import ConfigError, ExperimentConfig, config_to_dict
+from fedsub.config import ConfigError, ExperimentConfig, MethodSpec, config_to_dict, load_config, method_to_dict
 from fedsub.core.io import atomic_write_text
-from fedsub.engines.simulation import Simulation, prepare_data, summarize
-from fedsub.report import COLUMNS, markdown_table, plot_metric, table_rows
+from fedsub.engines.simulation import FederatedData, Simulation, prepare_data, summarize
+from fedsub.report import COLUMNS, markdown_table, plot_metric, read_metrics, table_rows
 
 
 def prepare_run_dir(out: Path, overwrite: bool) -> Path:
@@ -33,46 +36,147 @@ def prepare_run_dir(out: Path, overwrite: bool) -> Path:
     return out
 
 
-def run_experiment(cfg: ExperimentConfig, out: Path, *, quiet: bool = False, overwrite: bool = False, console: Console | None = None) -> list[dict[str, Any]]:
+def make_console(quiet: bool = False) -> Console:
     # Logs (CI, files) get 120 columns so the results table is not cut; terminals keep their width.
-    console = console or Console(stderr=True, quiet=quiet, width=None if sys.stderr.isatty() else 120)
+    return Console(stderr=True, quiet=quiet, width=None if sys.stderr.isatty() else 120)
+
+
+def progress_bars(console: Console) -> Progress:
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    return Progress(*columns, console=console, transient=True, disable=console.quiet)
+
+
+def run_experiment(
+    cfg: ExperimentConfig, out: Path, *, quiet: bool = False, overwrite: bool = False, console: Console | None = None, tensorboard: bool = False
+) -> list[dict[str, Any]]:
+    console = console or make_console(quiet)
     run_dir = prepare_run_dir(Path(out), overwrite)
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    console.print(f"[bold]fedsub[/] {cfg.name}: loading data and partitioning over {cfg.federation.num_clients} clients")
-    data = prepare_data(cfg, run_dir)
-    summaries, curves = [], {}
-    for spec in cfg.methods:
-        records = run_method(cfg, spec, data, run_dir, console)
-        summary = summarize(records, spec.key)
-        atomic_write_text(run_dir / spec.key / "summary.json", json.dumps(summary, indent=2))
-        summaries.append(summary)
-        curves[spec.key] = records
-    atomic_write_text(run_dir / "summary.json", json.dumps({"methods": summaries, "heterogeneity": data.heterogeneity}, indent=2))
-    atomic_write_text(run_dir / "results.md", markdown_table(summaries))
-    plot_metric(curves, run_dir / "accuracy.png", title=f"{cfg.name}: test accuracy per round")
+    with progress_bars(console) as progress:
+        summaries = run_into(cfg, run_dir, console, progress, tensorboard=tensorboard)
     print_table(console, summaries)
     console.print(f"results in {run_dir}")
     return summaries
 
 
-def run_method(cfg: ExperimentConfig, spec, data, run_dir: Path, console: Console) -> list[dict]:
+def is_finished(run_dir: Path, key: str) -> bool:
+    return (Path(run_dir) / key / "summary.json").is_file()
+
+
+def run_into(
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    console: Console,
+    progress: Progress,
+    *,
+    tensorboard: bool = False,
+    on_method: Callable[[MethodSpec], None] | None = None,
+    on_method_done: Callable[[MethodSpec], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run cfg's unfinished methods into `run_dir` (data prepared once, only if one is left), then
+    rewrite the run's summary.json, results.md and accuracy.png over every finished method."""
+    recorded = record_config(cfg, run_dir)
+    data: FederatedData | None = None
+    for spec in cfg.methods:
+        if is_finished(run_dir, spec.key):
+            continue
+        if data is None:
+            console.print(f"[bold]fedsub[/] {cfg.name}: loading data and partitioning over {cfg.federation.num_clients} clients")
+            data = prepare_data(cfg, run_dir)
+        if on_method:
+            on_method(spec)
+        run_method(cfg, spec, data, run_dir, console, progress, tensorboard=tensorboard)
+        if on_method_done:
+            on_method_done(spec)
+    return write_run_summary(recorded, run_dir, data)
+
+
+def record_config(cfg: ExperimentConfig, run_dir: Path) -> ExperimentConfig:
+    """Write the resolved config into the run directory. An existing one must match apart from its
+    methods (same key = same method and options); the methods are merged, existing ones first."""
+    path = Path(run_dir) / "config.yaml"
+    if path.is_file():
+        cfg = merge_methods(load_config(path), cfg, run_dir)
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    return cfg
+
+
+def merge_methods(existing: ExperimentConfig, cfg: ExperimentConfig, run_dir: Path) -> ExperimentConfig:
+    old, new = config_to_dict(existing), config_to_dict(cfg)
+    for key in ("name", "methods"):
+        old.pop(key), new.pop(key)
+    if old != new:
+        field, was, now = first_difference(old, new)
+        raise ConfigError(f"run directory {run_dir}: its config.yaml has {field}={was!r}, this run {now!r}; use another --out or the same config")
+    by_key = {m.key: m for m in existing.methods}
+    for spec in cfg.methods:
+        if spec.key in by_key and method_to_dict(by_key[spec.key]) != method_to_dict(spec):
+            field, was, now = first_difference(method_to_dict(by_key[spec.key]), method_to_dict(spec))
+            raise ConfigError(f"run directory {run_dir}: method {spec.key} there has {field}={was!r}, this run {now!r}; give this variant another label or use another --out")
+    merged = list(existing.methods) + [m for m in cfg.methods if m.key not in by_key]
+    return existing.model_copy(update={"methods": merged})
+
+
+def first_difference(old: Any, new: Any, prefix: str = "") -> tuple[str, Any, Any]:
+    """The first dotted field where two nested dicts differ, with both values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in list(old) + [k for k in new if k not in old]:
+            if old.get(key) != new.get(key):
+                return first_difference(old.get(key), new.get(key), f"{prefix}{key}.")
+    return prefix.rstrip("."), old, new
+
+
+def write_run_summary(cfg: ExperimentConfig, run_dir: Path, data: FederatedData | None) -> list[dict[str, Any]]:
+    finished = [spec.key for spec in cfg.methods if is_finished(run_dir, spec.key)]
+    summaries = [json.loads((run_dir / key / "summary.json").read_text()) for key in finished]
+    curves = {key: read_metrics(run_dir / key / "metrics.jsonl") for key in finished}
+    heterogeneity = data.heterogeneity if data else json.loads((run_dir / "partition.json").read_text())["summary"]
+    atomic_write_text(run_dir / "summary.json", json.dumps({"methods": summaries, "heterogeneity": heterogeneity}, indent=2))
+    atomic_write_text(run_dir / "results.md", markdown_table(summaries))
+    plot_metric(curves, run_dir / "accuracy.png", title=f"{cfg.name}: test accuracy per round")
+    return summaries
+
+
+def run_method(
+    cfg: ExperimentConfig, spec: MethodSpec, data: FederatedData, run_dir: Path, console: Console, progress: Progress, *, tensorboard: bool = False
+) -> dict:
+    """Train one method, save its final global model, then its summary.json (which marks it finished)."""
+    from fedsub.export import save_final_model
+
     fed = cfg.federation
+    method_dir = run_dir / spec.key
     console.print(f"[bold]{spec.key}[/]: {fed.rounds} rounds x {fed.clients_per_round} clients")
-    simulation = Simulation(cfg, spec, data, run_dir / spec.key)
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(*columns, console=console, transient=True, disable=console.quiet) as progress:
-        rounds = progress.add_task(f"{spec.key} rounds", total=fed.rounds)
-        clients = progress.add_task("clients", total=fed.clients_per_round)
+    simulation = Simulation(cfg, spec, data, method_dir)
+    rounds = progress.add_task(f"{spec.key} rounds", total=fed.rounds)
+    clients = progress.add_task("clients", total=fed.clients_per_round)
+    board = open_board(method_dir) if tensorboard else None
 
-        def on_client() -> None:
-            progress.advance(clients)
+    def on_client() -> None:
+        progress.advance(clients)
 
-        def on_round(record: dict) -> None:
-            progress.advance(rounds)
-            progress.reset(clients)
-            console.print(round_line(record, fed.rounds))
+    def on_round(record: dict) -> None:
+        progress.advance(rounds)
+        progress.reset(clients)
+        console.print(round_line(record, fed.rounds))
+        if board:
+            board.log(record)
 
-        return simulation.run(on_round=on_round, on_client=on_client)
+    try:
+        records = simulation.run(on_round=on_round, on_client=on_client)
+    finally:
+        progress.remove_task(rounds)
+        progress.remove_task(clients)
+        if board:
+            board.close()
+    save_final_model(simulation, method_dir, data.label_names)
+    summary = summarize(records, spec.key)
+    atomic_write_text(method_dir / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def open_board(method_dir: Path):
+    from fedsub.tblog import RoundBoard
+
+    return RoundBoard(method_dir / "tensorboard")
 
 
 def round_line(record: dict, total: int) -> str:

@@ -1,0 +1,98 @@
+"""Plots of a grid of runs (see fedsub.results): one panel per partition alpha.
+
+- accuracy_rounds.png: test accuracy per round, per method the mean over seeds and a min-max band;
+- accuracy_bytes.png: mean accuracy against cumulative bytes (up + down, mean over seeds), log x;
+- partition_heatmaps.png: every run's partition_heatmap.png, a row per alpha, a column per seed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fedsub.report import pyplot, read_metrics, save_figure
+from fedsub.results import Cell, alpha_order, groups
+
+
+def seed_curves(group: list[Cell]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rounds evaluated in every seed, the accuracies there (seeds x rounds) and cumulative bytes."""
+    per_seed = [read_metrics(c.method_dir / "metrics.jsonl") for c in group]
+    rounds = sorted(set.intersection(*({r["round"] for r in recs if r.get("accuracy") is not None} for recs in per_seed)))
+    accuracy = np.array([[next(r["accuracy"] for r in recs if r["round"] == k) for k in rounds] for recs in per_seed])
+    cumulative = np.array([np.cumsum([r["bytes_up"] + r["bytes_down"] for r in recs]) for recs in per_seed], dtype=object)
+    bytes_at = np.array([[cum[k - 1] for k in rounds] for cum in cumulative], dtype=float)
+    return np.array(rounds), accuracy.reshape(len(group), len(rounds)), bytes_at.reshape(len(group), len(rounds))
+
+
+def panels(cells: list[Cell], title: str):
+    plt = pyplot()
+    alphas = sorted({c.alpha for c in cells}, key=alpha_order)
+    fig, axes = plt.subplots(1, len(alphas), figsize=(5 * len(alphas), 4), dpi=110, sharey=True, squeeze=False)
+    fig.suptitle(title)
+    return fig, dict(zip(alphas, axes[0]))
+
+
+def colors(cells: list[Cell]) -> dict[str, str]:
+    methods = list(dict.fromkeys(c.method for c in cells))
+    return {m: f"C{i % 10}" for i, m in enumerate(methods)}
+
+
+def accuracy_rounds(cells: list[Cell], path: Path) -> None:
+    fig, axes = panels(cells, "test accuracy per round: mean over seeds, band = min-max")
+    color = colors(cells)
+    for (method, alpha), group in groups(cells).items():
+        rounds, accuracy, _ = seed_curves(group)
+        ax = axes[alpha]
+        ax.plot(rounds, accuracy.mean(0), color=color[method], marker="o", markersize=3, label=f"{method} ({len(group)})")
+        if len(group) > 1:
+            ax.fill_between(rounds, accuracy.min(0), accuracy.max(0), color=color[method], alpha=0.2)
+    finish(fig, axes, "round", save_to=path)
+
+
+def accuracy_bytes(cells: list[Cell], path: Path) -> None:
+    fig, axes = panels(cells, "test accuracy vs cumulative bytes (up + down), mean over seeds")
+    color = colors(cells)
+    for (method, alpha), group in groups(cells).items():
+        _, accuracy, sent = seed_curves(group)
+        axes[alpha].plot(sent.mean(0) / 1e6, accuracy.mean(0), color=color[method], marker="o", markersize=3, label=method)
+    for ax in axes.values():
+        ax.set_xscale("log")
+    finish(fig, axes, "cumulative MB (up + down, all clients)", save_to=path)
+
+
+def finish(fig, axes: dict, xlabel: str, save_to: Path) -> None:
+    for alpha, ax in axes.items():
+        ax.set_title("no alpha (scheme without one)" if alpha == "-" else f"alpha {alpha}")
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    first = next(iter(axes.values()))
+    first.set_ylabel("test accuracy")
+    first.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, save_to)
+
+
+def partition_heatmaps(cells: list[Cell], path: Path) -> None:
+    plt = pyplot()
+    runs = {(c.alpha, c.seed): c.run_dir for c in cells}
+    alphas = sorted({a for a, _ in runs}, key=alpha_order)
+    seeds = sorted({s for _, s in runs})
+    fig, axes = plt.subplots(len(alphas), len(seeds), figsize=(4.5 * len(seeds), 3.5 * len(alphas)), dpi=110, squeeze=False)
+    for i, alpha in enumerate(alphas):
+        for j, seed in enumerate(seeds):
+            ax, image = axes[i][j], runs.get((alpha, seed), Path("-")) / "partition_heatmap.png"
+            ax.set_axis_off()
+            ax.set_title(f"alpha {alpha}, seed {seed}", fontsize=9)
+            if image.is_file():
+                ax.imshow(plt.imread(image))
+            else:
+                ax.text(0.5, 0.5, "no partition_heatmap.png", ha="center", va="center")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def write_plots(cells: list[Cell], out: Path) -> None:
+    accuracy_rounds(cells, Path(out) / "accuracy_rounds.png")
+    accuracy_bytes(cells, Path(out) / "accuracy_bytes.png")
+    partition_heatmaps(cells, Path(out) / "partition_heatmaps.png")
