@@ -47,6 +47,7 @@ def accuracy_rounds(cells: list[Cell], path: Path) -> None:
         ax.plot(rounds, accuracy.mean(0), color=color[method], marker="o", markersize=3, label=f"{method} ({len(group)})")
         if len(group) > 1:
             ax.fill_between(rounds, accuracy.min(0), accuracy.max(0), color=color[method], alpha=0.2)
+        ax.xaxis.get_major_locator().set_params(integer=True)
     finish(fig, axes, "round", save_to=path)
 
 
