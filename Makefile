@@ -36,8 +36,9 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# make bench BENCH_ARGS='--device cuda --dtype bfloat16' on a GPU machine
 bench: setup
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

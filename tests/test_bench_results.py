@@ -1,0 +1,57 @@
+"""benchmarks/: RESULTS.md's generated tables come from the JSON in benchmarks/results/, and the
+scripts take --device / --dtype."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_results_md():
+    spec = importlib.util.spec_from_file_location("results_md", BENCH / "results_md.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_committed_results_md_matches_the_committed_json():
+    results_md = load_results_md()
+    doc = (BENCH / "RESULTS.md").read_text()
+    results = results_md.read_results(BENCH / "results")
+    assert {"simulator-cpu", "galore-cpu", "ajive-cpu"} <= set(results)
+    assert results_md.update(doc, results) == doc  # `make bench` would write exactly this page
+
+
+def test_a_new_result_gets_its_own_section_and_the_prose_is_kept():
+    results_md = load_results_md()
+    doc = "# Benchmarks\n\nprose before\n\n<!-- generated: simulator-cpu -->\nold table\n<!-- end generated -->\n\nprose after\n"
+    cpu = json.loads((BENCH / "results" / "simulator-cpu.json").read_text())
+    gpu = {**cpu, "overhead_per_round": {"fedit": [1.5, 1.25, 1.75]}, "median_overhead": 1.5, "target_met": False}
+    gpu["machine"] = {**cpu["machine"], "device": "cuda", "dtype": "bfloat16", "gpu": "NVIDIA H100", "transformers": "5.23.0"}
+    out = results_md.update(doc, {"simulator-cpu": cpu, "simulator-cuda-bfloat16": gpu})
+    assert out.startswith("# Benchmarks\n\nprose before\n\n<!-- generated: simulator-cpu -->\n") and "prose after\n" in out
+    assert "old table" not in out and f"**{cpu['median_overhead']:.4f}** met" in out
+    section = out[out.index("## Simulator overhead (cuda-bfloat16)") :]
+    assert "| fedit | 1.5000, 1.2500, 1.7500 |" in section and "**1.5000** **missed**" in section
+    assert "NVIDIA H100" in section and "transformers 5.23.0" in section and "device cuda, dtype bfloat16" in section
+    assert results_md.update(out, {"simulator-cpu": cpu, "simulator-cuda-bfloat16": gpu}) == out
+    assert results_md.update(out, {}) == out  # a block without its JSON is left alone
+
+
+@pytest.mark.slow
+def test_bench_script_runs_in_bfloat16_and_records_the_machine(tmp_path):
+    out = tmp_path / "ajive.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH.parent / "src"), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, str(BENCH / "bench_ajive.py"), "--quick", "--repeats", "1", "--samples", "20", "--dtype", "bfloat16", "--out", str(out)]
+    subprocess.run(command, check=True, capture_output=True, env=env)
+    report = json.loads(out.read_text())
+    machine = report["machine"]
+    assert machine["dtype"] == "bfloat16" and machine["device"] == "cpu"
+    assert machine["torch"] and machine["transformers"] and machine["peft"] and machine["date"]
+    assert [r["K"] for r in report["results"]] == [10, 10] and all(r["cold_s_median"] > 0 for r in report["results"])
