@@ -96,14 +96,14 @@ def run_grid(grid: Grid, out: Path, console: Console, *, tensorboard: bool = Fal
             if all(is_finished(cell_dir, k) for k in keys):
                 continue
             cell_dir.mkdir(parents=True, exist_ok=True)
+            console.print(f"[bold]alpha {alpha}, seed {seed}[/] -> {cell_dir}")
 
             def started(spec: MethodSpec, alpha: str = alpha, seed: int = seed) -> None:
                 progress.update(task, description=f"grid: {spec.key} alpha {alpha} seed {seed}")
 
             run_into(grid.cell_config(alpha, seed), cell_dir, console, progress, tensorboard=tensorboard,
                      on_method=started, on_method_done=lambda spec: progress.advance(task))  # fmt: skip
-    written = write_results([out], out)
-    print_results(console, written)
+    print_results(console, write_results([out], out))
     console.print(f"results in {out}")
     return out
 

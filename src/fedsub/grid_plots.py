@@ -16,13 +16,12 @@ from fedsub.results import Cell, alpha_order, groups
 
 
 def seed_curves(group: list[Cell]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rounds evaluated in every seed, the accuracies there (seeds x rounds) and cumulative bytes."""
-    per_seed = [read_metrics(c.method_dir / "metrics.jsonl") for c in group]
-    rounds = sorted(set.intersection(*({r["round"] for r in recs if r.get("accuracy") is not None} for recs in per_seed)))
-    accuracy = np.array([[next(r["accuracy"] for r in recs if r["round"] == k) for k in rounds] for recs in per_seed])
-    cumulative = np.array([np.cumsum([r["bytes_up"] + r["bytes_down"] for r in recs]) for recs in per_seed], dtype=object)
-    bytes_at = np.array([[cum[k - 1] for k in rounds] for cum in cumulative], dtype=float)
-    return np.array(rounds), accuracy.reshape(len(group), len(rounds)), bytes_at.reshape(len(group), len(rounds))
+    """Rounds evaluated in every seed, and per seed (rows) the accuracy and cumulative bytes there."""
+    per_seed = [{r["round"]: r for r in read_metrics(c.method_dir / "metrics.jsonl")} for c in group]
+    rounds = sorted(set.intersection(*({k for k, r in recs.items() if r.get("accuracy") is not None} for recs in per_seed)))
+    accuracy = [[recs[k]["accuracy"] for k in rounds] for recs in per_seed]
+    sent = [[sum(r["bytes_up"] + r["bytes_down"] for j, r in recs.items() if j <= k) for k in rounds] for recs in per_seed]
+    return np.array(rounds), np.array(accuracy, dtype=float), np.array(sent, dtype=float)
 
 
 def panels(cells: list[Cell], title: str):
