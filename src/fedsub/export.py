@@ -11,6 +11,9 @@ base weights) save the dense weights they changed.
   model is LoRA factors + head on the unchanged base;
 - merged: an HF folder (`AutoModelForSequenceClassification.from_pretrained(DIR)`), every method;
   LoRA factors are merged into the weights. Both folders also get the tokenizer.
+Tested: both reproduce the run's final accuracy and test loss (float32). In a bfloat16 run the merged
+weights W + s·BA are rounded to bf16, so the merged model's test loss moves in the 4th digit
+(measured on the tiny test run: 1.10524 vs 1.10534); the dense methods' export stays exact.
 """
 
 from __future__ import annotations
