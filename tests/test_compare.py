@@ -185,3 +185,21 @@ def test_report_of_a_missing_or_empty_directory_exits_2(tmp_path, capsys, make):
     assert main(["report", str(target)]) == 2
     err = capsys.readouterr().err.strip()
     assert str(target) in err and len(err.splitlines()) == 1, err
+
+
+def test_an_interrupted_cell_is_rerun_and_the_others_are_kept(grid, tmp_path):
+    from fedsub.engines.simulation import TIMING_KEYS
+
+    config, out, _ = grid
+    copy = tmp_path / "grid"
+    shutil.copytree(out, copy)
+    broken = cell(copy, "0.5", 1, "ffa_lora")
+    complete = (broken / "metrics.jsonl").read_text().splitlines()
+    (broken / "summary.json").unlink()  # as if killed in round 2: one round logged, no summary
+    (broken / "metrics.jsonl").write_text(complete[0] + "\n")
+    others = {p: p.stat().st_mtime_ns for p in copy.rglob("metrics.jsonl") if p.parent != broken}
+    assert main(["compare", str(config), "--alphas", ",".join(ALPHAS), "--seeds", "0,1", "--out", str(copy), "--quiet"]) == 0
+    rerun = (broken / "metrics.jsonl").read_text().splitlines()
+    strip = lambda lines: [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in lines]  # noqa: E731
+    assert strip(rerun) == strip(complete) and (broken / "summary.json").is_file()
+    assert {p: p.stat().st_mtime_ns for p in others} == others
