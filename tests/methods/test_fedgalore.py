@@ -243,3 +243,22 @@ def test_factored_downlink_bytes_are_the_head_and_one_r_bar_per_matrix(tiny_data
     dense = simulation(tiny_data, tmp_path / "d", options={"rank": 2, "proj_source": "random", "sync": "none", "downlink": "dense"})
     dense.run_round(0)
     assert dense.method.configure_train(dense.state, 0).nbytes() > 10 * payload.nbytes()
+
+
+def test_a_fixed_ajive_joint_rank_keeps_the_shared_direction_instead_of_the_mean():
+    gen = torch.Generator().manual_seed(1)
+    shared = torch.rand(16, 1, generator=gen) @ torch.rand(1, 3, generator=gen)
+    moments = [shared + 0.3 * torch.rand(16, 3, generator=gen) for _ in range(3)]
+    state = ServerState(0, {"w": torch.zeros(16, 4), "h": torch.zeros(2)},
+                        {"projectors": {"w": torch.eye(4)[:3]}, "refresh": 0, "proj_sketched": False, "v_hat": {}})
+    updates = [hand_update(k, 1, torch.zeros(16, 3), 1.0, torch.zeros(2), v) for k, v in enumerate(moments)]
+    results = {}
+    for joint in (None, 1):
+        method = hand_method(sync="ajive", ajive_samples=50, ajive_signal_rank=1, ajive_joint_rank=joint)
+        method.shapes = {"w": torch.Size([16, 4])}
+        results[joint] = method.aggregate_train(state, updates)
+    assert results[1][1]["ajive_joint_rank_max"] == 1.0
+    mean = sum(moments) / 3
+    assert not torch.allclose(results[1][0].extra["v_hat"]["w"], mean.clamp(min=0))
+    if results[None][1]["ajive_joint_rank_max"] == 0.0:  # estimated rank 0 falls back to the mean
+        assert torch.allclose(results[None][0].extra["v_hat"]["w"], mean)

@@ -79,6 +79,7 @@ class FedGaLoreOptions(BaseModel):
     moments_on_refresh: Literal["reset", "transport"] = Field("reset", description="moments when the projector changes")
     ajive_samples: int = Field(1000, gt=0, description="Monte-Carlo draws of each AJIVE bound")
     ajive_signal_rank: int | None = Field(None, gt=0, description="AJIVE per-block signal rank; None = scree elbow")
+    ajive_joint_rank: int | None = Field(None, ge=0, description="fix AJIVE's joint rank; None = estimate it (Wedin and random-direction bounds)")
     seed: int = Field(0, description="seed of the shared random projectors and sketches")
     downlink: Literal["factored", "dense"] = Field("factored", description="global matrices down as factored deltas or dense")
     downlink_history: int = Field(8, gt=0, description="factored: rounds of deltas the server keeps; clients further behind get dense")
@@ -285,6 +286,8 @@ class FedGaLore(FedAvgMethod):
         kwargs = dict(seed=self.options.seed, n_wedin_samples=samples, n_randdir_samples=samples)
         if self.options.ajive_signal_rank is not None:
             kwargs["signal_ranks"] = self.options.ajive_signal_rank
+        if self.options.ajive_joint_rank is not None:
+            kwargs["joint_rank"] = self.options.ajive_joint_rank
         v_hat, ranks, tic = {}, [], time.perf_counter()
         for name in self.galore_names:
             # AJIVE's blocks share rows: the weight's long side (m for right-side moments m x r; a
