@@ -19,7 +19,8 @@ from typing import Callable
 HERE = Path(__file__).parent
 END = "<!-- end generated -->"
 BLOCK = re.compile(r"<!-- generated: (?P<name>[\w.-]+) -->\n.*?" + re.escape(END), re.S)
-TITLES = {"simulator": "Simulator overhead", "galore": "GaLore-AdamW step time and state", "ajive": "AJIVE wall time"}
+TITLES = {"simulator": "Simulator overhead", "galore": "GaLore-AdamW step time and state", "ajive": "AJIVE wall time",
+          "wordnet": "WordNet parse time"}
 
 
 def machine_line(report: dict) -> str:
@@ -68,7 +69,15 @@ def ajive_table(report: dict) -> list[str]:
     )
 
 
-RENDERERS: dict[str, Callable[[dict], list[str]]] = {"simulator": simulator_table, "galore": galore_table, "ajive": ajive_table}
+def wordnet_table(report: dict) -> list[str]:
+    met = "met" if report["target_met"] else "**missed**"
+    rows = [[f"{report['synsets']:,}", ", ".join(f"{s:.2f}" for s in report["seconds"]), f"**{report['median_s']:.2f}** {met}"]]
+    return table(["synsets parsed", "seconds per parse", f"median (target < {report['target_s']} s)"], rows)
+
+
+RENDERERS: dict[str, Callable[[dict], list[str]]] = {
+    "simulator": simulator_table, "galore": galore_table, "ajive": ajive_table, "wordnet": wordnet_table,
+}  # fmt: skip
 
 
 def render_block(name: str, report: dict) -> str:

@@ -2,7 +2,7 @@
 the measured tables of benchmarks/RESULTS.md from those files (benchmarks/results_md.py).
 
     .venv/bin/python benchmarks/run_all.py [--device cpu|cuda] [--dtype float32|bfloat16]
-        [--only galore,ajive,simulator] [--no-run]
+        [--only galore,ajive,simulator,wordnet] [--no-run]
 
 Results go to results/NAME-DEVICE.json (NAME-DEVICE-bfloat16.json for bf16), so a GPU run adds its
 own tables next to the CPU ones. `--no-run` only rewrites RESULTS.md from the JSON already there.
@@ -22,6 +22,7 @@ BENCHES = {
     "galore": ["bench_galore.py"],
     "ajive": ["bench_ajive.py"],
     "simulator": ["bench_simulator.py"],
+    "wordnet": ["bench_wordnet.py"],
 }
 
 

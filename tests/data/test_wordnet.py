@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 
 import numpy as np
@@ -57,11 +56,9 @@ def test_known_synsets(offset, supersense, lemma, text):
     assert source.columns["pos"][row] == "n"
 
 
-def test_parse_is_fast_and_reads_every_noun_synset():
-    start = time.perf_counter()
+def test_parse_reads_every_noun_synset():
+    # its speed target (< 3 s) is measured by benchmarks/bench_wordnet.py, not asserted here
     offsets, lexnums, *_ = wordnet._parse_cached.__wrapped__(str(DATA_NOUN), 0, 0)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 3.0, f"parsing data.noun took {elapsed:.2f} s"
     assert len(offsets) == 82115  # WordNet 3.0 noun synsets
     assert set(np.unique(lexnums)) == set(range(3, 29))
 
