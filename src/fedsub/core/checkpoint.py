@@ -66,7 +66,9 @@ def encode(value: Any, tensors: dict[str, torch.Tensor], seen: dict[int, str], w
     a tensor object referenced twice is stored once (FedGaLore's clients share the version-0 weights).
     """
     if isinstance(value, torch.Tensor):
-        return {"$tensor": _tensor_key(value, tensors, seen), "device": str(value.device)}
+        order = dense_order(value)
+        node = {"$tensor": _tensor_key(value, tensors, seen, order), "device": str(value.device)}
+        return {**node, "order": order} if order != list(range(value.dim())) else node
     if isinstance(value, np.ndarray):
         return {"$ndarray": _tensor_key(torch.from_numpy(np.ascontiguousarray(value)), tensors, seen)}
     if isinstance(value, dict):
@@ -84,12 +86,23 @@ def encode(value: Any, tensors: dict[str, torch.Tensor], seen: dict[int, str], w
     raise TypeError(f"checkpoint: cannot store {type(value).__name__} at {where or '<top>'}")
 
 
-def _tensor_key(tensor: torch.Tensor, tensors: dict[str, torch.Tensor], seen: dict[int, str]) -> str:
+def dense_order(tensor: torch.Tensor) -> list[int]:
+    """The dimension order in which `tensor` is laid out in memory (outermost first).
+
+    Kept because layout changes results: a GaLore projector stored transposed (strides (1, 8))
+    and restored contiguous gave 1-ulp different weights after the next round (measured).
+    """
+    dims = sorted(range(tensor.dim()), key=lambda d: (-tensor.stride(d), d))
+    return dims if tensor.permute(dims).is_contiguous() else list(range(tensor.dim()))
+
+
+def _tensor_key(tensor: torch.Tensor, tensors: dict[str, torch.Tensor], seen: dict[int, str], order: list[int] | None = None) -> str:
     if id(tensor) in seen:
         return seen[id(tensor)]
     key = f"t{len(tensors)}"
+    laid_out = tensor.detach().permute(order) if order else tensor.detach()
     # clone: safetensors refuses tensors that share storage (views of one optimizer buffer)
-    tensors[key] = tensor.detach().to("cpu").contiguous().clone()
+    tensors[key] = laid_out.to("cpu").contiguous().clone()
     seen[id(tensor)] = key
     return key
 
@@ -101,7 +114,9 @@ def decode(node: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if not isinstance(node, dict):
         return node
     if "$tensor" in node:
-        return tensors[node["$tensor"]].to(node["device"])
+        value = tensors[node["$tensor"]].to(node["device"])
+        order = node.get("order")
+        return value.permute([order.index(d) for d in range(len(order))]) if order else value
     if "$ndarray" in node:
         return tensors[node["$ndarray"]].numpy().copy()
     if "$dict" in node:
