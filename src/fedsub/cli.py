@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     import datasets
 
     datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # a bad data file gets our one-line error, not its log too
     handler = {"run": cmd_run, "compare": cmd_compare, "report": cmd_report, "export": cmd_export, "methods": cmd_methods}[args.command]
     try:
         return handler(args)

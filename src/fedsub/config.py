@@ -187,6 +187,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} not found; pass the path of a YAML file (see configs/)")
     try:
         raw = yaml.safe_load(path.read_text())
+    except (UnicodeDecodeError, OSError) as err:
+        raise ConfigError(f"config file {path}: cannot read it as UTF-8 text ({type(err).__name__}); is it a YAML file?") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

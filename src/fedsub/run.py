@@ -68,8 +68,13 @@ def run_experiment(
     """Run `cfg` into a new (or, with overwrite, emptied) `out`; with resume, continue the run in `out`."""
     console = console or make_console(quiet)
     run_dir = resume_dir(Path(out)) if resume else prepare_run_dir(Path(out), overwrite)
-    with progress_bars(console) as progress:
-        summaries = run_into(cfg, run_dir, console, progress, tensorboard=tensorboard, resume=resume)
+    try:
+        with progress_bars(console) as progress:
+            summaries = run_into(cfg, run_dir, console, progress, tensorboard=tensorboard, resume=resume)
+    except ConfigError:
+        if not resume and not any(p.is_dir() for p in run_dir.iterdir()):
+            shutil.rmtree(run_dir)  # bad input found before any training: do not leave a directory that blocks the rerun
+        raise
     print_table(console, summaries)
     console.print(f"results in {run_dir}")
     return summaries
