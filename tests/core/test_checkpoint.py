@@ -82,17 +82,21 @@ def test_a_damaged_checkpoint_is_refused_in_one_line(tmp_path, damage):
     assert message.startswith(f"checkpoint {pointer} is corrupt or truncated") and "delete" in message and "\n" not in message
 
 
-def test_a_write_killed_half_way_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+@pytest.mark.parametrize("stage, survivor", [("tensors-half", 1), ("tensors-written", 1), ("pointer-written", 2)])
+def test_a_write_killed_at_any_stage_leaves_a_complete_checkpoint(tmp_path, monkeypatch, stage, survivor):
     save_checkpoint(tmp_path, sample_checkpoint(1))
 
-    def killed(stage, round_done):
-        if stage == "tensors-half":
+    def killed(at, round_done):
+        if at == stage:
             raise KeyboardInterrupt  # stands in for SIGKILL (tested for real in tests/engines/test_sigkill_resume.py)
 
     monkeypatch.setattr("fedsub.core.checkpoint.crash_point", killed)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(tmp_path, sample_checkpoint(2))
-    assert load_checkpoint(tmp_path).round == 1
+    assert load_checkpoint(tmp_path).round == survivor
+    monkeypatch.undo()
+    save_checkpoint(tmp_path, sample_checkpoint(3))  # the next save sweeps what the killed one left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.json", "state-00003.safetensors"]
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])

@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
 from fedsub.config import FailureConfig
-from fedsub.core.types import ClientUpdate
+from fedsub.core.types import ClientUpdate, Payload, ServerState
+from fedsub.core.validation import expected_update, validate_update
 
 _FAULT_STREAM = 0xFA17  # keeps the fault draws independent of client sampling's (seed, round) stream
 
@@ -74,3 +75,23 @@ def skip_reason(cfg: FailureConfig, accepted: int) -> str | None:
     if accepted < cfg.min_clients:
         return f"{accepted} usable update{'s' if accepted != 1 else ''} < min_clients {cfg.min_clients}"
     return None
+
+
+def screen_outcomes(
+    outcomes: list[ClientOutcome], sent: dict[int, Payload], method: Any, state: ServerState, max_norm: float | None
+) -> tuple[list[ClientUpdate], list[dict], list[dict]]:
+    """Split a round's replies into the accepted updates, the dropped clients and the rejected
+    updates (each with its reason, as metrics.jsonl records them), validating every reply against
+    what the method expects from that client."""
+    accepted, dropped, rejected = [], [], []
+    for o in outcomes:
+        if o.update is None:
+            dropped.append({"client": o.client_id, "reason": o.reason})
+            continue
+        spec = expected_update(method, state, o.client_id, sent[o.client_id])
+        reason = validate_update(o.update, spec, sent[o.client_id], max_norm, o.client_id)
+        if reason:
+            rejected.append({"client": o.client_id, "reason": reason})
+        else:
+            accepted.append(o.update)
+    return accepted, dropped, rejected

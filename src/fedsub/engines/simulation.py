@@ -25,9 +25,9 @@ from fedsub.core.io import atomic_write_text
 from fedsub.core.registry import build_method
 from fedsub.core.tensors import normalized_weights
 from fedsub.core.types import ClientContext, ClientUpdate, Payload, ServerState, TrainSettings
-from fedsub.core.validation import expected_update, payload_bytes, validate_update
+from fedsub.core.validation import payload_bytes
 from fedsub.core.workspace import Workspace
-from fedsub.engines.failures import ClientOutcome, run_client, simulated_fault, skip_reason
+from fedsub.engines.failures import ClientOutcome, run_client, screen_outcomes, simulated_fault, skip_reason
 from fedsub.models import head_module_names, load_classifier, load_tokenizer, target_linear_names
 from fedsub.tasks.classification import ClassificationTask, Encoded
 
@@ -162,7 +162,7 @@ class Simulation:
             outcomes.append(self.train_client(round_index, client_id, sent[client_id]))
             if on_client:
                 on_client()
-        accepted, dropped, rejected = self.screen(outcomes, sent)
+        accepted, dropped, rejected = screen_outcomes(outcomes, sent, self.method, self.state, self.cfg.validation.max_norm)
         skipped = skip_reason(self.cfg.failures, len(accepted))
         tic = time.perf_counter()
         method_metrics = {}
@@ -198,21 +198,6 @@ class Simulation:
         if outcome.keep_state:
             self.client_states[client_id] = context.state
         return outcome
-
-    def screen(self, outcomes: list[ClientOutcome], sent: dict[int, Payload]) -> tuple[list[ClientUpdate], list[dict], list[dict]]:
-        """Split the round's replies: accepted updates, dropped clients and rejected updates (with reasons)."""
-        accepted, dropped, rejected = [], [], []
-        for o in outcomes:
-            if o.update is None:
-                dropped.append({"client": o.client_id, "reason": o.reason})
-                continue
-            spec = expected_update(self.method, self.state, o.client_id, sent[o.client_id])
-            reason = validate_update(o.update, spec, sent[o.client_id], self.cfg.validation.max_norm, o.client_id)
-            if reason:
-                rejected.append({"client": o.client_id, "reason": reason})
-            else:
-                accepted.append(o.update)
-        return accepted, dropped, rejected
 
     def client_context(self, round_index: int, client_id: int) -> ClientContext:
         return ClientContext(
