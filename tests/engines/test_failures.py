@@ -97,3 +97,29 @@ def test_run_client_outcomes():
     assert slow.update is None and slow.reason.startswith("deadline: trained ") and slow.reason.endswith("> deadline_s 1e-09")
     assert skip_reason(FailureConfig(min_clients=2), 1) == "1 usable update < min_clients 2"
     assert skip_reason(FailureConfig(min_clients=2), 2) is None
+
+
+def failing_client_0(sim, leave_gradients):
+    """Client 0 raises, after a backward() (gradients left on the shared model) or before any work."""
+    honest = sim.method.client_train
+
+    def client_train(workspace, payload, client):
+        if client.client_id != 0:
+            return honest(workspace, payload, client)
+        if leave_gradients:
+            workspace.write(payload.tensors)
+            batch = workspace.train_data.batch(client.indices[:4], workspace.device)
+            workspace.task.loss(workspace.model, batch).backward()
+        raise FloatingPointError("optimizer step failed")
+
+    sim.method.client_train = client_train
+
+
+def test_a_client_failing_mid_step_leaves_no_gradients_for_the_next(tiny_data, tmp_path):
+    """Clients 1 and 2 train exactly as if client 0 had failed before touching the model."""
+    messy, clean = make(tiny_data, tmp_path / "a"), make(tiny_data, tmp_path / "b")
+    failing_client_0(messy, leave_gradients=True)
+    failing_client_0(clean, leave_gradients=False)
+    [record], _ = messy.run(), clean.run()
+    assert record["dropped"] == [{"client": 0, "reason": "error: FloatingPointError: optimizer step failed"}]
+    assert all(torch.equal(messy.state.tensors[n], clean.state.tensors[n]) for n in clean.state.tensors)

@@ -197,6 +197,10 @@ class Simulation:
         outcome = run_client(self.cfg.failures, client_id, fault, lambda: self.method.client_train(self.workspace, payload, context))
         if outcome.keep_state:
             self.client_states[client_id] = context.state
+        elif fault != "dropout":
+            # a client that raised between backward() and zero_grad() leaves gradients on the shared
+            # model, which the next client's first backward() would add to its own
+            self.workspace.model.zero_grad(set_to_none=True)
         return outcome
 
     def client_context(self, round_index: int, client_id: int) -> ClientContext:
