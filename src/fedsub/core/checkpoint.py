@@ -220,7 +220,7 @@ def load_checkpoint(folder: str | Path) -> Checkpoint | None:
         )
     except CheckpointError:
         raise
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({reason}); {fix}") from None
 
