@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fedsub.config import ConfigError, ExperimentConfig, MethodSpec, config_to_dict, load_config, method_to_dict
+from fedsub.core.checkpoint import checkpoint_round
 from fedsub.core.io import atomic_write_text
 from fedsub.engines.simulation import FederatedData, Simulation, prepare_data, summarize
 from fedsub.report import COLUMNS, markdown_table, plot_metric, read_metrics, table_rows
@@ -178,7 +179,10 @@ def run_method(
     method_dir = run_dir / spec.key
     console.print(f"[bold]{spec.key}[/]: {fed.rounds} rounds x {fed.clients_per_round} clients")
     simulation = Simulation(cfg, spec, data, method_dir, resume=resume)
-    rounds = progress.add_task(f"{spec.key} rounds", total=fed.rounds)
+    done = checkpoint_round(simulation.checkpoint_dir) if resume else 0
+    if done:
+        console.print(f"  {spec.key}: resuming after round {done} from {simulation.checkpoint_dir}")
+    rounds = progress.add_task(f"{spec.key} rounds", total=fed.rounds, completed=done)
     clients = progress.add_task("clients", total=fed.clients_per_round)
     board = open_board(method_dir) if tensorboard else None
 

@@ -195,6 +195,14 @@ def save_checkpoint(folder: str | Path, ckpt: Checkpoint) -> Path:
     return folder / POINTER
 
 
+def checkpoint_round(folder: str | Path) -> int:
+    """Rounds done by the checkpoint in `folder` (0 when there is none or it is unreadable)."""
+    try:
+        return int(json.loads((Path(folder) / POINTER).read_text())["round"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
 def load_checkpoint(folder: str | Path) -> Checkpoint | None:
     """The checkpoint in `folder`, None when there is none; CheckpointError when it is unreadable."""
     folder = Path(folder)
