@@ -5,7 +5,7 @@ Layout: config.yaml (resolved), partition.json, label_histogram.csv, partition_h
 results.md, accuracy.png. A method is finished when its summary.json exists (written last), so
 `run_into` can add methods to an existing run directory and skip the finished ones
 (`fedsub compare` does; `fedsub run` starts from an empty directory). While a method runs,
-<method>/checkpoint/ holds its latest checkpoint; `fedsub run --resume DIR` (`resume_experiment`)
+<method>/checkpoint/ holds its latest checkpoint; `fedsub run --resume DIR` (`run_experiment(..., resume=True)`)
 continues every unfinished method from there.
 """
 
@@ -68,17 +68,30 @@ def run_experiment(
 ) -> list[dict[str, Any]]:
     """Run `cfg` into a new (or, with overwrite, emptied) `out`; with resume, continue the run in `out`."""
     console = console or make_console(quiet)
+    created = not Path(out).exists()
     run_dir = resume_dir(Path(out)) if resume else prepare_run_dir(Path(out), overwrite)
     try:
         with progress_bars(console) as progress:
             summaries = run_into(cfg, run_dir, console, progress, tensorboard=tensorboard, resume=resume)
     except ConfigError:
-        if not resume and not any(p.is_dir() for p in run_dir.iterdir()):
-            shutil.rmtree(run_dir)  # bad input found before any training: do not leave a directory that blocks the rerun
+        if not resume:
+            forget_untrained_run(run_dir, created)
         raise
     print_table(console, summaries)
     console.print(f"results in {run_dir}")
     return summaries
+
+
+def forget_untrained_run(run_dir: Path, created: bool) -> None:
+    """Bad input found before any method trained: remove what this run wrote (config.yaml, the
+    partition report), so the corrected rerun needs no --overwrite. A folder the user made stays."""
+    if any(p.is_dir() for p in run_dir.iterdir()):
+        return  # a method started: its directory may hold work worth keeping
+    if created:
+        shutil.rmtree(run_dir)
+    else:
+        for path in run_dir.iterdir():
+            path.unlink()
 
 
 def is_finished(run_dir: Path, key: str) -> bool:
