@@ -15,10 +15,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedsub", description="Federated fine-tuning under non-IID data.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run an experiment config (every method it lists)")
-    run.add_argument("config", help="YAML experiment config (see configs/)")
+    run.add_argument("config", nargs="?", help="YAML experiment config (see configs/); with --resume: default DIR/config.yaml")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. train.lr=1e-4 (repeatable)")
     run.add_argument("--out", type=Path, help="run directory (default runs/<name>-<time>)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    run.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its checkpoints (finished methods are kept)")
     run.add_argument("--quiet", action="store_true", help="no progress output")
     run.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events to <run>/<method>/tensorboard/")
     add_grid_commands(sub)
@@ -51,10 +52,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fedsub.config import load_config
     from fedsub.run import run_experiment
 
+    if args.resume is not None:
+        return resume_run(args)
+    if args.config is None:
+        raise ConfigError("run: pass a YAML config (see configs/), or --resume DIR to continue a run")
     cfg = load_config(args.config, args.overrides)
     out = args.out or Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_tensorboard_flag(args)
     run_experiment(cfg, out, quiet=args.quiet, overwrite=args.overwrite, tensorboard=args.tensorboard)
+    return 0
+
+
+def resume_run(args: argparse.Namespace) -> int:
+    """`fedsub run --resume DIR [CONFIG]`: the run's own config unless one is given (it must match)."""
+    from fedsub.config import load_config
+    from fedsub.run import resume_dir, run_experiment
+
+    if args.out is not None or args.overwrite:
+        raise ConfigError("--resume DIR continues the run in DIR; drop --out / --overwrite")
+    cfg = load_config(args.config or resume_dir(args.resume) / "config.yaml", args.overrides)
+    check_tensorboard_flag(args)
+    run_experiment(cfg, args.resume, quiet=args.quiet, tensorboard=args.tensorboard, resume=True)
     return 0
 
 
@@ -116,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     import datasets
 
     datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # a bad data file gets our one-line error, not its log too
     handler = {"run": cmd_run, "compare": cmd_compare, "report": cmd_report, "export": cmd_export, "methods": cmd_methods}[args.command]
     try:
         return handler(args)
@@ -123,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fedsub: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("fedsub: interrupted; finished rounds are in metrics.jsonl", file=sys.stderr)
+        print("fedsub: interrupted; continue with fedsub run --resume DIR", file=sys.stderr)
         return 130
 
 

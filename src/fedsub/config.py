@@ -87,6 +87,26 @@ class TrainConfig(Strict):
         return self
 
 
+class FailureConfig(Strict):
+    """Simulated client faults and the round's quorum (engines/failures.py)."""
+
+    dropout_prob: float = Field(0.0, ge=0, le=1, description="probability a sampled client drops out (never answers)")
+    straggler_prob: float = Field(0.0, ge=0, le=1, description="probability a sampled client answers after the deadline")
+    deadline_s: float | None = Field(None, gt=0, description="wall-clock seconds of local training after which an update is too late")
+    min_clients: int = Field(1, ge=1, description="fewer usable updates than this: the round is skipped (global model unchanged)")
+
+
+class ValidationConfig(Strict):
+    """Server-side checks of every update (core/validation.py); names, shapes, dtypes and finiteness are always checked."""
+
+    max_norm: float | None = Field(None, gt=0, description="reject an update whose change of any tensor has a larger L2 norm")
+
+
+class CheckpointConfig(Strict):
+    every: int = Field(1, ge=0, description="checkpoint every k rounds (and after the last); 0 = never")
+    keep: bool = Field(False, description="keep a method's checkpoint after it finishes")
+
+
 class MethodSpec(Strict):
     """One method of the run: its registered name, optional train overrides, and its own options."""
 
@@ -124,6 +144,9 @@ class ExperimentConfig(Strict):
     partition: PartitionConfig = PartitionConfig()
     federation: FederationConfig = FederationConfig()
     train: TrainConfig = TrainConfig()
+    failures: FailureConfig = FailureConfig()
+    validation: ValidationConfig = ValidationConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
     methods: list[MethodSpec] = Field(default_factory=lambda: [MethodSpec(name="fedit")], min_length=1)
 
     @field_validator("methods", mode="before")
@@ -140,6 +163,11 @@ class ExperimentConfig(Strict):
         keys = [m.key for m in self.methods]
         if len(set(keys)) != len(keys):
             raise ValueError(f"methods: each method once per run (give variants a distinct label), got {keys}")
+        if self.failures.min_clients > self.federation.clients_per_round:
+            raise ValueError(
+                f"failures.min_clients ({self.failures.min_clients}) exceeds federation.clients_per_round"
+                f" ({self.federation.clients_per_round}); no round could aggregate, lower it"
+            )
         return self
 
 
@@ -159,6 +187,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} not found; pass the path of a YAML file (see configs/)")
     try:
         raw = yaml.safe_load(path.read_text())
+    except (UnicodeDecodeError, OSError) as err:
+        raise ConfigError(f"config file {path}: cannot read it as UTF-8 text ({type(err).__name__}); is it a YAML file?") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

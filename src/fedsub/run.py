@@ -4,7 +4,9 @@ Layout: config.yaml (resolved), partition.json, label_histogram.csv, partition_h
 <method>/metrics.jsonl, <method>/final_model.safetensors, <method>/summary.json, summary.json,
 results.md, accuracy.png. A method is finished when its summary.json exists (written last), so
 `run_into` can add methods to an existing run directory and skip the finished ones
-(`fedsub compare` does; `fedsub run` starts from an empty directory).
+(`fedsub compare` does; `fedsub run` starts from an empty directory). While a method runs,
+<method>/checkpoint/ holds its latest checkpoint; `fedsub run --resume DIR` (`run_experiment(..., resume=True)`)
+continues every unfinished method from there.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fedsub.config import ConfigError, ExperimentConfig, MethodSpec, config_to_dict, load_config, method_to_dict
+from fedsub.core.checkpoint import checkpoint_round
 from fedsub.core.io import atomic_write_text
 from fedsub.engines.simulation import FederatedData, Simulation, prepare_data, summarize
 from fedsub.report import COLUMNS, markdown_table, plot_metric, read_metrics, table_rows
@@ -36,6 +39,13 @@ def prepare_run_dir(out: Path, overwrite: bool) -> Path:
     return out
 
 
+def resume_dir(out: Path) -> Path:
+    """A run directory that `--resume` can continue: it exists and holds the run's config.yaml."""
+    if not (Path(out) / "config.yaml").is_file():
+        raise ConfigError(f"--resume {out}: no config.yaml there, so not a fedsub run directory; pass the directory a run wrote")
+    return Path(out)
+
+
 def make_console(quiet: bool = False) -> Console:
     # Logs (CI, files) get 120 columns so the results table is not cut; terminals keep their width.
     return Console(stderr=True, quiet=quiet, width=None if sys.stderr.isatty() else 120)
@@ -47,15 +57,41 @@ def progress_bars(console: Console) -> Progress:
 
 
 def run_experiment(
-    cfg: ExperimentConfig, out: Path, *, quiet: bool = False, overwrite: bool = False, console: Console | None = None, tensorboard: bool = False
+    cfg: ExperimentConfig,
+    out: Path,
+    *,
+    quiet: bool = False,
+    overwrite: bool = False,
+    console: Console | None = None,
+    tensorboard: bool = False,
+    resume: bool = False,
 ) -> list[dict[str, Any]]:
+    """Run `cfg` into a new (or, with overwrite, emptied) `out`; with resume, continue the run in `out`."""
     console = console or make_console(quiet)
-    run_dir = prepare_run_dir(Path(out), overwrite)
-    with progress_bars(console) as progress:
-        summaries = run_into(cfg, run_dir, console, progress, tensorboard=tensorboard)
+    created = not Path(out).exists()
+    run_dir = resume_dir(Path(out)) if resume else prepare_run_dir(Path(out), overwrite)
+    try:
+        with progress_bars(console) as progress:
+            summaries = run_into(cfg, run_dir, console, progress, tensorboard=tensorboard, resume=resume)
+    except ConfigError:
+        if not resume:
+            forget_untrained_run(run_dir, created)
+        raise
     print_table(console, summaries)
     console.print(f"results in {run_dir}")
     return summaries
+
+
+def forget_untrained_run(run_dir: Path, created: bool) -> None:
+    """Bad input found before any method trained: remove what this run wrote (config.yaml, the
+    partition report), so the corrected rerun needs no --overwrite. A folder the user made stays."""
+    if any(p.is_dir() for p in run_dir.iterdir()):
+        return  # a method started: its directory may hold work worth keeping
+    if created:
+        shutil.rmtree(run_dir)
+    else:
+        for path in run_dir.iterdir():
+            path.unlink()
 
 
 def is_finished(run_dir: Path, key: str) -> bool:
@@ -71,9 +107,11 @@ def run_into(
     tensorboard: bool = False,
     on_method: Callable[[MethodSpec], None] | None = None,
     on_method_done: Callable[[MethodSpec], None] | None = None,
+    resume: bool = False,
 ) -> list[dict[str, Any]]:
     """Run cfg's unfinished methods into `run_dir` (data prepared once, only if one is left), then
-    rewrite the run's summary.json, results.md and accuracy.png over every finished method."""
+    rewrite the run's summary.json, results.md and accuracy.png over every finished method.
+    With `resume`, an unfinished method continues from its checkpoint (else it starts over)."""
     recorded = record_config(cfg, run_dir)
     data: FederatedData | None = None
     for spec in cfg.methods:
@@ -84,7 +122,7 @@ def run_into(
             data = prepare_data(cfg, run_dir)
         if on_method:
             on_method(spec)
-        run_method(cfg, spec, data, run_dir, console, progress, tensorboard=tensorboard)
+        run_method(cfg, spec, data, run_dir, console, progress, tensorboard=tensorboard, resume=resume)
         if on_method_done:
             on_method_done(spec)
     return write_run_summary(recorded, run_dir, data)
@@ -137,7 +175,15 @@ def write_run_summary(cfg: ExperimentConfig, run_dir: Path, data: FederatedData 
 
 
 def run_method(
-    cfg: ExperimentConfig, spec: MethodSpec, data: FederatedData, run_dir: Path, console: Console, progress: Progress, *, tensorboard: bool = False
+    cfg: ExperimentConfig,
+    spec: MethodSpec,
+    data: FederatedData,
+    run_dir: Path,
+    console: Console,
+    progress: Progress,
+    *,
+    tensorboard: bool = False,
+    resume: bool = False,
 ) -> dict:
     """Train one method, save its final global model, then its summary.json (which marks it finished)."""
     from fedsub.export import save_final_model
@@ -145,8 +191,11 @@ def run_method(
     fed = cfg.federation
     method_dir = run_dir / spec.key
     console.print(f"[bold]{spec.key}[/]: {fed.rounds} rounds x {fed.clients_per_round} clients")
-    simulation = Simulation(cfg, spec, data, method_dir)
-    rounds = progress.add_task(f"{spec.key} rounds", total=fed.rounds)
+    simulation = Simulation(cfg, spec, data, method_dir, resume=resume)
+    done = checkpoint_round(simulation.checkpoint_dir) if resume else 0
+    if done:
+        console.print(f"  {spec.key}: resuming after round {done} from {simulation.checkpoint_dir}")
+    rounds = progress.add_task(f"{spec.key} rounds", total=fed.rounds, completed=done)
     clients = progress.add_task("clients", total=fed.clients_per_round)
     board = open_board(method_dir) if tensorboard else None
 
@@ -170,6 +219,8 @@ def run_method(
     save_final_model(simulation, method_dir, data.label_names)
     summary = summarize(records, spec.key)
     atomic_write_text(method_dir / "summary.json", json.dumps(summary, indent=2))
+    if not cfg.checkpoint.keep:  # finished: final_model.safetensors and the metrics are the result
+        shutil.rmtree(simulation.checkpoint_dir, ignore_errors=True)
     return summary
 
 
@@ -182,9 +233,12 @@ def open_board(method_dir: Path):
 def round_line(record: dict, total: int) -> str:
     """One short line per round (fits an 80-column log)."""
     acc = "" if record.get("accuracy") is None else f" acc {record['accuracy']:.3f} f1 {record['macro_f1']:.3f}"
+    loss = "-" if record.get("train_loss") is None else f"{record['train_loss']:.3f}"
+    lost = len(record.get("dropped", [])) + len(record.get("rejected", []))
+    faults = (f" {lost} lost" if lost else "") + (" SKIPPED" if record.get("skipped") else "")
     return (
-        f"  {record['method']} {record['round']}/{total}: loss {record['train_loss']:.3f}{acc}"
-        f" up {record['bytes_up'] / 1e6:.1f}MB {record['seconds_round']:.1f}s"
+        f"  {record['method']} {record['round']}/{total}: loss {loss}{acc}"
+        f" up {record['bytes_up'] / 1e6:.1f}MB {record['seconds_round']:.1f}s{faults}"
     )
 
 

@@ -89,7 +89,12 @@ class ClientContext:
 
 
 class Method(Protocol):
-    """The method contract. A method is pure: all persistent state lives in ServerState or client state."""
+    """The method contract. A method is pure: all persistent state lives in ServerState or client state.
+
+    Optional: `update_spec(state, client_id, payload) -> fedsub.core.validation.UpdateSpec`, the
+    tensors (names, shapes, dtypes) an honest reply to `payload` holds, for methods whose upload is
+    not what they sent (the server validates every update against it; default: the sent tensors).
+    """
 
     name: str
     options: BaseModel

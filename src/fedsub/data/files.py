@@ -28,9 +28,16 @@ def load_local_file(cfg: DataConfig) -> tuple[Source, None]:
     try:
         table = datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as err:  # the builders raise many types; the user needs only the reason
-        raise ConfigError(f"data.dataset: cannot read {path} as {builder} ({_first_line(err)})") from None
+        raise ConfigError(f"data.dataset: cannot read {path} as {builder} ({_first_line(_root_cause(err))}); fix or replace the file") from None
     (source,) = make_sources(cfg, {"row": table})
     return source, None
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    """The innermost exception: datasets wraps a parser's precise error in a generic DatasetGenerationError."""
+    while err.__cause__ is not None or (err.__context__ is not None and not err.__suppress_context__):
+        err = err.__cause__ or err.__context__
+    return err
 
 
 def load_hub(cfg: DataConfig) -> tuple[Source, Source | None]:

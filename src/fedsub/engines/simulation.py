@@ -1,12 +1,14 @@
 """The in-process simulator: one model reused by every client, a round loop of plain phases.
 
-sample -> configure -> train each client -> aggregate -> evaluate -> log. Client sampling and each
-client's randomness are pure functions of (seed, round, client), so a run is reproducible and any
-round can be replayed in isolation.
+sample -> configure -> train each client (failures dropped) -> validate -> aggregate -> evaluate ->
+checkpoint -> log. Client sampling, simulated faults and each client's randomness are pure functions
+of (seed, round, client), so a run is reproducible, any round can be replayed in isolation, and a run
+resumed from its checkpoint writes the same metrics as one never interrupted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import resource
 import time
@@ -17,11 +19,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from fedsub.config import ConfigError, ExperimentConfig, MethodSpec
+from fedsub.config import ConfigError, ExperimentConfig, MethodSpec, config_to_dict, method_to_dict
+from fedsub.core.checkpoint import Checkpoint, CheckpointError, load_checkpoint, restore_rng, rng_state, save_checkpoint
+from fedsub.core.io import atomic_write_text
 from fedsub.core.registry import build_method
 from fedsub.core.tensors import normalized_weights
-from fedsub.core.types import ClientContext, ServerState, TrainSettings
+from fedsub.core.types import ClientContext, ClientUpdate, Payload, ServerState, TrainSettings
+from fedsub.core.validation import payload_bytes
 from fedsub.core.workspace import Workspace
+from fedsub.engines.failures import ClientOutcome, run_client, screen_outcomes, simulated_fault, skip_reason
 from fedsub.models import head_module_names, load_classifier, load_tokenizer, target_linear_names
 from fedsub.tasks.classification import ClassificationTask, Encoded
 
@@ -112,26 +118,35 @@ def peak_rss_mb() -> float:
 
 
 class Simulation:
-    """Runs one method of an experiment round by round, appending one JSON line per round."""
+    """Runs one method of an experiment round by round, appending one JSON line per round.
 
-    def __init__(self, cfg: ExperimentConfig, spec: MethodSpec, data: FederatedData, out_dir: Path):
-        self.cfg, self.spec, self.data, self.out_dir = cfg, spec, data, out_dir
+    With `resume`, it continues from the checkpoint in `<out_dir>/checkpoint` (if any): state,
+    client states, RNGs and the records so far come from there, metrics.jsonl is rewritten from
+    those records (dropping lines of rounds after the checkpoint) and the remaining rounds run.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, spec: MethodSpec, data: FederatedData, out_dir: Path, resume: bool = False):
+        self.cfg, self.spec, self.data, self.out_dir, self.resume = cfg, spec, data, out_dir, resume
         reset_peak_rss()
         self.method = build_method(spec.name, spec.options)
         self.workspace = build_workspace(cfg, self.method, data)
         self.settings = train_settings(cfg, spec)
         self.client_states: dict[int, dict[str, Any]] = {}
         self.state: ServerState = self.method.init(self.workspace)
+        self.checkpoint_dir = out_dir / "checkpoint"
 
     def run(self, on_round: Callable[[dict], None] | None = None, on_client: Callable[[], None] | None = None) -> list[dict]:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        records = []
-        with open(self.out_dir / "metrics.jsonl", "w") as log:
-            for round_index in range(self.cfg.federation.rounds):
+        records = self.restore() if self.resume else []
+        metrics = self.out_dir / "metrics.jsonl"
+        atomic_write_text(metrics, "".join(json.dumps(r) + "\n" for r in records))
+        with open(metrics, "a") as log:
+            for round_index in range(len(records), self.cfg.federation.rounds):
                 record = self.run_round(round_index, on_client)
+                records.append(record)
+                self.maybe_checkpoint(round_index, records)  # before the log line: a kill between the two loses nothing
                 log.write(json.dumps(record) + "\n")
                 log.flush()
-                records.append(record)
                 if on_round:
                     on_round(record)
         return records
@@ -140,36 +155,53 @@ class Simulation:
         fed = self.cfg.federation
         start = time.perf_counter()
         clients = sample_clients(self.cfg.seed, round_index, fed.num_clients, fed.clients_per_round)
-        updates, bytes_down, seconds_train = [], 0, 0.0
+        outcomes, sent, bytes_down = [], {}, 0
         for client_id in clients:
-            payload = self.method.configure_train(self.state, client_id)
-            bytes_down += payload.nbytes()
-            context = self.client_context(round_index, client_id)
-            tic = time.perf_counter()
-            updates.append(self.method.client_train(self.workspace, payload, context))
-            seconds_train += time.perf_counter() - tic
+            sent[client_id] = self.method.configure_train(self.state, client_id)
+            bytes_down += sent[client_id].nbytes()
+            outcomes.append(self.train_client(round_index, client_id, sent[client_id]))
             if on_client:
                 on_client()
+        accepted, dropped, rejected = screen_outcomes(outcomes, sent, self.method, self.state, self.cfg.validation.max_norm)
+        skipped = skip_reason(self.cfg.failures, len(accepted))
         tic = time.perf_counter()
-        self.state, method_metrics = self.method.aggregate_train(self.state, updates)
+        method_metrics = {}
+        if skipped is None:
+            self.state, method_metrics = self.method.aggregate_train(self.state, accepted)
         seconds_aggregate = time.perf_counter() - tic
         evaluation, seconds_eval = self.maybe_evaluate(round_index)
-        weights = normalized_weights([u.num_examples for u in updates])
         return {
             "round": round_index + 1,
             "method": self.spec.key,
             **evaluation,
-            "train_loss": float(sum(w * u.metrics["train_loss"] for w, u in zip(weights, updates))),
+            "train_loss": mean_train_loss(accepted),
             "clients": clients,
-            "bytes_up": sum(u.payload.nbytes() for u in updates),
+            "bytes_up": sum(payload_bytes(o.update.payload) for o in outcomes if o.update is not None),
             "bytes_down": bytes_down,
+            "aggregated": [u.client_id for u in accepted] if skipped is None else [],
+            "dropped": dropped,
+            "rejected": rejected,
+            "skipped": skipped,
             **method_metrics,
-            "seconds_train": seconds_train,
+            "seconds_train": sum(o.seconds for o in outcomes),
             "seconds_aggregate": seconds_aggregate,
             "seconds_eval": seconds_eval,
             "seconds_round": time.perf_counter() - start,
             "peak_rss_mb": peak_rss_mb(),
         }
+
+    def train_client(self, round_index: int, client_id: int, payload: Payload) -> ClientOutcome:
+        """One client's local round; its state changes persist only if it did not fail."""
+        fault = simulated_fault(self.cfg.failures, self.cfg.seed, round_index, client_id)
+        context = self.client_context(round_index, client_id)
+        outcome = run_client(self.cfg.failures, client_id, fault, lambda: self.method.client_train(self.workspace, payload, context))
+        if outcome.keep_state:
+            self.client_states[client_id] = context.state
+        elif fault != "dropout":
+            # a client that raised between backward() and zero_grad() leaves gradients on the shared
+            # model, which the next client's first backward() would add to its own
+            self.workspace.model.zero_grad(set_to_none=True)
+        return outcome
 
     def client_context(self, round_index: int, client_id: int) -> ClientContext:
         return ClientContext(
@@ -178,8 +210,38 @@ class Simulation:
             indices=self.data.parts[client_id],
             train=self.settings,
             seed=client_seed(self.cfg.seed, round_index, client_id),
-            state=self.client_states.setdefault(client_id, {}),
+            state=dict(self.client_states.get(client_id, {})),  # a copy: committed only if the client succeeds
         )
+
+    # ---------------------------------------------------------------- checkpoint and resume
+    def fingerprint(self) -> str:
+        """Identifies what a checkpoint is valid for: the config (less its bookkeeping) and the method."""
+        config = {k: v for k, v in config_to_dict(self.cfg).items() if k not in ("name", "methods", "checkpoint")}
+        text = json.dumps({"config": config, "method": method_to_dict(self.spec)}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def maybe_checkpoint(self, round_index: int, records: list[dict]) -> None:
+        every, done = self.cfg.checkpoint.every, round_index + 1
+        if every == 0 or (done % every and done != self.cfg.federation.rounds):
+            return
+        ckpt = Checkpoint(done, self.state, self.client_states, records, self.data.parts, rng_state(), self.fingerprint())
+        save_checkpoint(self.checkpoint_dir, ckpt)
+
+    def restore(self) -> list[dict]:
+        """Load the checkpoint (if any) into this simulation; the records so far."""
+        ckpt = load_checkpoint(self.checkpoint_dir)
+        if ckpt is None:
+            return []
+        where = self.checkpoint_dir
+        if ckpt.fingerprint != self.fingerprint():
+            raise CheckpointError(f"checkpoint {where} was written by another config or method; resume with the run's own config.yaml, or delete {where}")
+        if len(ckpt.partition) != len(self.data.parts) or not all(torch.equal(a, b) for a, b in zip(ckpt.partition, self.data.parts)):
+            raise CheckpointError(f"checkpoint {where}: the data or its partition changed since it was written; restore the data file, or delete {where}")
+        if ckpt.round != len(ckpt.records) or ckpt.round > self.cfg.federation.rounds:
+            raise CheckpointError(f"checkpoint {where}: {len(ckpt.records)} records for round {ckpt.round}; delete {where}")
+        self.state, self.client_states = ckpt.server, ckpt.clients
+        restore_rng(ckpt.rng)
+        return ckpt.records
 
     def maybe_evaluate(self, round_index: int) -> tuple[dict[str, float | None], float]:
         fed = self.cfg.federation
@@ -189,6 +251,14 @@ class Simulation:
         self.method.load_global(self.workspace, self.state)
         metrics = self.workspace.evaluate(self.cfg.train.eval_batch_size)
         return metrics, time.perf_counter() - tic
+
+
+def mean_train_loss(updates: list[ClientUpdate]) -> float | None:
+    """Clients' mean train loss weighted by examples (None when no update was usable)."""
+    if not updates:
+        return None
+    weights = normalized_weights([u.num_examples for u in updates])
+    return float(sum(w * u.metrics["train_loss"] for w, u in zip(weights, updates)))
 
 
 def summarize(records: list[dict], method: str) -> dict[str, Any]:

@@ -47,6 +47,7 @@ from torch import Tensor
 from fedsub.core.registry import register
 from fedsub.core.tensors import normalized_weights, weighted_sum
 from fedsub.core.types import ClientContext, ClientUpdate, Payload, ServerState
+from fedsub.core.validation import TensorSpec, UpdateSpec
 from fedsub.core.workspace import Workspace
 from fedsub.linalg.svd import seeded_gaussian
 from fedsub.methods import fedgalore_downlink as downlink
@@ -59,7 +60,9 @@ from fedsub.methods.galore_common import (
     import_state,
     linear_weight_names,
 )
-from fedsub.optim.projector import choose_side, derive_seed, effective_rank, project_back, random_projector, transport_moments
+from fedsub.optim.projector import (
+    choose_side, derive_seed, effective_rank, moment_shape, project_back, random_projector, transport_moments,
+)  # fmt: skip
 
 _SKETCH_STREAM = 0x5EC7  # separates the sketch's Omega seeds from the projector seeds
 
@@ -253,6 +256,21 @@ class FedGaLore(FedAvgMethod):
         if len(decays) != 1:
             raise RuntimeError(f"managed matrices decayed differently: {decays}")
         return tensors, {"decay": decays.pop()}
+
+    def update_spec(self, state: ServerState, client_id: int, payload: Payload) -> UpdateSpec:
+        """The head, and per matrix R and V (r-wide moment shape) and, in a sketch round, S (see `upload`)."""
+        o = self.options
+        spec = {n: TensorSpec(tuple(state.tensors[n].shape), state.tensors[n].dtype) for n in self.head_names}
+        width = o.rank + (o.rank if o.oversampling is None else o.oversampling)
+        for name, shape in self.shapes.items():
+            spec[f"R::{name}"] = TensorSpec(tuple(moment_shape(shape, o.rank)))
+            if o.sync != "none":
+                spec[f"V::{name}"] = TensorSpec(tuple(moment_shape(shape, o.rank)))
+            if payload.scalars["sketch"]:
+                m, n = shape
+                side = m if choose_side(shape) == "left" else n
+                spec[f"S::{name}"] = TensorSpec((side, min(width, side)))
+        return spec
 
     # ------------------------------------------------------------------ server
     def aggregate_train(self, state: ServerState, updates: Sequence[ClientUpdate]) -> tuple[ServerState, dict[str, float]]:

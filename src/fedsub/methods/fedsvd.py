@@ -13,7 +13,8 @@ from typing import Sequence
 
 from fedsub.core.registry import register
 from fedsub.core.tensors import normalized_weights, weighted_sum
-from fedsub.core.types import ClientUpdate, ServerState
+from fedsub.core.types import ClientUpdate, Payload, ServerState
+from fedsub.core.validation import UpdateSpec, spec_of
 from fedsub.core.workspace import Workspace
 from fedsub.methods.base import FedAvgMethod, LoraOptions, add_lora, freeze_lora_a
 from fedsub.methods.diagnostics import server_factor_diagnostics
@@ -31,6 +32,10 @@ class FedSVD(FedAvgMethod):
     def init(self, workspace: Workspace) -> ServerState:
         names = workspace.trainable_names() + [n for n in workspace.parameters_by_name() if LORA_A in n]
         return ServerState(round=0, tensors=workspace.read(names))
+
+    def update_spec(self, state: ServerState, client_id: int, payload: Payload) -> UpdateSpec:
+        """What was sent, less A (set by the server, never uploaded)."""
+        return spec_of({n: t for n, t in payload.tensors.items() if LORA_A not in n})
 
     def aggregate_train(self, state: ServerState, updates: Sequence[ClientUpdate]) -> tuple[ServerState, dict[str, float]]:
         weights = normalized_weights([u.num_examples for u in updates])

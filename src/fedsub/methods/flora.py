@@ -27,6 +27,7 @@ import torch
 from fedsub.core.registry import register
 from fedsub.core.tensors import normalized_weights
 from fedsub.core.types import ClientContext, ClientUpdate, Payload, ServerState
+from fedsub.core.validation import TensorSpec, UpdateSpec, spec_of
 from fedsub.core.workspace import Workspace
 from fedsub.methods.base import FedAvgMethod, add_lora, lora_scale
 from fedsub.methods.diagnostics import round_diagnostics
@@ -73,6 +74,16 @@ class FLoRA(FedAvgMethod):
         bases = {k.base for k in self.layers.values()}
         sent = {n: t for n, t in state.tensors.items() if state.round > 0 or n not in bases}
         return Payload(sent, {"rank": client_rank(self.options, client_id)})
+
+    def update_spec(self, state: ServerState, client_id: int, payload: Payload) -> UpdateSpec:
+        """The head as sent, and (B, A) of the client's rank per layer (never the merged bases)."""
+        bases = {k.base for k in self.layers.values()}
+        spec = spec_of({n: t for n, t in payload.tensors.items() if n not in bases})
+        rank = min(int(payload.scalars["rank"]), self.options.rank)
+        for prefix, keys in self.layers.items():
+            d_out, d_in = self.shapes[prefix]
+            spec[keys.b], spec[keys.a] = TensorSpec((d_out, rank)), TensorSpec((rank, d_in))
+        return spec
 
     def client_train(self, workspace: Workspace, payload: Payload, client: ClientContext) -> ClientUpdate:
         rank = int(payload.scalars["rank"])

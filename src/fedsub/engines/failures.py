@@ -1,0 +1,97 @@
+"""Failing clients, for any engine: simulated dropouts and stragglers, crashed or diverged local
+training, and the round's fate when too few usable updates are left.
+
+Simulated faults are a pure function of (seed, round, client), like client sampling, so a run with
+faults is as reproducible (and as exactly resumable) as one without.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from fedsub.config import FailureConfig
+from fedsub.core.types import ClientUpdate, Payload, ServerState
+from fedsub.core.validation import expected_update, validate_update
+
+_FAULT_STREAM = 0xFA17  # keeps the fault draws independent of client sampling's (seed, round) stream
+
+
+@dataclass
+class ClientOutcome:
+    """One sampled client's round: its update (None when it failed) or why it was dropped."""
+
+    client_id: int
+    update: ClientUpdate | None
+    reason: str | None
+    seconds: float = 0.0
+    keep_state: bool = True  # whether the client's state changes of this round persist
+
+
+def simulated_fault(cfg: FailureConfig, seed: int, round_index: int, client_id: int) -> str | None:
+    """'dropout' (the client never answers), 'straggler' (it answers after the deadline) or None."""
+    if cfg.dropout_prob == 0 and cfg.straggler_prob == 0:
+        return None
+    u_drop, u_late = np.random.default_rng([seed, round_index, client_id, _FAULT_STREAM]).random(2)
+    if u_drop < cfg.dropout_prob:
+        return "dropout"
+    if u_late < cfg.straggler_prob:
+        return "straggler"
+    return None
+
+
+def run_client(cfg: FailureConfig, client_id: int, fault: str | None, train: Callable[[], ClientUpdate]) -> ClientOutcome:
+    """Train one client and decide whether its update reaches the server.
+
+    A dropout never trains (state untouched). A straggler trains (its local state moves on, as a
+    real late client's would) but misses the round. An exception or a non-finite loss drops the
+    client and discards its state changes (they came from a broken run).
+    """
+    if fault == "dropout":
+        return ClientOutcome(client_id, None, "dropout", keep_state=False)
+    tic = time.perf_counter()
+    try:
+        update = train()
+    except Exception as err:  # any failure of one client must not end the federation
+        message = str(err).splitlines()[0] if str(err) else ""
+        return ClientOutcome(client_id, None, f"error: {type(err).__name__}: {message}"[:300], time.perf_counter() - tic, False)
+    seconds = time.perf_counter() - tic
+    loss = update.metrics.get("train_loss") if isinstance(update.metrics, dict) else None
+    if not isinstance(loss, (int, float)) or not math.isfinite(loss):
+        return ClientOutcome(client_id, None, f"non-finite train_loss {loss!r}", seconds, False)
+    if fault == "straggler":
+        return ClientOutcome(client_id, None, "straggler", seconds)
+    if cfg.deadline_s is not None and seconds > cfg.deadline_s:
+        return ClientOutcome(client_id, None, f"deadline: trained {seconds:.2f} s > deadline_s {cfg.deadline_s:g}", seconds)
+    return ClientOutcome(client_id, update, None, seconds)
+
+
+def skip_reason(cfg: FailureConfig, accepted: int) -> str | None:
+    """Why the round cannot aggregate (None: it can)."""
+    if accepted < cfg.min_clients:
+        return f"{accepted} usable update{'s' if accepted != 1 else ''} < min_clients {cfg.min_clients}"
+    return None
+
+
+def screen_outcomes(
+    outcomes: list[ClientOutcome], sent: dict[int, Payload], method: Any, state: ServerState, max_norm: float | None
+) -> tuple[list[ClientUpdate], list[dict], list[dict]]:
+    """Split a round's replies into the accepted updates, the dropped clients and the rejected
+    updates (each with its reason, as metrics.jsonl records them), validating every reply against
+    what the method expects from that client."""
+    accepted, dropped, rejected = [], [], []
+    for o in outcomes:
+        if o.update is None:
+            dropped.append({"client": o.client_id, "reason": o.reason})
+            continue
+        spec = expected_update(method, state, o.client_id, sent[o.client_id])
+        reason = validate_update(o.update, spec, sent[o.client_id], max_norm, o.client_id)
+        if reason:
+            rejected.append({"client": o.client_id, "reason": reason})
+        else:
+            accepted.append(o.update)
+    return accepted, dropped, rejected

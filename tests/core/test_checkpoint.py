@@ -1,0 +1,109 @@
+"""Checkpoint files: nested state round-trips exactly, a damaged checkpoint is refused with a
+one-line reason, a write killed half-way leaves the previous checkpoint intact; io honours the umask."""
+
+import json
+import math
+import os
+import stat
+
+import numpy as np
+import pytest
+import torch
+
+from fedsub.core.checkpoint import Checkpoint, CheckpointError, decode, encode, load_checkpoint, restore_rng, rng_state, save_checkpoint
+from fedsub.core.io import atomic_write_text
+from fedsub.core.types import ServerState
+
+
+def sample_checkpoint(round_done=1):
+    shared = torch.arange(6.0).reshape(2, 3)
+    clients = {0: {"optimizer": {"state": {0: {"exp_avg": torch.ones(2), "step": torch.tensor(3.0)}}, "param_groups": [{"lr": 0.1, "params": [0]}]},
+                   "global_weights": {"w": shared}, "global_version": 2},
+               2: {"global_weights": {"w": shared}, "projector": torch.randn(3, 4).mT}}  # fmt: skip
+    extra = {"deltas": [(1, {"w": torch.ones(2, 3, dtype=torch.bfloat16)})], "refresh": 0, "ok": True, "none": None, "nan": math.nan}
+    server = ServerState(round_done, {"w": shared.clone()}, extra)
+    return Checkpoint(round_done, server, clients, [{"round": 1, "accuracy": 0.5}], [torch.tensor([0, 2]), torch.tensor([1])], rng_state(), "abc")
+
+
+def test_nested_state_round_trips_exactly_with_types_layout_and_sharing():
+    ckpt = sample_checkpoint()
+    tensors, seen = {}, {}
+    structure = json.loads(json.dumps(encode({"c": ckpt.clients, "e": ckpt.server.extra}, tensors, seen)))
+    back = decode(structure, tensors)
+    assert set(back["c"]) == {0, 2}  # int keys stay int
+    assert back["c"][0]["optimizer"]["state"][0]["step"].item() == 3.0
+    assert back["c"][0]["global_weights"]["w"] is back["c"][2]["global_weights"]["w"]  # stored once, shared again
+    projector = back["c"][2]["projector"]
+    assert torch.equal(projector, ckpt.clients[2]["projector"]) and projector.stride() == ckpt.clients[2]["projector"].stride()
+    delta = back["e"]["deltas"][0]
+    assert isinstance(delta, tuple) and delta[1]["w"].dtype == torch.bfloat16
+    assert math.isnan(back["e"]["nan"]) and back["e"]["ok"] is True and back["e"]["none"] is None
+    with pytest.raises(TypeError, match="cannot store object at .x"):
+        encode({"x": object()}, {}, {})
+
+
+def test_save_and_load(tmp_path):
+    save_checkpoint(tmp_path, sample_checkpoint(1))
+    save_checkpoint(tmp_path, sample_checkpoint(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.json", "state-00002.safetensors"]  # the older one is gone
+    loaded = load_checkpoint(tmp_path)
+    assert loaded.round == 2 and loaded.fingerprint == "abc" and loaded.records == [{"round": 1, "accuracy": 0.5}]
+    assert torch.equal(loaded.server.tensors["w"], torch.arange(6.0).reshape(2, 3))
+    assert [p.tolist() for p in loaded.partition] == [[0, 2], [1]]
+    assert load_checkpoint(tmp_path / "nothing") is None
+
+
+def test_rng_states_are_restored():
+    state = rng_state()
+    expected = (torch.rand(3), np.random.rand(3))
+    restore_rng(state)
+    assert torch.equal(torch.rand(3), expected[0]) and np.array_equal(np.random.rand(3), expected[1])
+
+
+@pytest.mark.parametrize("damage", ["pointer-garbage", "pointer-truncated", "tensors-truncated", "tensors-missing", "tensors-flipped"])
+def test_a_damaged_checkpoint_is_refused_in_one_line(tmp_path, damage):
+    save_checkpoint(tmp_path, sample_checkpoint(1))
+    pointer, tensors = tmp_path / "checkpoint.json", tmp_path / "state-00001.safetensors"
+    if damage == "pointer-garbage":
+        pointer.write_bytes(b"\x00\xff not json")
+    elif damage == "pointer-truncated":
+        pointer.write_text(pointer.read_text()[:40])
+    elif damage == "tensors-truncated":
+        tensors.write_bytes(tensors.read_bytes()[:100])
+    elif damage == "tensors-missing":
+        tensors.unlink()
+    else:
+        data = bytearray(tensors.read_bytes())
+        data[-1] ^= 0xFF
+        tensors.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(tmp_path)
+    message = str(err.value)
+    assert message.startswith(f"checkpoint {pointer} is corrupt or truncated") and "delete" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("stage, survivor", [("tensors-half", 1), ("tensors-written", 1), ("pointer-written", 2)])
+def test_a_write_killed_at_any_stage_leaves_a_complete_checkpoint(tmp_path, monkeypatch, stage, survivor):
+    save_checkpoint(tmp_path, sample_checkpoint(1))
+
+    def killed(at, round_done):
+        if at == stage:
+            raise KeyboardInterrupt  # stands in for SIGKILL (tested for real in tests/engines/test_sigkill_resume.py)
+
+    monkeypatch.setattr("fedsub.core.checkpoint.crash_point", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, sample_checkpoint(2))
+    assert load_checkpoint(tmp_path).round == survivor
+    monkeypatch.undo()
+    save_checkpoint(tmp_path, sample_checkpoint(3))  # the next save sweeps what the killed one left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.json", "state-00003.safetensors"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_writes_honour_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        path = atomic_write_text(tmp_path / "f.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == mode and path.read_text() == "x"
