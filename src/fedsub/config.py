@@ -87,6 +87,18 @@ class TrainConfig(Strict):
         return self
 
 
+class FlowerConfig(Strict):
+    """`engine: flower`: where the run goes and how long a round may wait (see README, "Flower")."""
+
+    superlink: str | None = Field(None, description="SuperLink Control API address host:port to submit to (flower-superlink --control-api-address); None = the in-process grid")
+    insecure: bool = Field(False, description="plain-text gRPC to the SuperLink (local tests only)")
+    root_certificates: str | None = Field(None, description="CA certificate (PEM) the SuperLink's TLS certificate is signed by")
+    round_timeout: float = Field(600.0, gt=0, description="seconds a round waits for replies; a dead client costs at most this")
+    min_clients: int = Field(1, gt=0, description="fewest replies a round aggregates; fewer: the round is recorded as skipped")
+    startup_timeout: float = Field(120.0, ge=0, description="seconds the server waits for num_clients SuperNodes before round 1")
+    run_timeout: float | None = Field(None, gt=0, description="seconds `fedsub run` follows a submitted run before stopping it; None = no limit")
+
+
 class MethodSpec(Strict):
     """One method of the run: its registered name, optional train overrides, and its own options."""
 
@@ -119,6 +131,8 @@ class ExperimentConfig(Strict):
     seed: int = 0
     device: str = Field("cpu", description="cpu, cuda or cuda:N")
     dtype: Literal["float32", "bfloat16"] = "float32"
+    engine: Literal["simulation", "flower"] = Field("simulation", description="simulation: one process; flower: Flower ServerApp/ClientApps (pip install 'fedsub[flower]')")
+    flower: FlowerConfig = FlowerConfig()
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     partition: PartitionConfig = PartitionConfig()
@@ -140,6 +154,15 @@ class ExperimentConfig(Strict):
         keys = [m.key for m in self.methods]
         if len(set(keys)) != len(keys):
             raise ValueError(f"methods: each method once per run (give variants a distinct label), got {keys}")
+        return self
+
+    @model_validator(mode="after")
+    def _flower_fits(self) -> "ExperimentConfig":
+        fl = self.flower
+        if fl.min_clients > self.federation.clients_per_round:
+            raise ValueError(f"flower.min_clients ({fl.min_clients}) exceeds federation.clients_per_round ({self.federation.clients_per_round}); lower it")
+        if fl.superlink and not fl.insecure and not fl.root_certificates:
+            raise ValueError("flower.root_certificates: a SuperLink over TLS needs the CA certificate; set it, or flower.insecure=true for local tests")
         return self
 
 

@@ -145,7 +145,7 @@ def run_method(
     fed = cfg.federation
     method_dir = run_dir / spec.key
     console.print(f"[bold]{spec.key}[/]: {fed.rounds} rounds x {fed.clients_per_round} clients")
-    simulation = Simulation(cfg, spec, data, method_dir)
+    simulation = make_engine(cfg, spec, data, method_dir)
     rounds = progress.add_task(f"{spec.key} rounds", total=fed.rounds)
     clients = progress.add_task("clients", total=fed.clients_per_round)
     board = open_board(method_dir) if tensorboard else None
@@ -167,10 +167,20 @@ def run_method(
         progress.remove_task(clients)
         if board:
             board.close()
-    save_final_model(simulation, method_dir, data.label_names)
+    if not getattr(simulation, "writes_final_model", False):  # a Flower deployment's ServerApp wrote it
+        save_final_model(simulation, method_dir, data.label_names)
     summary = summarize(records, spec.key)
     atomic_write_text(method_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+def make_engine(cfg: ExperimentConfig, spec: MethodSpec, data: FederatedData, method_dir: Path):
+    """The simulator, or (engine: flower) Flower's in-process grid or a SuperLink submission."""
+    if cfg.engine == "flower":
+        from fedsub.engines.flower import flower_engine
+
+        return flower_engine(cfg, spec, data, method_dir)
+    return Simulation(cfg, spec, data, method_dir)
 
 
 def open_board(method_dir: Path):
@@ -181,6 +191,8 @@ def open_board(method_dir: Path):
 
 def round_line(record: dict, total: int) -> str:
     """One short line per round (fits an 80-column log)."""
+    if record.get("skipped"):  # engine: flower, too few replies
+        return f"  {record['method']} {record['round']}/{total}: skipped ({record['reason']})"
     acc = "" if record.get("accuracy") is None else f" acc {record['accuracy']:.3f} f1 {record['macro_f1']:.3f}"
     return (
         f"  {record['method']} {record['round']}/{total}: loss {record['train_loss']:.3f}{acc}"
