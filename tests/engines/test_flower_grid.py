@@ -75,3 +75,40 @@ def test_flower_run_directory_has_the_simulator_files(runs):
         flo = json.loads((runs["flower"] / method / "summary.json").read_text())
         assert flo["final_accuracy"] == pytest.approx(sim["final_accuracy"], abs=1e-6)
         assert flo["bytes_up_per_round"] == sim["bytes_up_per_round"]
+
+
+def local_run(tiny_data, tmp_path, faults, **flower):
+    from fedsub.engines.flower.engine import FlowerLocal
+    from fedsub_fixtures import tiny_config
+
+    cfg = tiny_config(engine="flower", flower={"round_timeout": 5, "startup_timeout": 0, **flower})
+    engine = FlowerLocal(cfg, cfg.methods[0], tiny_data, tmp_path / "fedit")
+    return engine.run(faults=faults), engine
+
+
+def test_failing_and_dead_clients_are_left_out_of_the_round(tiny_data, tmp_path):
+    records, _ = local_run(tiny_data, tmp_path, {0: "error", 2: "dead"}, min_clients=1)
+    for record in records:
+        assert record["clients"] == [1] and record["accuracy"] is not None
+        assert [f["client"] for f in record["failed"]] == [0, 2]
+        assert "RuntimeError: injected failure on partition 0" in record["failed"][0]["reason"]
+        assert record["failed"][1]["reason"] == "no reply within flower.round_timeout=5.0s"
+        assert record["bytes_up"] > 0 and record["bytes_down"] == 3 * record["bytes_up"]  # fedit: A, B both ways
+
+
+def test_round_below_min_clients_is_skipped_with_the_reason(tiny_data, tmp_path):
+    records, engine = local_run(tiny_data, tmp_path, {0: "error", 2: "dead"}, min_clients=2)
+    assert [r["skipped"] for r in records] == [True, True]
+    assert records[0]["reason"] == "1 of 3 clients replied, fewer than flower.min_clients=2"
+    assert records[0]["train_loss"] is None and records[0]["bytes_up"] == 0 and records[0]["sampled"] == [0, 1, 2]
+    assert engine.state.round == 0  # nothing aggregated: the global model is the initial one
+    written = [json.loads(line) for line in (tmp_path / "fedit" / "metrics.jsonl").read_text().splitlines()]
+    assert written == records
+
+
+def test_flower_min_clients_above_clients_per_round_is_a_config_error():
+    from fedsub.config import ConfigError
+    from fedsub_fixtures import tiny_config
+
+    with pytest.raises(ConfigError, match="flower.min_clients \\(4\\) exceeds federation.clients_per_round \\(3\\)"):
+        tiny_config(engine="flower", flower={"min_clients": 4})

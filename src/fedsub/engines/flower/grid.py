@@ -5,7 +5,8 @@ processes: what the tests compare against the simulator, and `engine: flower` wi
 `flower.superlink`. Messages are delivered in order, one at a time (the simulator's order, so the
 same seed gives the same floats). flwr's own InMemoryGrid needs a LinkState and is deprecated in 1.41.
 
-`faults` makes a partition misbehave: "error" raises inside its ClientApp (the reply carries the
+`faults` makes a partition misbehave at training (it still answers the server's query for its
+partition-id, as a node that joined and then broke does): "error" raises inside its ClientApp (the reply carries the
 error, as a SuperNode's does), "dead" never replies (a real grid would wait the round timeout; this
 one does not sleep, the record is the same).
 """
@@ -73,7 +74,7 @@ class LocalGrid(Grid):
 
     def deliver(self, message: Message) -> Message | None:
         context = self.contexts[message.metadata.dst_node_id]
-        fault = self.faults.get(int(context.node_config["partition-id"]))
+        fault = self.faults.get(int(context.node_config["partition-id"])) if message.metadata.message_type == "train" else None
         if fault == "dead":
             return None
         try:

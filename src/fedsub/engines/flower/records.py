@@ -13,7 +13,6 @@ import io
 import json
 from typing import Any
 
-import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
@@ -34,8 +33,8 @@ def tensor_to_array(tensor: torch.Tensor) -> tuple[Array, bool]:
 
 
 def array_to_tensor(array: Array, viewed: bool) -> torch.Tensor:
-    # np.load returns a fresh writable array; from_numpy shares it (no second copy).
-    tensor = torch.from_numpy(np.ascontiguousarray(array.numpy()))
+    # np.load returns a fresh, writable, C-ordered array (0-d kept 0-d); from_numpy shares it.
+    tensor = torch.from_numpy(array.numpy())
     return tensor.view(torch.bfloat16) if viewed else tensor
 
 
