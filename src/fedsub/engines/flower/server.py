@@ -62,7 +62,7 @@ class FlowerServer(Simulation):
             self.nodes = {c: n for c, n in self.nodes.items() if n in live}
             unknown = sorted(live - set(self.nodes.values()))
             if unknown:
-                messages = [grid.create_message(RecordDict(), QUERY, node, "discover") for node in unknown]
+                messages = [Message(RecordDict(), node, QUERY, ttl=self.cfg.flower.round_timeout, group_id="discover") for node in unknown]
                 for reply in grid.send_and_receive(messages, timeout=self.cfg.flower.round_timeout):
                     if not reply.has_error():
                         partition = int(reply.content.config_records[META]["partition_id"])
@@ -119,7 +119,7 @@ class FlowerServer(Simulation):
             payload = self.method.configure_train(self.state, client_id)
             bytes_down += payload.nbytes()
             content = payload_to_record(payload, {"round": round_index, "client_id": client_id})
-            messages[client_id] = grid.create_message(content, TRAIN, self.nodes[client_id], str(round_index + 1))
+            messages[client_id] = Message(content, self.nodes[client_id], TRAIN, ttl=self.cfg.flower.round_timeout, group_id=str(round_index + 1))
         replies = grid.send_and_receive(list(messages.values()), timeout=self.cfg.flower.round_timeout)
         by_node = {reply.metadata.src_node_id: reply for reply in replies}
         updates, seconds_train = [], 0.0
