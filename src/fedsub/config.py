@@ -90,13 +90,21 @@ class TrainConfig(Strict):
 class FlowerConfig(Strict):
     """`engine: flower`: where the run goes and how long a round may wait (see README, "Flower")."""
 
-    superlink: str | None = Field(None, description="SuperLink Control API address host:port to submit to (flower-superlink --control-api-address); None = the in-process grid")
+    superlink: str | None = Field(None, description="SuperLink address host:port to submit to (flower-superlink --host/--port); None = the in-process grid")
     insecure: bool = Field(False, description="plain-text gRPC to the SuperLink (local tests only)")
     root_certificates: str | None = Field(None, description="CA certificate (PEM) the SuperLink's TLS certificate is signed by")
     round_timeout: float = Field(600.0, gt=0, description="seconds a round waits for replies; a dead client costs at most this")
     min_clients: int = Field(1, gt=0, description="fewest replies a round aggregates; fewer: the round is recorded as skipped")
     startup_timeout: float = Field(120.0, ge=0, description="seconds the server waits for num_clients SuperNodes before round 1")
     run_timeout: float | None = Field(None, gt=0, description="seconds `fedsub run` follows a submitted run before stopping it; None = no limit")
+
+    @field_validator("superlink")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        host, _, port = (value or "").rpartition(":")
+        if value is not None and not (host and port.isdigit()):
+            raise ValueError(f"{value!r} is not host:port; give the SuperLink's address, e.g. 127.0.0.1:9091")
+        return value
 
 
 class MethodSpec(Strict):

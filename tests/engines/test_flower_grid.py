@@ -112,3 +112,12 @@ def test_flower_min_clients_above_clients_per_round_is_a_config_error():
 
     with pytest.raises(ConfigError, match="flower.min_clients \\(4\\) exceeds federation.clients_per_round \\(3\\)"):
         tiny_config(engine="flower", flower={"min_clients": 4})
+
+
+def test_flower_superlink_must_be_host_port():
+    from fedsub.config import ConfigError
+    from fedsub_fixtures import tiny_config
+
+    with pytest.raises(ConfigError, match="field flower.superlink: 'localhost' is not host:port; give the SuperLink's address"):
+        tiny_config(engine="flower", flower={"superlink": "localhost", "insecure": True})
+    assert tiny_config(engine="flower", flower={"superlink": "127.0.0.1:9091", "insecure": True}).flower.superlink == "127.0.0.1:9091"
