@@ -29,6 +29,7 @@ from fedsub.engines.flower.server import run_config_text
 
 CONNECTION = "fedsub"
 POLL_SECONDS = 1.0
+STATUS_SECONDS = 10.0
 
 
 class FlowerRunFailed(ConfigError):
@@ -116,17 +117,21 @@ class FlowerDeployment:
         return int(reply["run-id"])
 
     def follow(self, home: Path, on_round: Callable[[dict], None] | None) -> None:
-        """Report rounds as metrics.jsonl grows, until the run's status is finished."""
+        """Report rounds as metrics.jsonl grows (checked every POLL_SECONDS), until the run's status
+        is finished. Each status check starts a `flwr` process (~1 s of CPU), so it runs only every
+        STATUS_SECONDS, and at once when the last round is in."""
         seen, deadline = 0, time.monotonic() + (self.cfg.flower.run_timeout or float("inf"))
+        next_status, status = 0.0, "unknown"
         while True:
-            status = self.status(home)
             records = read_records(self.method_dir / "metrics.jsonl")
             for record in records[seen:]:
                 if on_round:
                     on_round(record)
             seen = len(records)
-            if status.startswith("finished"):
-                break
+            if time.monotonic() >= next_status or seen >= self.cfg.federation.rounds:
+                status, next_status = self.status(home), time.monotonic() + STATUS_SECONDS
+                if status.startswith("finished"):
+                    break
             if time.monotonic() > deadline:
                 flwr_json(["stop", str(self.run_id), CONNECTION], home)
                 raise FlowerRunFailed(f"flower run {self.run_id} ran past flower.run_timeout={self.cfg.flower.run_timeout}s; stopped")
