@@ -91,7 +91,7 @@ class FlowerConfig(Strict):
     """`engine: flower`: where the run goes and how long a round may wait (see README, "Flower")."""
 
     superlink: str | None = Field(None, description="SuperLink address host:port to submit to (flower-superlink --host/--port); None = the in-process grid")
-    insecure: bool = Field(False, description="plain-text gRPC to the SuperLink (local tests only)")
+    insecure: bool = Field(False, description="plain HTTP to the SuperLink, no TLS (local tests only)")
     root_certificates: str | None = Field(None, description="CA certificate (PEM) the SuperLink's TLS certificate is signed by")
     round_timeout: float = Field(600.0, gt=0, description="seconds a round waits for replies; a dead client costs at most this")
     min_clients: int = Field(1, gt=0, description="fewest replies a round aggregates; fewer: the round is recorded as skipped")
