@@ -92,8 +92,14 @@ def test_failing_and_dead_clients_are_left_out_of_the_round(tiny_data, tmp_path)
         assert record["clients"] == [1] and record["accuracy"] is not None
         assert [f["client"] for f in record["failed"]] == [0, 2]
         assert "RuntimeError: injected failure on partition 0" in record["failed"][0]["reason"]
-        assert record["failed"][1]["reason"] == "no reply within flower.round_timeout=5.0s"
+        assert record["failed"][1]["reason"] == "no reply after 0s (flower.round_timeout=5.0s)"  # the local grid does not sleep
         assert record["bytes_up"] > 0 and record["bytes_down"] == 3 * record["bytes_up"]  # fedit: A, B both ways
+
+
+def test_a_partition_without_a_node_is_a_failure_of_its_rounds(tiny_data, tmp_path):
+    records, _ = local_run(tiny_data, tmp_path, {1: "gone"}, min_clients=2)
+    assert [r["clients"] for r in records] == [[0, 2], [0, 2]]
+    assert records[0]["failed"] == [{"client": 1, "reason": "no node with partition-id 1 is connected"}]
 
 
 def test_round_below_min_clients_is_skipped_with_the_reason(tiny_data, tmp_path):

@@ -8,7 +8,7 @@ same seed gives the same floats). flwr's own InMemoryGrid needs a LinkState and 
 `faults` makes a partition misbehave at training (it still answers the server's query for its
 partition-id, as a node that joined and then broke does): "error" raises inside its ClientApp (the reply carries the
 error, as a SuperNode's does), "dead" never replies (a real grid would wait the round timeout; this
-one does not sleep, the record is the same).
+one does not sleep, the record is the same), "gone" is not connected at all.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class LocalGrid(Grid):
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:
-        return list(self.contexts)
+        return [n for n, c in self.contexts.items() if self.faults.get(int(c.node_config["partition-id"])) != "gone"]
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []

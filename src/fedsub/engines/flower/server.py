@@ -76,8 +76,9 @@ class FlowerServer(Simulation):
         fed = self.cfg.federation
         start = time.perf_counter()
         clients = sample_clients(self.cfg.seed, round_index, fed.num_clients, fed.clients_per_round)
-        if any(c not in self.nodes for c in clients):
-            self.discover(grid)  # a node may have (re)joined since the last round
+        live = set(grid.get_node_ids())
+        if any(self.nodes.get(c) not in live for c in clients):
+            self.discover(grid)  # a node may have left, or (re)joined under a new node id
         updates, failed, bytes_down, seconds_train = self.exchange(grid, round_index, clients)
         base = {"round": round_index + 1, "method": self.spec.key}
         if len(updates) < self.cfg.flower.min_clients:
@@ -120,13 +121,15 @@ class FlowerServer(Simulation):
             bytes_down += payload.nbytes()
             content = payload_to_record(payload, {"round": round_index, "client_id": client_id})
             messages[client_id] = Message(content, self.nodes[client_id], TRAIN, ttl=self.cfg.flower.round_timeout, group_id=str(round_index + 1))
+        tic = time.perf_counter()
         replies = grid.send_and_receive(list(messages.values()), timeout=self.cfg.flower.round_timeout)
+        waited = time.perf_counter() - tic
         by_node = {reply.metadata.src_node_id: reply for reply in replies}
         updates, seconds_train = [], 0.0
         for client_id in messages:
             reply = by_node.get(self.nodes[client_id])
             if reply is None:
-                failed.append({"client": client_id, "reason": f"no reply within flower.round_timeout={self.cfg.flower.round_timeout}s"})
+                failed.append({"client": client_id, "reason": f"no reply after {waited:.0f}s (flower.round_timeout={self.cfg.flower.round_timeout}s)"})
             elif reply.has_error():
                 failed.append({"client": client_id, "reason": f"error {reply.error.code}: {first_line(reply.error.reason)}"})
             else:
