@@ -24,6 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events to <run>/<method>/tensorboard/")
     add_grid_commands(sub)
     sub.add_parser("methods", help="list the registered methods and their options")
+    flower = sub.add_parser("flower", help="Flower deployment helpers (engine: flower)")
+    flower_sub = flower.add_subparsers(dest="flower_command", required=True)
+    certs = flower_sub.add_parser("certs", help="TLS certificates and SuperNode keys for a loopback deployment")
+    certs.add_argument("out", type=Path, help="folder to write ca.crt, server.pem, server.key, nodeK, nodeK.pub")
+    certs.add_argument("--nodes", type=int, default=2, help="SuperNode key pairs to create (default 2)")
     return parser
 
 
@@ -127,6 +132,17 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_flower(args: argparse.Namespace) -> int:
+    from fedsub.engines.flower import require_flower
+
+    require_flower()
+    from fedsub.engines.flower.certs import write_certificates
+
+    paths = write_certificates(args.out, args.nodes)
+    print(f"wrote {', '.join(p.name for p in paths)} to {args.out}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Our own progress bars say what is happening; the libraries' per-file bars are noise on stderr.
@@ -135,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # a bad data file gets our one-line error, not its log too
-    handler = {"run": cmd_run, "compare": cmd_compare, "report": cmd_report, "export": cmd_export, "methods": cmd_methods}[args.command]
+    handler = {"run": cmd_run, "compare": cmd_compare, "report": cmd_report, "export": cmd_export, "methods": cmd_methods, "flower": cmd_flower}[args.command]
     try:
         return handler(args)
     except ConfigError as err:

@@ -107,6 +107,25 @@ class CheckpointConfig(Strict):
     keep: bool = Field(False, description="keep a method's checkpoint after it finishes")
 
 
+class FlowerConfig(Strict):
+    """`engine: flower`: where the run goes and how long a round may wait (see README, "Flower")."""
+
+    superlink: str | None = Field(None, description="SuperLink address host:port to submit to (flower-superlink --host/--port); None = the in-process grid")
+    insecure: bool = Field(False, description="plain HTTP to the SuperLink, no TLS (local tests only)")
+    root_certificates: str | None = Field(None, description="CA certificate (PEM) the SuperLink's TLS certificate is signed by")
+    round_timeout: float = Field(600.0, gt=0, description="seconds a round waits for replies; a dead client costs at most this")
+    startup_timeout: float = Field(120.0, ge=0, description="seconds the server waits for num_clients SuperNodes before round 1")
+    run_timeout: float | None = Field(None, gt=0, description="seconds `fedsub run` follows a submitted run before stopping it; None = no limit")
+
+    @field_validator("superlink")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        host, _, port = (value or "").rpartition(":")
+        if value is not None and not (host and port.isdigit()):
+            raise ValueError(f"{value!r} is not host:port; give the SuperLink's address, e.g. 127.0.0.1:9091")
+        return value
+
+
 class MethodSpec(Strict):
     """One method of the run: its registered name, optional train overrides, and its own options."""
 
@@ -139,6 +158,8 @@ class ExperimentConfig(Strict):
     seed: int = 0
     device: str = Field("cpu", description="cpu, cuda or cuda:N")
     dtype: Literal["float32", "bfloat16"] = "float32"
+    engine: Literal["simulation", "flower"] = Field("simulation", description="simulation: one process; flower: Flower ServerApp/ClientApps (pip install 'fedsub[flower]')")
+    flower: FlowerConfig = FlowerConfig()
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     partition: PartitionConfig = PartitionConfig()
@@ -168,6 +189,13 @@ class ExperimentConfig(Strict):
                 f"failures.min_clients ({self.failures.min_clients}) exceeds federation.clients_per_round"
                 f" ({self.federation.clients_per_round}); no round could aggregate, lower it"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _flower_fits(self) -> "ExperimentConfig":
+        fl = self.flower
+        if fl.superlink and not fl.insecure and not fl.root_certificates:
+            raise ValueError("flower.root_certificates: a SuperLink over TLS needs the CA certificate; set it, or flower.insecure=true for local tests")
         return self
 
 

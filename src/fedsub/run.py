@@ -191,8 +191,8 @@ def run_method(
     fed = cfg.federation
     method_dir = run_dir / spec.key
     console.print(f"[bold]{spec.key}[/]: {fed.rounds} rounds x {fed.clients_per_round} clients")
-    simulation = Simulation(cfg, spec, data, method_dir, resume=resume)
-    done = checkpoint_round(simulation.checkpoint_dir) if resume else 0
+    simulation = make_engine(cfg, spec, data, method_dir, resume)
+    done = checkpoint_round(simulation.checkpoint_dir) if resume else 0  # make_engine refuses resume for flower
     if done:
         console.print(f"  {spec.key}: resuming after round {done} from {simulation.checkpoint_dir}")
     rounds = progress.add_task(f"{spec.key} rounds", total=fed.rounds, completed=done)
@@ -216,12 +216,24 @@ def run_method(
         progress.remove_task(clients)
         if board:
             board.close()
-    save_final_model(simulation, method_dir, data.label_names)
+    if not getattr(simulation, "writes_final_model", False):  # a Flower deployment's ServerApp wrote it
+        save_final_model(simulation, method_dir, data.label_names)
     summary = summarize(records, spec.key)
     atomic_write_text(method_dir / "summary.json", json.dumps(summary, indent=2))
-    if not cfg.checkpoint.keep:  # finished: final_model.safetensors and the metrics are the result
+    if not cfg.checkpoint.keep and hasattr(simulation, "checkpoint_dir"):  # finished: the model and metrics are the result
         shutil.rmtree(simulation.checkpoint_dir, ignore_errors=True)
     return summary
+
+
+def make_engine(cfg: ExperimentConfig, spec: MethodSpec, data: FederatedData, method_dir: Path, resume: bool = False):
+    """The simulator, or (engine: flower) Flower's in-process grid or a SuperLink submission."""
+    if cfg.engine == "flower":
+        if resume:
+            raise ConfigError("--resume: engine flower has no checkpoints yet (client state lives on the nodes); rerun, or use engine: simulation")
+        from fedsub.engines.flower import flower_engine
+
+        return flower_engine(cfg, spec, data, method_dir)
+    return Simulation(cfg, spec, data, method_dir, resume=resume)
 
 
 def open_board(method_dir: Path):
@@ -235,7 +247,7 @@ def round_line(record: dict, total: int) -> str:
     acc = "" if record.get("accuracy") is None else f" acc {record['accuracy']:.3f} f1 {record['macro_f1']:.3f}"
     loss = "-" if record.get("train_loss") is None else f"{record['train_loss']:.3f}"
     lost = len(record.get("dropped", [])) + len(record.get("rejected", []))
-    faults = (f" {lost} lost" if lost else "") + (" SKIPPED" if record.get("skipped") else "")
+    faults = (f" {lost} lost" if lost else "") + (f" skipped: {record['skipped']}" if record.get("skipped") else "")
     return (
         f"  {record['method']} {record['round']}/{total}: loss {loss}{acc}"
         f" up {record['bytes_up'] / 1e6:.1f}MB {record['seconds_round']:.1f}s{faults}"

@@ -60,13 +60,21 @@ def run_client(cfg: FailureConfig, client_id: int, fault: str | None, train: Cal
         message = str(err).splitlines()[0] if str(err) else ""
         return ClientOutcome(client_id, None, f"error: {type(err).__name__}: {message}"[:300], time.perf_counter() - tic, False)
     seconds = time.perf_counter() - tic
-    loss = update.metrics.get("train_loss") if isinstance(update.metrics, dict) else None
-    if not isinstance(loss, (int, float)) or not math.isfinite(loss):
-        return ClientOutcome(client_id, None, f"non-finite train_loss {loss!r}", seconds, False)
+    outcome = reply_outcome(client_id, update, seconds)
+    if outcome.update is None:
+        return outcome
     if fault == "straggler":
         return ClientOutcome(client_id, None, "straggler", seconds)
     if cfg.deadline_s is not None and seconds > cfg.deadline_s:
         return ClientOutcome(client_id, None, f"deadline: trained {seconds:.2f} s > deadline_s {cfg.deadline_s:g}", seconds)
+    return outcome
+
+
+def reply_outcome(client_id: int, update: ClientUpdate, seconds: float) -> ClientOutcome:
+    """A reply that reached the server: dropped (state discarded) if its train loss is not finite."""
+    loss = update.metrics.get("train_loss") if isinstance(update.metrics, dict) else None
+    if not isinstance(loss, (int, float)) or not math.isfinite(loss):
+        return ClientOutcome(client_id, None, f"non-finite train_loss {loss!r}", seconds, False)
     return ClientOutcome(client_id, update, None, seconds)
 
 

@@ -162,6 +162,12 @@ class Simulation:
             outcomes.append(self.train_client(round_index, client_id, sent[client_id]))
             if on_client:
                 on_client()
+        return self.finish_round(round_index, start, clients, outcomes, sent, bytes_down)
+
+    def finish_round(self, round_index: int, start: float, clients: list[int], outcomes: list[ClientOutcome],
+                     sent: dict[int, Payload], bytes_down: int) -> dict:
+        """Screen the replies, aggregate (unless too few are left), evaluate, and build the round's
+        record. Shared by every engine, so the same run gives the same metrics.jsonl on each."""
         accepted, dropped, rejected = screen_outcomes(outcomes, sent, self.method, self.state, self.cfg.validation.max_norm)
         skipped = skip_reason(self.cfg.failures, len(accepted))
         tic = time.perf_counter()

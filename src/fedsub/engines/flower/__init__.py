@@ -1,0 +1,29 @@
+"""`engine: flower`: the same Method objects as Flower ServerApp / ClientApps (optional extra
+`fedsub[flower]`). This package is the only place that imports flwr; importing it without flwr
+installed is fine, `flower_engine` then says what to install."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fedsub.config import ConfigError, ExperimentConfig, MethodSpec
+
+
+def require_flower() -> None:
+    try:
+        import flwr  # noqa: F401
+    except ImportError:
+        raise ConfigError("field engine: 'flower' needs Flower; pip install 'fedsub[flower]' (flwr==1.41.0), or set engine: simulation") from None
+
+
+def flower_engine(cfg: ExperimentConfig, spec: MethodSpec, data, method_dir: Path):
+    """The engine object `fedsub.run` drives for one method: the in-process grid, or a submission to
+    the SuperLink at flower.superlink. Both have the simulator's `run(on_round, on_client)`."""
+    require_flower()
+    if cfg.flower.superlink:
+        from fedsub.engines.flower.deploy import FlowerDeployment
+
+        return FlowerDeployment(cfg, spec, method_dir)
+    from fedsub.engines.flower.engine import FlowerLocal
+
+    return FlowerLocal(cfg, spec, data, method_dir)

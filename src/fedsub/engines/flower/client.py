@@ -1,0 +1,93 @@
+"""The ClientApp side: a node trains the partition its node config names, with the same Method object.
+
+A node's "runtime" (config, method, data, the reusable workspace model) is built once per process and
+kept in a module-level cache, so the base model is loaded once per ClientApp process, not once per
+message, wherever the process outlives a message (the in-process grid; `--isolation process`
+SuperNodes). With the default subprocess isolation flwr 1.41 starts a fresh ClientApp process for each
+message, so there the model is loaded every round (measured in benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from flwr.app import Context, Message
+
+from fedsub.config import ConfigError, ExperimentConfig, MethodSpec
+from fedsub.core.registry import build_method
+from fedsub.core.types import ClientContext, TrainSettings
+from fedsub.core.workspace import Workspace
+from fedsub.engines.flower.records import META, load_client_state, record_to_payload, save_client_state, update_to_record
+from fedsub.engines.flower.server import config_from_text, method_spec, query_reply
+from fedsub.engines.simulation import FederatedData, build_workspace, client_seed, prepare_data, train_settings
+
+CONFIG_KEY, METHOD_KEY, OUT_KEY = "fedsub-config", "fedsub-method", "fedsub-out"
+
+
+@dataclass
+class NodeRuntime:
+    cfg: ExperimentConfig
+    spec: MethodSpec
+    data: FederatedData
+    method: object
+    workspace: Workspace
+    settings: TrainSettings
+
+
+_RUNTIMES: dict[tuple[str, str], NodeRuntime] = {}
+
+
+def runtime_for(run_config: dict, data: FederatedData | None = None) -> NodeRuntime:
+    """The cached runtime of (config, method); built on first use. `data` skips the data loading
+    (the in-process grid hands the server's, which is the same by construction)."""
+    key = (str(run_config[CONFIG_KEY]), str(run_config[METHOD_KEY]))
+    if key not in _RUNTIMES:
+        _RUNTIMES.clear()  # one method at a time: free the previous model
+        cfg = config_from_text(key[0])
+        spec = method_spec(cfg, key[1])
+        if data is None:
+            with tempfile.TemporaryDirectory() as scratch:  # the partition report is the server's business
+                data = prepare_data(cfg, Path(scratch))
+        method = build_method(spec.name, spec.options)
+        workspace = build_workspace(cfg, method, data)
+        _RUNTIMES[key] = NodeRuntime(cfg, spec, data, method, workspace, train_settings(cfg, spec))
+    return _RUNTIMES[key]
+
+
+def partition_id(context: Context) -> int:
+    if "partition-id" not in context.node_config:
+        raise ConfigError("SuperNode has no partition-id; start it with --node-config 'partition-id=K'")
+    return int(context.node_config["partition-id"])
+
+
+def handle_query(message: Message, context: Context) -> Message:
+    return query_reply(message, partition_id(context))
+
+
+def handle_train(message: Message, context: Context) -> Message:
+    """Train one round on this node's partition; the client's persistent store lives in context.state."""
+    node = runtime_for(context.run_config)
+    payload, meta = record_to_payload(message.content)
+    client_id, round_index = int(meta["client_id"]), int(meta["round"])
+    if client_id != partition_id(context):
+        raise ValueError(f"message for client {client_id} reached the node holding partition {partition_id(context)}")
+    if client_id >= len(node.data.parts):
+        raise ValueError(f"partition-id {client_id} is outside federation.num_clients={len(node.data.parts)}")
+    client = ClientContext(
+        client_id=client_id,
+        round=round_index,
+        indices=node.data.parts[client_id],
+        train=node.settings,
+        seed=client_seed(node.cfg.seed, round_index, client_id),
+        state=load_client_state(context.state),
+    )
+    tic = time.perf_counter()
+    update = node.method.client_train(node.workspace, payload, client)
+    seconds = time.perf_counter() - tic
+    save_client_state(context.state, client.state)
+    content = update_to_record(update)
+    content.config_records[META]["seconds_train"] = seconds
+    return Message(content, reply_to=message)
