@@ -87,6 +87,20 @@ class TrainConfig(Strict):
         return self
 
 
+TaskKind = Literal["classification", "generation", "multiple_choice", "image_classification"]
+
+
+class TaskConfig(Strict):
+    """What is learned and how it is scored (see fedsub.tasks); the options of other kinds are ignored."""
+
+    kind: TaskKind = Field("classification", description="classification | generation | multiple_choice | image_classification")
+    max_new_tokens: int = Field(32, gt=0, description="generation: greedy tokens generated per held-out prompt")
+    eval_generate: int | None = Field(64, gt=0, description="generation: held-out prompts generated per evaluation (None = all)")
+    response_column: str = Field("response", description="generation: column of the target text (data.text_column: the instruction)")
+    choices_column: str = Field("choices", description="multiple_choice: column of the endings (a list, or one string joined by \\x1f)")
+    image_size: int | None = Field(None, gt=7, description="image_classification: resize images to this side; None = the model's own")
+
+
 class MethodSpec(Strict):
     """One method of the run: its registered name, optional train overrides, and its own options."""
 
@@ -119,6 +133,7 @@ class ExperimentConfig(Strict):
     seed: int = 0
     device: str = Field("cpu", description="cpu, cuda or cuda:N")
     dtype: Literal["float32", "bfloat16"] = "float32"
+    task: TaskConfig = TaskConfig()
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     partition: PartitionConfig = PartitionConfig()

@@ -23,7 +23,7 @@ from rich.table import Table
 from fedsub.config import ConfigError, ExperimentConfig, MethodSpec, config_to_dict, load_config, method_to_dict
 from fedsub.core.io import atomic_write_text
 from fedsub.engines.simulation import FederatedData, Simulation, prepare_data, summarize
-from fedsub.report import COLUMNS, markdown_table, plot_metric, read_metrics, table_rows
+from fedsub.report import columns_for, markdown_table, plot_metric, read_metrics, table_rows
 
 
 def prepare_run_dir(out: Path, overwrite: bool) -> Path:
@@ -182,6 +182,8 @@ def open_board(method_dir: Path):
 def round_line(record: dict, total: int) -> str:
     """One short line per round (fits an 80-column log)."""
     acc = "" if record.get("accuracy") is None else f" acc {record['accuracy']:.3f} f1 {record['macro_f1']:.3f}"
+    if record.get("rougeL") is not None:  # generation
+        acc = f" rougeL {record['rougeL']:.3f} bleu {record['bleu4']:.1f} ppl {record['perplexity']:.1f}"
     return (
         f"  {record['method']} {record['round']}/{total}: loss {record['train_loss']:.3f}{acc}"
         f" up {record['bytes_up'] / 1e6:.1f}MB {record['seconds_round']:.1f}s"
@@ -190,7 +192,7 @@ def round_line(record: dict, total: int) -> str:
 
 def print_table(console: Console, summaries: list[dict]) -> None:
     table = Table(title="results")
-    for _, title, _ in COLUMNS:
+    for _, title, _ in columns_for(summaries):
         table.add_column(title, justify="left" if title == "method" else "right")
     for row in table_rows(summaries):
         table.add_row(*row)
