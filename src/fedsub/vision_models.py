@@ -7,6 +7,12 @@ and head widths) in lukemelas/EfficientNet-PyTorch's parameter names, which the 
 uses. TF "same" padding is computed per input (the weights come from TensorFlow, where stride-2
 convs pad more at the bottom/right). Drop-connect is left out (identity at inference).
 
+The 1x1 (pointwise) convolutions, the expand / project / head layers that hold most of the
+weights, are `PointwiseConv`: an nn.Linear over the channels of a channels-last view, identical to
+a 1x1 conv, that loads the .pth's out x in x 1 x 1 kernels as out x in matrices. Every method then
+treats them as the linear layers they are: LoRA factors are plain matrices, GaLore projects the
+kernel as a matrix.
+
 Batch norm runs on its pretrained statistics also in training (``train()`` keeps BN layers in
 eval mode): running statistics are buffers that no method sends, and in the one reused workspace
 model they would leak from one client into the next.
@@ -42,6 +48,26 @@ class SameConv2d(nn.Conv2d):
         return super().forward(F.pad(x, pads) if any(pads) else x)
 
 
+class PointwiseConv(nn.Linear):
+    """A bias-free 1x1 Conv2d as a Linear over channels; called through `pointwise` on a
+    channels-last view (the Linear itself must see channels last: PEFT's LoRA wraps it and applies
+    its factors to the same input)."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__(c_in, c_out, bias=False)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "weight"
+        if key in state_dict and state_dict[key].ndim == 4:  # a conv checkpoint's out x in x 1 x 1 kernel
+            state_dict[key] = state_dict[key].flatten(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def pointwise(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """N x C x H x W -> N x C' x H x W through a Linear over channels (== a 1x1 conv)."""
+    return layer(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
 def _bn(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)  # TF's epsilon and decay 0.99
 
@@ -53,18 +79,18 @@ class MBConv(nn.Module):
         super().__init__()
         mid = c_in * expand
         if expand != 1:
-            self._expand_conv = nn.Conv2d(c_in, mid, 1, bias=False)
+            self._expand_conv = PointwiseConv(c_in, mid)
             self._bn0 = _bn(mid)
         self._depthwise_conv = SameConv2d(mid, mid, kernel, stride=stride, groups=mid, bias=False)
         self._bn1 = _bn(mid)
-        self._project_conv = nn.Conv2d(mid, c_out, 1, bias=False)
+        self._project_conv = PointwiseConv(mid, c_out)
         self._bn2 = _bn(c_out)
         self.residual = stride == 1 and c_in == c_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.relu6(self._bn0(self._expand_conv(x))) if hasattr(self, "_expand_conv") else x
+        h = F.relu6(self._bn0(pointwise(self._expand_conv, x))) if hasattr(self, "_expand_conv") else x
         h = F.relu6(self._bn1(self._depthwise_conv(h)))
-        h = self._bn2(self._project_conv(h))
+        h = self._bn2(pointwise(self._project_conv, h))
         return h + x if self.residual else h
 
 
@@ -79,7 +105,7 @@ class EfficientNetLite(nn.Module):
                 blocks.append(MBConv(c_in, c_out, expand, kernel, stride if i == 0 else 1))
                 c_in = c_out
         self._blocks = nn.ModuleList(blocks)
-        self._conv_head = nn.Conv2d(c_in, head, 1, bias=False)
+        self._conv_head = PointwiseConv(c_in, head)
         self._bn1 = _bn(head)
         self._dropout = nn.Dropout(dropout)
         self._fc = nn.Linear(head, num_classes)
@@ -88,7 +114,7 @@ class EfficientNetLite(nn.Module):
         h = F.relu6(self._bn0(self._conv_stem(pixel_values)))
         for block in self._blocks:
             h = block(h)
-        h = F.relu6(self._bn1(self._conv_head(h)))
+        h = F.relu6(self._bn1(pointwise(self._conv_head, h)))
         return self._fc(self._dropout(h.mean((-2, -1))))
 
     def train(self, mode: bool = True) -> "EfficientNetLite":
