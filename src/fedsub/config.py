@@ -23,7 +23,7 @@ class Strict(BaseModel):
 
 
 class ModelConfig(Strict):
-    name: str = Field("minilm", description="'minilm' (offline all-MiniLM-L6-v2), an HF id or a local HF folder")
+    name: str = Field("minilm", description="'minilm' (offline all-MiniLM-L6-v2), 'smollm2' (offline SmolLM2-135M-Instruct), 'efficientnet_lite0', an HF id or a local HF folder")
     max_length: int = Field(64, gt=0, description="tokens per example; longer inputs are truncated")
     target_modules: list[str] = Field(
         default_factory=lambda: ["query", "key", "value", "dense"],
@@ -36,7 +36,7 @@ class ModelConfig(Strict):
 class DataConfig(Strict):
     dataset: str = Field(
         "wordnet_supersense",
-        description="builtin name (wordnet_supersense, fashion_mnist, digits), 'hf:NAME' or a .csv/.jsonl/.parquet path",
+        description="builtin name (wordnet_supersense, wordnet_instructions, wordnet_choice, fashion_mnist, digits), 'hf:NAME' or a .csv/.jsonl/.parquet path",
     )
     text_column: str = "text"
     label_column: str = "label"

@@ -78,3 +78,38 @@ def test_wordnet_instruction_and_choice_builders():
     options = choice.columns["choices"][10].split("\x1f")
     assert len(choice) == 117659 and len(options) == 4 and len(set(options)) == 4
     assert set(choice.labels.tolist()) == {0, 1, 2, 3}
+
+
+def test_hellaswag_style_jsonl_with_a_list_of_endings_runs_multiple_choice(tmp_path):
+    """The HF / local-file path of HellaSwag: ctx, endings (a list), label."""
+    from fedsub_fixtures import CHOICES, tiny_config
+
+    rows = [{"ctx": c, "endings": e, "label": a, "activity_label": f"topic{k % 2}"} for k, (c, e, a) in enumerate(CHOICES * 6)]
+    (tmp_path / "hs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = tiny_config(task={"kind": "multiple_choice", "choices_column": "endings"}, methods=["fedit"],
+                      data={"dataset": str(tmp_path / "hs.jsonl"), "text_column": "ctx", "test_fraction": 0.25},
+                      partition={"scheme": "dirichlet", "by": "activity_label", "min_partition_size": 2},
+                      federation={"num_clients": 2, "clients_per_round": 2, "rounds": 1})
+    from fedsub.run import run_experiment
+
+    summary = run_experiment(cfg, tmp_path / "run", quiet=True)[0]
+    assert 0.0 <= summary["final_accuracy"] <= 1.0
+
+
+def test_an_hf_image_classifier_folder_trains_with_lora_and_galore(tmp_path):
+    """Any HF image-classification model: a tiny random ViT saved as a local folder."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    from fedsub.run import run_experiment
+    from fedsub_fixtures import tiny_config
+
+    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8, num_labels=3)
+    ViTForImageClassification(config).save_pretrained(tmp_path / "vit")
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "vit")
+    cfg = tiny_config(task={"kind": "image_classification"}, methods=["fedit", "fedgalore"],
+                      model={"name": str(tmp_path / "vit"), "target_modules": ["q_proj", "v_proj"]},
+                      data={"dataset": "digits", "num_classes": 3, "max_train_per_class": 8, "max_test_per_class": 4},
+                      federation={"num_clients": 2, "clients_per_round": 2, "rounds": 1})
+    summaries = run_experiment(cfg, tmp_path / "run", quiet=True)
+    assert [s["method"] for s in summaries] == ["fedit", "fedgalore"]
+    assert all(0.0 <= s["final_accuracy"] <= 1.0 for s in summaries)
