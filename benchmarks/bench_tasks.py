@@ -20,6 +20,8 @@ from pathlib import Path
 
 from common import add_device_args, check_device, emit, machine_info
 
+from fedsub.core.io import atomic_write_text
+
 HERE = Path(__file__).parent
 METRIC = {"generation": "rougeL", "multiple_choice": "accuracy", "vision": "accuracy"}
 
@@ -53,8 +55,14 @@ def main() -> None:
     args = parser.parse_args()
     check_device(args.device)
     machine = machine_info(args.device, args.dtype)
-    cells = [run_cell(t, m, args) for t in args.tasks.split(",") for m in args.methods.split(",")]
-    emit({"benchmark": "tasks", "machine": machine, "workload": {"rounds": args.rounds, "overrides": args.set}, "cells": cells}, args.out)
+    report = {"benchmark": "tasks", "machine": machine, "workload": {"rounds": args.rounds, "overrides": args.set}, "cells": []}
+    for task in args.tasks.split(","):
+        for method in args.methods.split(","):
+            report["cells"].append(run_cell(task, method, args))
+            print(json.dumps(report["cells"][-1]), flush=True)  # a cell takes minutes: show (and keep) each
+            if args.out:
+                atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

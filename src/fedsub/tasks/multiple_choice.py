@@ -78,8 +78,8 @@ class MultipleChoiceTask:
 
     def pair(self, context: str, ending: str) -> tuple[list[int], list[int]]:
         tok = self.tokenizer
-        if self.scoring == "head":  # [CLS] context [SEP] ending [SEP], truncating the context first
-            ids = tok(context, ending, truncation="only_first", max_length=self.max_length)["input_ids"]
+        if self.scoring == "head":  # [CLS] context [SEP] ending [SEP], the longer of the two truncated first
+            ids = tok(context, ending, truncation="longest_first", max_length=self.max_length)["input_ids"]
             return ids, ids
         end = tok(" " + ending, add_special_tokens=False)["input_ids"][: self.max_length // 2]
         ctx = tok(context, add_special_tokens=False)["input_ids"][-(self.max_length - len(end)) :]
