@@ -125,8 +125,9 @@ class GenerationTask:
 
 def response_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Next-token cross-entropy where labels are not IGNORE (the response and its EOS)."""
-    shifted = logits[:, :-1].float().reshape(-1, logits.shape[-1])
-    return F.cross_entropy(shifted, labels[:, 1:].reshape(-1), ignore_index=IGNORE, reduction=reduction)
+    target = labels[:, 1:]
+    rows = (target != IGNORE).nonzero(as_tuple=True)  # only the scored positions reach the softmax
+    return F.cross_entropy(logits[:, :-1][rows].float(), target[rows], reduction=reduction)
 
 
 def pad_right(rows: list[list[int]], labels: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -114,11 +114,12 @@ class MultipleChoiceTask:
 
 def ending_loglik(logits: torch.Tensor, token_labels: torch.Tensor) -> torch.Tensor:
     """Per row: mean over labelled positions of log p(token | prefix) (length-normalised)."""
-    logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     target = token_labels[:, 1:]
     keep = target != IGNORE
-    picked = logprobs.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (picked * keep).sum(-1) / keep.sum(-1).clamp(min=1)
+    rows = keep.nonzero(as_tuple=True)  # log-softmax only where an ending token is scored: ~5x fewer rows
+    picked = torch.log_softmax(logits[:, :-1][rows].float(), dim=-1).gather(-1, target[rows].unsqueeze(-1)).squeeze(-1)
+    sums = torch.zeros(len(target), dtype=picked.dtype, device=picked.device).index_add_(0, rows[0], picked)
+    return sums / keep.sum(-1).clamp(min=1)
 
 
 def _pad(rows: list[list[int]], targets: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
