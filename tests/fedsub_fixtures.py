@@ -56,3 +56,55 @@ def write_csv_experiment(folder, methods, **sections):
     path = folder / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+# ---- tiny versions of the other tasks (the method matrix runs every method on each)
+INSTRUCTIONS = [
+    ("Define the word 'cat'.", "a small furry animal kept as a pet"),
+    ("Define the word 'saw'.", "a tool for cutting wood"),
+    ("Define the word 'joy'.", "a feeling of great happiness"),
+    ("Use the word 'cat' in a sentence.", "the cat slept on the mat"),
+    ("Use the word 'saw' in a sentence.", "he cut the board with a saw"),
+    ("Use the word 'joy' in a sentence.", "she jumped for joy"),
+]
+CHOICES = [
+    ("Which definition matches the word 'cat'?", ["a tool for cutting wood", "a small furry animal", "a feeling of joy", "a large body of water"], 1),
+    ("Which definition matches the word 'saw'?", ["a tool for cutting wood", "a small furry animal", "a feeling of joy", "a large body of water"], 0),
+    ("Which definition matches the word 'joy'?", ["a tool for cutting wood", "a small furry animal", "a feeling of joy", "a large body of water"], 2),
+]
+TASK_SECTIONS = {
+    "classification": {},
+    "generation": {
+        "task": {"kind": "generation", "max_new_tokens": 4, "eval_generate": 6},
+        "model": {"name": "smollm2", "tiny": True, "max_length": 40, "target_modules": ["q_proj", "v_proj", "up_proj"]},
+        # small eval batches: a batch's logits are batch x length x 49152 (SmolLM2's vocabulary)
+        "train": {"local_steps": 2, "batch_size": 4, "lr": 1e-2, "eval_batch_size": 8},
+    },
+    "multiple_choice": {
+        "task": {"kind": "multiple_choice"},
+        "model": {"name": "smollm2", "tiny": True, "max_length": 24, "target_modules": ["q_proj", "v_proj", "up_proj"]},
+        "train": {"local_steps": 2, "batch_size": 4, "lr": 1e-2, "eval_batch_size": 8},
+    },
+    "image_classification": {
+        "task": {"kind": "image_classification"},
+        "model": {"name": "efficientnet_lite0", "tiny": True, "target_modules": ["_expand_conv", "_project_conv", "_conv_head"]},
+    },
+}
+# FedFTG trains MLP up-projections; the tiny EfficientNet's lower half has only a project conv.
+TASK_METHOD_OPTIONS = {("image_classification", "fedftg"): {"modules": ["_project_conv"]}}
+
+
+def task_config(kind: str, method: str):
+    """tiny_config for one task and one method (with the options that task needs)."""
+    spec = {"name": method, **TASK_METHOD_OPTIONS.get((kind, method), {})}
+    return tiny_config(methods=[spec], **TASK_SECTIONS[kind])
+
+
+def tiny_images():
+    """18 sklearn digits (0, 1, 2; 6 each) as uint8, and their labels."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    rows = np.concatenate([np.flatnonzero(bunch.target == d)[:6] for d in range(3)])
+    return np.rint(bunch.images[rows] * (255 / 16)).astype(np.uint8), bunch.target[rows].tolist()

@@ -23,7 +23,7 @@ class Strict(BaseModel):
 
 
 class ModelConfig(Strict):
-    name: str = Field("minilm", description="'minilm' (offline all-MiniLM-L6-v2), an HF id or a local HF folder")
+    name: str = Field("minilm", description="'minilm' (offline all-MiniLM-L6-v2), 'smollm2' (offline SmolLM2-135M-Instruct), 'efficientnet_lite0', an HF id or a local HF folder")
     max_length: int = Field(64, gt=0, description="tokens per example; longer inputs are truncated")
     target_modules: list[str] = Field(
         default_factory=lambda: ["query", "key", "value", "dense"],
@@ -36,7 +36,7 @@ class ModelConfig(Strict):
 class DataConfig(Strict):
     dataset: str = Field(
         "wordnet_supersense",
-        description="builtin name (wordnet_supersense, fashion_mnist, digits), 'hf:NAME' or a .csv/.jsonl/.parquet path",
+        description="builtin name (wordnet_supersense, wordnet_instructions, wordnet_choice, fashion_mnist, digits), 'hf:NAME' or a .csv/.jsonl/.parquet path",
     )
     text_column: str = "text"
     label_column: str = "label"
@@ -126,6 +126,20 @@ class FlowerConfig(Strict):
         return value
 
 
+TaskKind = Literal["classification", "generation", "multiple_choice", "image_classification"]
+
+
+class TaskConfig(Strict):
+    """What is learned and how it is scored (see fedsub.tasks); the options of other kinds are ignored."""
+
+    kind: TaskKind = Field("classification", description="classification | generation | multiple_choice | image_classification")
+    max_new_tokens: int = Field(32, gt=0, description="generation: greedy tokens generated per held-out prompt")
+    eval_generate: int | None = Field(64, gt=0, description="generation: held-out prompts generated per evaluation (None = all)")
+    response_column: str = Field("response", description="generation: column of the target text (data.text_column: the instruction)")
+    choices_column: str = Field("choices", description="multiple_choice: column of the endings (a list, or one string joined by \\x1f)")
+    image_size: int | None = Field(None, gt=7, description="image_classification: resize images to this side; None = the model's own")
+
+
 class MethodSpec(Strict):
     """One method of the run: its registered name, optional train overrides, and its own options."""
 
@@ -160,6 +174,7 @@ class ExperimentConfig(Strict):
     dtype: Literal["float32", "bfloat16"] = "float32"
     engine: Literal["simulation", "flower"] = Field("simulation", description="simulation: one process; flower: Flower ServerApp/ClientApps (pip install 'fedsub[flower]')")
     flower: FlowerConfig = FlowerConfig()
+    task: TaskConfig = TaskConfig()
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     partition: PartitionConfig = PartitionConfig()

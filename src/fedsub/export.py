@@ -9,8 +9,11 @@ base weights) save the dense weights they changed.
 `fedsub export RUN_DIR --format peft|merged --out DIR` rebuilds that model on the CPU and writes
 - peft: a PEFT adapter folder (`PeftModel.from_pretrained(base, DIR)`), for methods whose global
   model is LoRA factors + head on the unchanged base;
-- merged: an HF folder (`AutoModelForSequenceClassification.from_pretrained(DIR)`), every method;
-  LoRA factors are merged into the weights. Both folders also get the tokenizer.
+- merged: an HF folder (`AutoModelForSequenceClassification.from_pretrained(DIR)`, or the task's
+  auto class: AutoModelForCausalLM for generation and log-likelihood multiple choice,
+  AutoModelForMultipleChoice, AutoModelForImageClassification), every method; LoRA factors are
+  merged into the weights. Both folders also get the tokenizer (image models: the image processor).
+EfficientNet-Lite0 (fedsub's own architecture, not an HF model) is refused with one line.
 Tested: both reproduce the run's final accuracy and test loss (float32). In a bfloat16 run the merged
 weights W + s·BA are rounded to bf16, so the merged model's test loss moves in the 4th digit
 (measured on the tiny test run: 1.10524 vs 1.10534); the dense methods' export stays exact.
@@ -95,6 +98,8 @@ def export_model(run_dir: Path, out: Path, fmt: str, key: str | None = None) -> 
         raise ConfigError(f"{path} not found: method {spec.key} is unfinished or was run before fedsub saved final models; re-run it")
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"--out {out} exists and is not empty; choose another folder")
+    if cfg.model.name == "efficientnet_lite0":
+        raise ConfigError(f"fedsub export: {cfg.model.name} is not a Hugging Face model and has no HF folder format; its final weights are {path} (safetensors)")
     tensors, metadata = read_final_model(path)
     label_names = json.loads(metadata["label_names"])
     model = rebuild_global_model(cfg, spec, tensors, label_names)
@@ -102,11 +107,19 @@ def export_model(run_dir: Path, out: Path, fmt: str, key: str | None = None) -> 
         check_peft_exportable(model, tensors, spec)
     else:
         model = merged(model)
-    set_label_names(model, label_names)
+    if cfg.task.kind in ("classification", "image_classification"):  # a causal LM / choice head has no class names
+        set_label_names(model, label_names)
     model.save_pretrained(str(out))
     from fedsub.models import load_tokenizer
 
-    load_tokenizer(cfg.model).save_pretrained(str(out))
+    if cfg.task.kind == "image_classification":
+        from transformers import AutoImageProcessor
+
+        from fedsub.models import resolve_model_path
+
+        AutoImageProcessor.from_pretrained(resolve_model_path(cfg.model.name)).save_pretrained(str(out))
+    else:
+        load_tokenizer(cfg.model).save_pretrained(str(out))
     return out
 
 

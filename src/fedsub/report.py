@@ -16,13 +16,24 @@ COLUMNS = [
     ("seconds_per_round", "s/round", "{:.2f}"),
 ]
 MB_COLUMNS = {"bytes_up_per_round", "bytes_down_per_round"}
+GENERATION_COLUMNS = [  # generation runs have no accuracy: ROUGE-L (0..1), BLEU-4 (0..100), perplexity
+    ("method", "method", "{}"),
+    ("final_rougeL", "final ROUGE-L", "{:.4f}"),
+    ("best_rougeL", "best ROUGE-L", "{:.4f}"),
+    ("final_bleu4", "BLEU-4", "{:.2f}"),
+    ("final_perplexity", "perplexity", "{:.2f}"),
+] + COLUMNS[4:]
+
+
+def columns_for(summaries: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    return GENERATION_COLUMNS if summaries and all("final_rougeL" in s for s in summaries) else COLUMNS
 
 
 def table_rows(summaries: list[dict[str, Any]]) -> list[list[str]]:
     rows = []
     for summary in summaries:
         row = []
-        for key, _, fmt in COLUMNS:
+        for key, _, fmt in columns_for(summaries):
             value = summary.get(key)
             if value is None:
                 row.append("-")
@@ -33,7 +44,7 @@ def table_rows(summaries: list[dict[str, Any]]) -> list[list[str]]:
 
 
 def markdown_table(summaries: list[dict[str, Any]]) -> str:
-    header = [title for _, title, _ in COLUMNS]
+    header = [title for _, title, _ in columns_for(summaries)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(summaries)]
     return "\n".join(lines) + "\n"
@@ -51,7 +62,10 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def plot_metric(curves: dict[str, list[dict[str, Any]]], path: Path, metric: str = "accuracy", title: str = "") -> None:
-    """Metric vs round, one line per method; written atomically as PNG."""
+    """Metric vs round, one line per method; written atomically as PNG. Runs without accuracy
+    (generation) plot ROUGE-L instead."""
+    if metric == "accuracy" and not any(r.get("accuracy") is not None for rs in curves.values() for r in rs):
+        metric, title = "rougeL", title.replace("accuracy", "ROUGE-L")
     fig, ax = pyplot().subplots(figsize=(6, 4), dpi=110)
     for method, records in curves.items():
         points = [(r["round"], r[metric]) for r in records if r.get(metric) is not None]

@@ -26,7 +26,7 @@ from fedsub.config import ConfigError, ExperimentConfig, MethodSpec, config_to_d
 from fedsub.core.checkpoint import checkpoint_round
 from fedsub.core.io import atomic_write_text
 from fedsub.engines.simulation import FederatedData, Simulation, prepare_data, summarize
-from fedsub.report import COLUMNS, markdown_table, plot_metric, read_metrics, table_rows
+from fedsub.report import columns_for, markdown_table, plot_metric, read_metrics, table_rows
 
 
 def prepare_run_dir(out: Path, overwrite: bool) -> Path:
@@ -245,6 +245,8 @@ def open_board(method_dir: Path):
 def round_line(record: dict, total: int) -> str:
     """One short line per round (fits an 80-column log)."""
     acc = "" if record.get("accuracy") is None else f" acc {record['accuracy']:.3f} f1 {record['macro_f1']:.3f}"
+    if record.get("rougeL") is not None:  # generation
+        acc = f" rougeL {record['rougeL']:.3f} bleu {record['bleu4']:.1f} ppl {record['perplexity']:.1f}"
     loss = "-" if record.get("train_loss") is None else f"{record['train_loss']:.3f}"
     lost = len(record.get("dropped", [])) + len(record.get("rejected", []))
     faults = (f" {lost} lost" if lost else "") + (f" skipped: {record['skipped']}" if record.get("skipped") else "")
@@ -256,7 +258,7 @@ def round_line(record: dict, total: int) -> str:
 
 def print_table(console: Console, summaries: list[dict]) -> None:
     table = Table(title="results")
-    for _, title, _ in COLUMNS:
+    for _, title, _ in columns_for(summaries):
         table.add_column(title, justify="left" if title == "method" else "right")
     for row in table_rows(summaries):
         table.add_row(*row)

@@ -17,6 +17,7 @@ import numpy as np
 from fedsub.config import ConfigError, DataConfig
 from fedsub.data.files import FILE_BUILDERS, load_hub, load_local_file
 from fedsub.data.images import load_digits_source, load_fashion_mnist
+from fedsub.data.instructions import load_wordnet_choice, load_wordnet_instructions
 from fedsub.data.seeding import derive_rng
 from fedsub.data.source import Source, to_dataset
 from fedsub.data.wordnet import load_wordnet_supersense
@@ -51,6 +52,8 @@ BUILTINS: dict[str, Callable[[DataConfig], tuple[Source, Source | None]]] = {
     "wordnet_supersense": _builtin(load_wordnet_supersense),
     "fashion_mnist": _builtin(load_fashion_mnist),
     "digits": _builtin(load_digits_source),
+    "wordnet_instructions": _builtin(load_wordnet_instructions),  # generation: define / use the word
+    "wordnet_choice": _builtin(load_wordnet_choice),  # multiple choice: which definition matches the word
 }
 
 

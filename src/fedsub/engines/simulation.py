@@ -28,8 +28,7 @@ from fedsub.core.types import ClientContext, ClientUpdate, Payload, ServerState,
 from fedsub.core.validation import payload_bytes
 from fedsub.core.workspace import Workspace
 from fedsub.engines.failures import ClientOutcome, run_client, screen_outcomes, simulated_fault, skip_reason
-from fedsub.models import head_module_names, load_classifier, load_tokenizer, target_linear_names
-from fedsub.tasks.classification import ClassificationTask, Encoded
+from fedsub.models import head_module_names, target_linear_names
 
 TIMING_KEYS = ("seconds_train", "seconds_aggregate", "seconds_eval", "seconds_round", "peak_rss_mb")
 
@@ -38,26 +37,25 @@ TIMING_KEYS = ("seconds_train", "seconds_aggregate", "seconds_eval", "seconds_ro
 class FederatedData:
     """The encoded global splits, the client partition and the task, shared by every method of a run."""
 
-    task: ClassificationTask
-    train: Encoded
-    test: Encoded
+    task: Any  # a fedsub.tasks task (classification, generation, multiple choice, images)
+    train: Any  # the task's encoded data
+    test: Any
     parts: list[torch.Tensor]
     label_names: list[str]
     heterogeneity: dict[str, Any]
 
 
 def prepare_data(cfg: ExperimentConfig, run_dir: Path) -> FederatedData:
-    """Load and split the data, partition it over the clients (report saved), tokenise once."""
+    """Load and split the data, partition it over the clients (report saved), encode once."""
     from fedsub.data import load_splits, partition, save_partition_report
+    from fedsub.tasks import build_task, check_input
 
     splits = load_splits(cfg.data, cfg.seed)
-    if splits.input_column != "text":
-        raise ConfigError(f"field data.dataset: {cfg.data.dataset} holds images; this version classifies text only")
+    check_input(cfg, splits.input_column)
     parts = partition(splits.train, cfg.partition, cfg.federation.num_clients, cfg.seed)
     heterogeneity = save_partition_report(run_dir, parts, splits.train, splits.label_names, cfg=cfg.partition, seed=cfg.seed)
-    task = ClassificationTask(load_tokenizer(cfg.model), cfg.model.max_length, len(splits.label_names))
-    train = task.encode(splits.train["text"], splits.train["label"])
-    test = task.encode(splits.test["text"], splits.test["label"])
+    task = build_task(cfg, splits.input_column, len(splits.label_names))
+    train, test = task.encode_dataset(splits.train), task.encode_dataset(splits.test)
     client_parts = [torch.as_tensor(np.asarray(p), dtype=torch.long) for p in parts]
     return FederatedData(task, train, test, client_parts, list(splits.label_names), heterogeneity)
 
@@ -65,8 +63,11 @@ def prepare_data(cfg: ExperimentConfig, run_dir: Path) -> FederatedData:
 def build_workspace(cfg: ExperimentConfig, method, data: FederatedData) -> Workspace:
     """A fresh base model adapted by the method (seeded: every engine and client builds the same one)."""
     dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
-    model = load_classifier(cfg.model, len(data.label_names), cfg.seed, dtype)
-    heads = head_module_names(model, cfg.model.head_modules)
+    from fedsub.tasks import load_task_model, uses_causal_lm
+
+    model = load_task_model(cfg, len(data.label_names), dtype)
+    causal = cfg.task.kind in ("generation", "multiple_choice") and uses_causal_lm(cfg)
+    heads = head_module_names(model, cfg.model.head_modules, required=not causal)
     targets = target_linear_names(model, cfg.model.target_modules, exclude=heads)
     workspace = Workspace(model, data.task, data.train, data.test, cfg.device, heads, targets)
     method.prepare_model(workspace)
@@ -252,7 +253,7 @@ class Simulation:
     def maybe_evaluate(self, round_index: int) -> tuple[dict[str, float | None], float]:
         fed = self.cfg.federation
         if (round_index + 1) % fed.eval_every and round_index + 1 != fed.rounds:
-            return {"test_loss": None, "accuracy": None, "macro_f1": None}, 0.0
+            return dict.fromkeys(metric_keys(self.data.task)), 0.0
         tic = time.perf_counter()
         self.method.load_global(self.workspace, self.state)
         metrics = self.workspace.evaluate(self.cfg.train.eval_batch_size)
@@ -267,20 +268,33 @@ def mean_train_loss(updates: list[ClientUpdate]) -> float | None:
     return float(sum(w * u.metrics["train_loss"] for w, u in zip(weights, updates)))
 
 
+def metric_keys(task) -> tuple[str, ...]:
+    return tuple(getattr(task, "metric_keys", ("test_loss", "accuracy", "macro_f1")))
+
+
 def summarize(records: list[dict], method: str) -> dict[str, Any]:
-    """Final and best metrics, bytes and seconds per round, peak memory of one method's run."""
-    evaluated = [r for r in records if r.get("accuracy") is not None]
+    """Final and best metrics, bytes and seconds per round, peak memory of one method's run.
+
+    Generation runs (no accuracy) add final_/best_ rougeL and bleu4 and the final perplexity."""
+    evaluated = [r for r in records if r.get("test_loss") is not None]
     final = evaluated[-1] if evaluated else {}
+    extra = {}
+    for key in ("rougeL", "bleu4", "perplexity"):
+        if final.get(key) is not None:
+            extra[f"final_{key}"] = final[key]
+            if key != "perplexity":
+                extra[f"best_{key}"] = max(r[key] for r in evaluated)
     return {
         "method": method,
         "rounds": len(records),
         "final_accuracy": final.get("accuracy"),
-        "best_accuracy": max((r["accuracy"] for r in evaluated), default=None),
+        "best_accuracy": max((r["accuracy"] for r in evaluated if r.get("accuracy") is not None), default=None),
         "final_macro_f1": final.get("macro_f1"),
-        "best_macro_f1": max((r["macro_f1"] for r in evaluated), default=None),
+        "best_macro_f1": max((r["macro_f1"] for r in evaluated if r.get("macro_f1") is not None), default=None),
         "final_test_loss": final.get("test_loss"),
         "bytes_up_per_round": float(np.mean([r["bytes_up"] for r in records])),
         "bytes_down_per_round": float(np.mean([r["bytes_down"] for r in records])),
         "seconds_per_round": float(np.median([r["seconds_round"] for r in records])),
         "peak_rss_mb": max(r["peak_rss_mb"] for r in records),
+        **extra,
     }

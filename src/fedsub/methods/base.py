@@ -38,6 +38,12 @@ def add_lora(workspace: Workspace, options: LoraOptions, seed: int | None = None
     """
     from peft import LoraConfig, get_peft_model
 
+    from fedsub.config import ConfigError
+
+    modules = dict(workspace.model.named_modules())
+    convs = [t for t in workspace.target_modules if isinstance(modules.get(t), torch.nn.Conv2d)]
+    if convs:  # the server maths (stacking, SVD, diagnostics) take factors as matrices
+        raise ConfigError(f"field model.target_modules: LoRA methods adapt linear layers, not the Conv2d {convs[0]!r}; target linear / pointwise layers or use fedgalore, fedftg or fedavg_full")
     if seed is not None:
         torch.manual_seed(seed)
     config = LoraConfig(

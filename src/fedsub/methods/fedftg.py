@@ -56,10 +56,11 @@ def lower_half(indices: list[int]) -> set[int]:
 
 def ftg_modules(workspace: Workspace, options: FedFTGOptions) -> list[str]:
     """The linear modules FedFTG trains: suffix match on ``modules``, inside the chosen blocks."""
-    import torch.nn as nn
+    from fedsub.models import adaptable  # Linear or dense Conv2d (GaLore reshapes kernels to matrices)
 
     heads = tuple(workspace.head_modules)
-    linears = [n for n, m in workspace.model.named_modules() if isinstance(m, nn.Linear) and n.split(".", 1)[0] not in heads]
+
+    linears = [n for n, m in workspace.model.named_modules() if adaptable(m) and n.split(".", 1)[0] not in heads]
     blocks = [i for i in map(layer_index, linears) if i is not None]
     if not blocks:
         raise ValueError("fedftg: the model has no numbered transformer blocks to pick layers from")

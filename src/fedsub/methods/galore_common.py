@@ -21,7 +21,8 @@ from fedsub.optim import GaLoreAdamW
 
 # Block index in the usual transformer layouts: BERT "encoder.layer.3.", Llama "layers.3.",
 # GPT-2 "h.3.", ViT-likes "blocks.3.".
-_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layer|layers|h|blocks)\.(\d+)\.")
+# EfficientNet (lukemelas names) "_blocks.3.".
+_LAYER_INDEX = re.compile(r"(?:^|\.)_?(?:layer|layers|h|blocks)\.(\d+)\.")
 
 
 def layer_index(name: str) -> int | None:
@@ -36,10 +37,40 @@ def head_parameter_names(workspace: Workspace) -> list[str]:
     return [n for n, _ in workspace.model.named_parameters() if n.split(".", 1)[0] in heads]
 
 
+class MatrixConv2d(nn.Module):
+    """A dense Conv2d whose kernel is stored as the matrix GaLore projects: out x (in * kh * kw),
+    viewed back as out x in x kh x kw in forward (same outputs as the conv it replaces)."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.kernel_shape = tuple(conv.weight.shape)
+        self.weight = nn.Parameter(conv.weight.detach().reshape(conv.weight.shape[0], -1).clone(), requires_grad=conv.weight.requires_grad)
+        self.bias = conv.bias
+        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernel = self.weight.view(self.kernel_shape)
+        return nn.functional.conv2d(x, kernel, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+def as_matrix_modules(model: nn.Module, module_names: list[str]) -> None:
+    """Replace each named dense nn.Conv2d by a MatrixConv2d (GaLore manages 2-D weights only)."""
+    for name in module_names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        module = getattr(parent, child)
+        if isinstance(module, nn.Conv2d) and module.groups == 1:
+            if any(module.padding) and module.padding_mode != "zeros" or type(module) is not nn.Conv2d:
+                raise ValueError(f"{name}: only plain zero-padded Conv2d kernels can be managed as matrices")
+            setattr(parent, child, MatrixConv2d(module))
+
+
 def linear_weight_names(model: nn.Module, module_names: list[str]) -> list[str]:
-    """``<module>.weight`` of each named nn.Linear (the GaLore-managed 2-D matrices)."""
+    """``<module>.weight`` of each named nn.Linear or dense Conv2d (the GaLore-managed 2-D
+    matrices); convs are first turned into MatrixConv2d, their kernels reshaped to matrices."""
+    as_matrix_modules(model, module_names)
     modules = dict(model.named_modules())
-    missing = [m for m in module_names if not isinstance(modules.get(m), nn.Linear)]
+    missing = [m for m in module_names if not isinstance(modules.get(m), (nn.Linear, MatrixConv2d))]
     if missing:
         raise ValueError(f"not linear layers of the model: {missing}")
     return [f"{m}.weight" for m in module_names]

@@ -37,10 +37,16 @@ class ClassificationTask:
 
     metric = "accuracy"
 
-    def __init__(self, tokenizer, max_length: int, num_labels: int):
+    metric_keys = ("test_loss", "accuracy", "macro_f1")
+
+    def __init__(self, tokenizer, max_length: int, num_labels: int, input_column: str = "text"):
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.num_labels = num_labels
+        self.input_column = input_column
+
+    def encode_dataset(self, dataset) -> Encoded:
+        return self.encode(dataset[self.input_column], dataset["label"])
 
     def encode(self, texts: list[str], labels: list[int]) -> Encoded:
         tokens = self.tokenizer(
