@@ -108,3 +108,29 @@ def tiny_images():
     bunch = load_digits()
     rows = np.concatenate([np.flatnonzero(bunch.target == d)[:6] for d in range(3)])
     return np.rint(bunch.images[rows] * (255 / 16)).astype(np.uint8), bunch.target[rows].tolist()
+
+
+# ---- comparing two runs' metrics.jsonl (engines, resume)
+def strip_timing(record):
+    """Timing fields aside: the engine's and the methods' own (fedgalore's seconds_ajive)."""
+    from fedsub.engines.simulation import TIMING_KEYS
+
+    return {k: v for k, v in record.items() if k not in TIMING_KEYS and not k.startswith("seconds_")}
+
+
+def assert_close(a, b, path=""):
+    """Same keys, same values; floats to 1e-6."""
+    import pytest
+
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), f"{path}: keys {sorted(a)} != {sorted(b)}"
+        for key in a:
+            assert_close(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_close(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) or isinstance(b, float):
+        assert b == pytest.approx(a, abs=1e-6, rel=1e-6), f"{path}: {a} != {b}"
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"

@@ -9,9 +9,8 @@ import pytest
 pytest.importorskip("flwr")
 
 from fedsub.config import load_config  # noqa: E402
-from fedsub.engines.simulation import TIMING_KEYS  # noqa: E402
 from fedsub.run import run_experiment  # noqa: E402
-from fedsub_fixtures import write_csv_experiment  # noqa: E402
+from fedsub_fixtures import assert_close, strip_timing, write_csv_experiment  # noqa: E402
 
 # fedgalore with factored downlink and AJIVE: client state (held weights, optimizer) across rounds
 METHODS = ["fedit", {"name": "fedgalore", "rank": 4, "sync": "ajive"}]
@@ -19,27 +18,6 @@ METHODS = ["fedit", {"name": "fedgalore", "rank": 4, "sync": "ajive"}]
 
 def read_records(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def strip_timing(record):
-    """Timing fields aside: the engine's and the methods' own (fedgalore's seconds_ajive)."""
-    return {k: v for k, v in record.items() if k not in TIMING_KEYS and not k.startswith("seconds_")}
-
-
-def assert_close(a, b, path=""):
-    """Same keys, same values; floats to 1e-6."""
-    if isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), f"{path}: keys {sorted(a)} != {sorted(b)}"
-        for key in a:
-            assert_close(a[key], b[key], f"{path}.{key}")
-    elif isinstance(a, list):
-        assert isinstance(b, list) and len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_close(x, y, f"{path}[{i}]")
-    elif isinstance(a, float) or isinstance(b, float):
-        assert b == pytest.approx(a, abs=1e-6, rel=1e-6), f"{path}: {a} != {b}"
-    else:
-        assert a == b, f"{path}: {a!r} != {b!r}"
 
 
 @pytest.fixture(scope="module")
