@@ -203,3 +203,31 @@ def test_an_interrupted_cell_is_rerun_and_the_others_are_kept(grid, tmp_path):
     strip = lambda lines: [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in lines]  # noqa: E731
     assert strip(rerun) == strip(complete) and (broken / "summary.json").is_file()
     assert {p: p.stat().st_mtime_ns for p in others} == others
+
+
+def test_a_method_killed_mid_run_continues_from_its_checkpoint(grid, tmp_path, monkeypatch, capsys):
+    from fedsub.engines.simulation import TIMING_KEYS, Simulation
+
+    config, out, _ = grid
+    args = ["compare", str(config), "--methods", "fedit", "--alphas", "0.5", "--seeds", "0", "--out", str(tmp_path / "g"), "--quiet"]
+    original = Simulation.run_round
+
+    def killed_in_round_2(self, index, on_client=None):
+        if index == 1:
+            raise KeyboardInterrupt
+        return original(self, index, on_client)
+
+    def logged(self, index, on_client=None):
+        rounds_run.append(index)
+        return original(self, index, on_client)
+
+    monkeypatch.setattr(Simulation, "run_round", killed_in_round_2)
+    assert main(args) == 130
+    assert "interrupted; run the same fedsub compare again" in capsys.readouterr().err
+    rounds_run = []
+    monkeypatch.setattr(Simulation, "run_round", logged)
+    assert main(args) == 0
+    assert rounds_run == [1]  # round 1 came from the checkpoint
+    strip = lambda path: [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in path.read_text().splitlines()]  # noqa: E731
+    assert strip(cell(tmp_path / "g", "0.5", 0, "fedit") / "metrics.jsonl") == strip(cell(out, "0.5", 0, "fedit") / "metrics.jsonl")
+

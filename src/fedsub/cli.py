@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fedsub: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("fedsub: interrupted; continue with fedsub run --resume DIR", file=sys.stderr)
+        again = "run the same fedsub compare again" if args.command == "compare" else "continue with fedsub run --resume DIR"
+        print(f"fedsub: interrupted; {again}", file=sys.stderr)
         return 130
 
 

@@ -101,8 +101,9 @@ def run_grid(grid: Grid, out: Path, console: Console, *, tensorboard: bool = Fal
             def started(spec: MethodSpec, alpha: str = alpha, seed: int = seed) -> None:
                 progress.update(task, description=f"grid: {spec.key} alpha {alpha} seed {seed}")
 
+            # resume: a method killed mid-run continues from its last checkpoint, not from round 1
             run_into(grid.cell_config(alpha, seed), cell_dir, console, progress, tensorboard=tensorboard,
-                     on_method=started, on_method_done=lambda spec: progress.advance(task))  # fmt: skip
+                     on_method=started, on_method_done=lambda spec: progress.advance(task), resume=True)  # fmt: skip
     print_results(console, write_results([out], out))
     console.print(f"results in {out}")
     return out
