@@ -81,17 +81,11 @@ def is_causal_lm(path: str) -> bool:
 
 def load_causal_lm(cfg: ModelConfig, path: str, seed: int, dtype: torch.dtype = torch.float32) -> nn.Module:
     """A causal LM with its pretrained LM head; `tiny` gives a 2-layer random-init copy."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    torch.manual_seed(seed)
-    try:
-        if cfg.tiny:
-            config = AutoConfig.from_pretrained(path)
-            shrink_causal_config(config)
-            return AutoModelForCausalLM.from_config(config).to(dtype)
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"field model.name: cannot load a causal LM from {path!r} ({str(err).splitlines()[0]})") from None
+    from fedsub.models import load_auto_model
+
+    return load_auto_model(AutoModelForCausalLM, path, cfg.tiny, seed, dtype, shrink_causal_config, " as a causal LM")
 
 
 def shrink_causal_config(config) -> None:

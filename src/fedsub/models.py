@@ -56,36 +56,37 @@ def load_tokenizer(cfg: ModelConfig):
 
 def load_classifier(cfg: ModelConfig, num_labels: int, seed: int, dtype: torch.dtype = torch.float32) -> nn.Module:
     """A sequence-classification model with a fresh head; `tiny` gives a 2-layer random-init copy."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
 
-    _quiet_transformers()
     path = resolve_model_path(cfg.name)
-    torch.manual_seed(seed)  # the head's init (and a tiny model's weights) are part of the run's seed
-    try:
-        if cfg.tiny:
-            config = AutoConfig.from_pretrained(path, num_labels=num_labels)
-            shrink_config(config)
-            return AutoModelForSequenceClassification.from_config(config).to(dtype)
-        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, dtype=dtype)
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"field model.name: cannot load {path!r} ({_first_line(err)})") from None
+    return load_auto_model(AutoModelForSequenceClassification, path, cfg.tiny, seed, dtype, shrink_config, "", num_labels=num_labels)
 
 
 def load_multiple_choice(cfg: ModelConfig, seed: int, dtype: torch.dtype = torch.float32) -> nn.Module:
     """An encoder with a fresh multiple-choice head (one logit per context-ending pair)."""
-    from transformers import AutoConfig, AutoModelForMultipleChoice
+    from transformers import AutoModelForMultipleChoice
+
+    path = resolve_model_path(cfg.name)
+    return load_auto_model(AutoModelForMultipleChoice, path, cfg.tiny, seed, dtype, shrink_config, " with a multiple-choice head")
+
+
+def load_auto_model(auto_class, path: str, tiny: bool, seed: int, dtype: torch.dtype, shrink, what: str, **config_kwargs) -> nn.Module:
+    """`auto_class` from `path`, or (tiny) a random-init copy of its architecture shrunk by `shrink`.
+
+    Seeded: a fresh head's init (and a tiny model's weights) are part of the run's seed, so every
+    engine and client builds the same model. A folder that does not load is a one-line ConfigError."""
+    from transformers import AutoConfig
 
     _quiet_transformers()
-    path = resolve_model_path(cfg.name)
     torch.manual_seed(seed)
     try:
-        if cfg.tiny:
-            config = AutoConfig.from_pretrained(path)
-            shrink_config(config)
-            return AutoModelForMultipleChoice.from_config(config).to(dtype)
-        return AutoModelForMultipleChoice.from_pretrained(path, dtype=dtype)
+        if tiny:
+            config = AutoConfig.from_pretrained(path, **config_kwargs)
+            shrink(config)
+            return auto_class.from_config(config).to(dtype)
+        return auto_class.from_pretrained(path, dtype=dtype, **config_kwargs)
     except (OSError, ValueError) as err:
-        raise ConfigError(f"field model.name: cannot load {path!r} with a multiple-choice head ({_first_line(err)})") from None
+        raise ConfigError(f"field model.name: cannot load {path!r}{what} ({_first_line(err)})") from None
 
 
 def shrink_config(config) -> None:
