@@ -96,3 +96,21 @@ def test_flower_superlink_must_be_host_port():
     with pytest.raises(ConfigError, match="field flower.superlink: 'localhost' is not host:port; give the SuperLink's address"):
         tiny_config(engine="flower", flower={"superlink": "localhost", "insecure": True})
     assert tiny_config(engine="flower", flower={"superlink": "127.0.0.1:9091", "insecure": True}).flower.superlink == "127.0.0.1:9091"
+
+
+def test_simulated_dropouts_and_stragglers_match_the_simulator(tiny_data, tmp_path):
+    """failures.* means the same on both engines: the same clients drop, for the same reasons."""
+    from fedsub.engines.flower.engine import FlowerLocal
+    from fedsub.engines.simulation import Simulation
+    from fedsub_fixtures import tiny_config
+
+    cfg = tiny_config(engine="flower", flower={"round_timeout": 5, "startup_timeout": 0},
+                      federation={"num_clients": 3, "clients_per_round": 3, "rounds": 4},
+                      failures={"dropout_prob": 0.25, "straggler_prob": 0.4})  # fmt: skip
+    sim = Simulation(cfg, cfg.methods[0], tiny_data, tmp_path / "sim").run()
+    flo = FlowerLocal(cfg, cfg.methods[0], tiny_data, tmp_path / "flower").run()
+    reasons = sorted({d["reason"] for r in sim for d in r["dropped"]})
+    assert reasons == ["dropout", "straggler"]  # seed 0 gives both kinds of fault in 4 rounds
+    assert sim[0]["skipped"] == "0 usable updates < min_clients 1"  # round 1: all three straggle
+    for a, b in zip(sim, flo):
+        assert_close(strip_timing(a), strip_timing(b), f"round {a['round']}")

@@ -9,6 +9,7 @@ message, so there the model is loaded every round (measured in benchmarks/RESULT
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from dataclasses import dataclass
@@ -87,7 +88,9 @@ def handle_train(message: Message, context: Context) -> Message:
     tic = time.perf_counter()
     update = node.method.client_train(node.workspace, payload, client)
     seconds = time.perf_counter() - tic
-    save_client_state(context.state, client.state)
+    loss = update.metrics.get("train_loss")
+    if isinstance(loss, (int, float)) and math.isfinite(loss):  # a diverged client's state is discarded, as in the simulator
+        save_client_state(context.state, client.state)
     content = update_to_record(update)
     content.config_records[META]["seconds_train"] = seconds
     return Message(content, reply_to=message)

@@ -20,7 +20,7 @@ from flwr.serverapp import Grid
 
 from fedsub.config import ExperimentConfig, MethodSpec
 from fedsub.core.types import Payload
-from fedsub.engines.failures import ClientOutcome, reply_outcome
+from fedsub.engines.failures import ClientOutcome, reply_outcome, simulated_fault
 from fedsub.engines.flower.records import META, payload_to_record, record_to_update
 from fedsub.engines.simulation import FederatedData, Simulation, sample_clients
 
@@ -90,12 +90,16 @@ class FlowerServer(Simulation):
         node, no reply in time, an error on the node), the payloads sent and their bytes.
         """
         messages, sent, missing, bytes_down = {}, {}, {}, 0
+        faults = {c: simulated_fault(self.cfg.failures, self.cfg.seed, round_index, c) for c in clients}
         for client_id in clients:
             if client_id not in self.nodes:
                 missing[client_id] = f"no node with partition-id {client_id} is connected"
                 continue
             sent[client_id] = self.method.configure_train(self.state, client_id)
             bytes_down += sent[client_id].nbytes()
+            if faults[client_id] == "dropout":  # simulated, as in the simulator: it got the payload, never answers
+                missing[client_id] = "dropout"
+                continue
             content = payload_to_record(sent[client_id], {"round": round_index, "client_id": client_id})
             messages[client_id] = Message(content, self.nodes[client_id], TRAIN, ttl=self.cfg.flower.round_timeout, group_id=str(round_index + 1))
         tic = time.perf_counter()
@@ -109,15 +113,22 @@ class FlowerServer(Simulation):
             elif reply.has_error():
                 missing[client_id] = f"error {reply.error.code}: {first_line(reply.error.reason)}"
         outcomes = [
-            ClientOutcome(c, None, missing[c]) if c in missing else self.received(by_node[self.nodes[c]])
+            ClientOutcome(c, None, missing[c]) if c in missing else self.received(by_node[self.nodes[c]], faults[c])
             for c in clients
         ]  # fmt: skip
         return outcomes, sent, bytes_down
 
-    @staticmethod
-    def received(reply: Message) -> ClientOutcome:
+    def received(self, reply: Message, fault: str | None) -> ClientOutcome:
+        """A reply in time; a simulated straggler's or one over failures.deadline_s is dropped, as in the simulator."""
         update = record_to_update(reply.content)
-        return reply_outcome(update.client_id, update, float(reply.content.config_records[META]["seconds_train"]))
+        seconds = float(reply.content.config_records[META]["seconds_train"])
+        outcome = reply_outcome(update.client_id, update, seconds)
+        if outcome.update is not None and fault == "straggler":
+            return ClientOutcome(update.client_id, None, "straggler", seconds)
+        deadline = self.cfg.failures.deadline_s
+        if outcome.update is not None and deadline is not None and seconds > deadline:
+            return ClientOutcome(update.client_id, None, f"deadline: trained {seconds:.2f} s > deadline_s {deadline:g}", seconds)
+        return outcome
 
 
 def first_line(text: str | None) -> str:
