@@ -58,18 +58,27 @@ class ClassificationTask:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         return F.cross_entropy(logits.float(), batch["labels"])
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, data: Encoded, batch_size: int, device) -> dict[str, float]:
-        was_training = model.training
-        model.eval()
-        losses, predictions = [], []
-        for start in range(0, len(data), batch_size):
-            batch = data.batch(torch.arange(start, min(start + batch_size, len(data))), device)
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-            losses.append(F.cross_entropy(logits, batch["labels"], reduction="sum").item())
-            predictions.append(logits.argmax(-1).cpu())
-        model.train(was_training)
-        return classification_metrics(torch.cat(predictions), data.labels, sum(losses) / len(data), self.num_labels)
+        def logits(model, batch):
+            return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+
+        return evaluate_by_scores(model, data, batch_size, device, logits, self.num_labels)
+
+
+@torch.no_grad()
+def evaluate_by_scores(model: nn.Module, data, step: int, device, scores_of, num_classes: int) -> dict[str, float]:
+    """Cross-entropy and classification metrics of `scores_of(model, batch)` (one score per class or
+    per choice) over `data` in batches of `step` examples; shared by every task that picks a class."""
+    was_training = model.training
+    model.eval()
+    loss, predictions = 0.0, []
+    for start in range(0, len(data), step):
+        batch = data.batch(torch.arange(start, min(start + step, len(data))), device)
+        scores = scores_of(model, batch)
+        loss += F.cross_entropy(scores, batch["labels"], reduction="sum").item()
+        predictions.append(scores.argmax(-1).cpu())
+    model.train(was_training)
+    return classification_metrics(torch.cat(predictions), data.labels, loss / len(data), num_classes)
 
 
 def classification_metrics(predicted: torch.Tensor, labels: torch.Tensor, loss: float, num_labels: int) -> dict[str, float]:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fedsub.tasks.classification import classification_metrics
+from fedsub.tasks.classification import evaluate_by_scores
 from fedsub.tasks.generation import IGNORE
 
 SEPARATOR = "\x1f"
@@ -97,19 +97,9 @@ class MultipleChoiceTask:
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return F.cross_entropy(self.scores(model, batch), batch["labels"])
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, data: ChoiceEncoded, batch_size: int, device) -> dict[str, float]:
-        was_training = model.training
-        model.eval()
-        loss, predictions = 0.0, []
         step = max(1, batch_size // self.num_choices)  # batch_size counts sequences, C per example
-        for start in range(0, len(data), step):
-            batch = data.batch(torch.arange(start, min(start + step, len(data))), device)
-            scores = self.scores(model, batch)
-            loss += F.cross_entropy(scores, batch["labels"], reduction="sum").item()
-            predictions.append(scores.argmax(-1).cpu())
-        model.train(was_training)
-        return classification_metrics(torch.cat(predictions), data.labels, loss / len(data), self.num_choices)
+        return evaluate_by_scores(model, data, step, device, self.scores, self.num_choices)
 
 
 def ending_loglik(logits: torch.Tensor, token_labels: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fedsub.tasks.classification import classification_metrics
+from fedsub.tasks.classification import evaluate_by_scores
 
 
 @dataclass
@@ -71,15 +71,5 @@ class ImageClassificationTask:
         pixels = batch["pixel_values"].to(next(model.parameters()).dtype)  # bf16 models take bf16 input
         return logits_of(model(pixel_values=pixels))
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, data: ImageEncoded, batch_size: int, device) -> dict[str, float]:
-        was_training = model.training
-        model.eval()
-        loss, predictions = 0.0, []
-        for start in range(0, len(data), batch_size):
-            batch = data.batch(torch.arange(start, min(start + batch_size, len(data))), device)
-            logits = self.logits(model, batch)
-            loss += F.cross_entropy(logits, batch["labels"], reduction="sum").item()
-            predictions.append(logits.argmax(-1).cpu())
-        model.train(was_training)
-        return classification_metrics(torch.cat(predictions), data.labels, loss / len(data), self.num_labels)
+        return evaluate_by_scores(model, data, batch_size, device, self.logits, self.num_labels)
