@@ -20,7 +20,7 @@ HERE = Path(__file__).parent
 END = "<!-- end generated -->"
 BLOCK = re.compile(r"<!-- generated: (?P<name>[\w.-]+) -->\n.*?" + re.escape(END), re.S)
 TITLES = {"simulator": "Simulator overhead", "galore": "GaLore-AdamW step time and state", "ajive": "AJIVE wall time",
-          "wordnet": "WordNet parse time"}
+          "wordnet": "WordNet parse time", "rounds": "Seconds, bytes and memory per round"}
 
 
 def machine_line(report: dict) -> str:
@@ -75,8 +75,21 @@ def wordnet_table(report: dict) -> list[str]:
     return table(["synsets parsed", "seconds per parse", f"median (target < {report['target_s']} s)"], rows)
 
 
+def rounds_table(report: dict) -> list[str]:
+    w = report["workload"]
+    rows = [[r["method"], f"{r['seconds_round_median']:.2f}", ", ".join(f"{v:.2f}" for v in r["seconds_round_per_repeat"]),
+             f"{r['seconds_train_median']:.2f}", f"{r['seconds_aggregate_median']:.2f}", f"{r['seconds_eval_median']:.2f}",
+             f"{r['seconds_ajive_median']:.2f}", f"{r['mb_up_per_round']:.2f}", f"{r['mb_down_per_round']:.2f}", f"{r['peak_rss_mb']:.0f}"]
+            for r in report["results"]]  # fmt: skip
+    header = ["method", "s/round (median)", "per repeat", "training", "aggregation", "evaluation", "of which AJIVE",
+              "MB up", "MB down", "peak RSS MB"]  # fmt: skip
+    return [f"`{w['config']}`, {w['rounds']} rounds x {w['repeats']} repeats, {w['clients_per_round']} clients per round x "
+            f"{w['local_steps']} local steps; seconds are medians over rounds, then over repeats.", ""] + table(header, rows)  # fmt: skip
+
+
 RENDERERS: dict[str, Callable[[dict], list[str]]] = {
     "simulator": simulator_table, "galore": galore_table, "ajive": ajive_table, "wordnet": wordnet_table,
+    "rounds": rounds_table,
 }  # fmt: skip
 
 

@@ -55,3 +55,27 @@ def test_bench_script_runs_in_bfloat16_and_records_the_machine(tmp_path):
     assert machine["dtype"] == "bfloat16" and machine["device"] == "cpu"
     assert machine["torch"] and machine["transformers"] and machine["peft"] and machine["date"]
     assert [r["K"] for r in report["results"]] == [10, 10] and all(r["cold_s_median"] > 0 for r in report["results"])
+
+
+def test_rounds_bench_takes_medians_over_repeats_and_renders_them(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))  # bench_rounds imports benchmarks/common.py
+    spec = importlib.util.spec_from_file_location("bench_rounds", BENCH / "bench_rounds.py")
+    bench_rounds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_rounds)
+
+    def cell(seconds):
+        parts = dict.fromkeys(bench_rounds.PARTS, seconds / 2)
+        return {**parts, "seconds_round": seconds, "bytes_up_per_round": 2e6, "bytes_down_per_round": 1e6, "peak_rss_mb": seconds * 100}
+
+    runs = [{"fedit": cell(s), "fedgalore": cell(s + 1)} for s in (3.0, 9.0, 4.0)]
+    rows = bench_rounds.combine(runs)
+    assert [r["method"] for r in rows] == ["fedit", "fedgalore"]
+    assert rows[0]["seconds_round_median"] == 4.0 and rows[0]["seconds_train_median"] == 2.0
+    assert rows[1]["seconds_round_per_repeat"] == [4.0, 10.0, 5.0] and rows[1]["peak_rss_mb"] == 1000.0
+    assert rows[0]["mb_up_per_round"] == 2.0 and rows[0]["mb_down_per_round"] == 1.0
+    cpu = json.loads((BENCH / "results" / "simulator-cpu.json").read_text())
+    report = {"benchmark": "rounds", "machine": cpu["machine"], "results": rows,
+              "workload": {"config": "configs/fedgalore_grid.yaml", "rounds": 3, "repeats": 3, "clients_per_round": 8, "local_steps": 5}}  # fmt: skip
+    out = load_results_md().update("# Benchmarks\n", {"rounds-cpu": report})
+    assert "## Seconds, bytes and memory per round (cpu)" in out
+    assert "| fedit | 4.00 | 3.00, 9.00, 4.00 | 2.00 | 2.00 | 2.00 | 2.00 | 2.00 | 1.00 | 900 |" in out
