@@ -107,3 +107,14 @@ def test_atomic_writes_honour_the_umask(tmp_path, umask, mode):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == mode and path.read_text() == "x"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_cuda_checkpoint_on_a_machine_without_cuda_is_refused_in_one_line(tmp_path):
+    save_checkpoint(tmp_path, sample_checkpoint(1))
+    pointer = tmp_path / "checkpoint.json"
+    pointer.write_text(pointer.read_text().replace('"device": "cpu"', '"device": "cuda:0"'))  # as written on a GPU
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(tmp_path)
+    message = str(err.value)
+    assert message.startswith(f"checkpoint {pointer}: it holds tensors on cuda:0") and "CUDA" in message and "\n" not in message

@@ -114,7 +114,7 @@ def decode(node: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if not isinstance(node, dict):
         return node
     if "$tensor" in node:
-        value = tensors[node["$tensor"]].to(node["device"])
+        value = tensors[node["$tensor"]].to(_available(node["device"]))
         order = node.get("order")
         return value.permute([order.index(d) for d in range(len(order))]) if order else value
     if "$ndarray" in node:
@@ -127,7 +127,14 @@ def decode(node: Any, tensors: dict[str, torch.Tensor]) -> Any:
         return np.dtype(node["$numpy"]).type(node["value"])
     if "$dtype" in node:
         return getattr(torch, node["$dtype"])
-    raise CheckpointError(f"checkpoint: unknown entry {sorted(node)}")
+    raise CheckpointError(f"unknown entry {sorted(node)}")
+
+
+def _available(device: str) -> str:
+    # Without this, torch's own "Torch not compiled with CUDA enabled" traceback would be the message.
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CheckpointError(f"it holds tensors on {device}, but torch sees no CUDA device here; resume on a machine with CUDA")
+    return device
 
 
 def _hashable(key: Any) -> Any:
@@ -226,8 +233,8 @@ def load_checkpoint(folder: str | Path) -> Checkpoint | None:
             rng=decode(structure["rng"], tensors),
             fingerprint=str(pointer.get("fingerprint", "")),
         )
-    except CheckpointError:
-        raise
+    except CheckpointError as err:
+        raise CheckpointError(f"checkpoint {path}: {err}") from None
     except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({reason}); {fix}") from None
