@@ -231,3 +231,30 @@ def test_a_method_killed_mid_run_continues_from_its_checkpoint(grid, tmp_path, m
     strip = lambda path: [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in path.read_text().splitlines()]  # noqa: E731
     assert strip(cell(tmp_path / "g", "0.5", 0, "fedit") / "metrics.jsonl") == strip(cell(out, "0.5", 0, "fedit") / "metrics.jsonl")
 
+
+
+def test_a_generation_grid_is_reported_by_rouge_and_bleu(tmp_path):
+    """Generation runs have no accuracy: the table and plots use ROUGE-L and BLEU-4 (the summaries'
+    final_/best_ rougeL and bleu4), not columns of '-'."""
+    from matplotlib.image import imread
+
+    runs = {0: (0.25, 0.30, 4.0, 5.0), 1: (0.35, 0.40, 6.0, 7.0)}  # seed: final/best ROUGE-L, final/best BLEU-4
+    for seed, (rouge, best_rouge, bleu, best_bleu) in runs.items():
+        run = tmp_path / f"seed-{seed}"
+        (run / "fedit").mkdir(parents=True)
+        (run / "config.yaml").write_text(yaml.safe_dump({"seed": seed, "partition": {"alpha": 0.5}, "methods": [{"name": "fedit"}]}))
+        records = [{"round": r, "test_loss": 3.0, "rougeL": rouge * r / 2, "bleu4": bleu, "bytes_up": 10, "bytes_down": 10} for r in (1, 2)]
+        (run / "fedit" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        summary = {"method": "fedit", "rounds": 2, "final_accuracy": None, "final_rougeL": rouge, "best_rougeL": best_rouge,
+                   "final_bleu4": bleu, "best_bleu4": best_bleu, "final_perplexity": 20.0, "bytes_up_per_round": 1e6,
+                   "bytes_down_per_round": 2e6, "seconds_per_round": 1.5, "peak_rss_mb": 100.0}  # fmt: skip
+        (run / "fedit" / "summary.json").write_text(json.dumps(summary))
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "report")]) == 0
+    text = (tmp_path / "report" / "results.md").read_text()
+    assert "| method | alpha | final ROUGE-L | best ROUGE-L | final BLEU-4 | best BLEU-4 |" in text and "final acc" not in text
+    std = lambda a, b: abs(a - b) / 2**0.5  # noqa: E731 (sample std of two values)
+    assert f"| fedit | 0.5 | 0.3000 ± {std(0.25, 0.35):.4f} | 0.3500 ± {std(0.3, 0.4):.4f} | 5.0000 ± {std(4, 6):.4f} | 6.0000 ± {std(5, 7):.4f} | 1.00 | 2.00 | 1.50 | 100.00 | 2 |" in text
+    rows = list(csv.DictReader((tmp_path / "report" / "results.csv").open()))
+    assert [float(r["final_rougeL"]) for r in rows] == [0.25, 0.35] and [float(r["final_perplexity"]) for r in rows] == [20.0, 20.0]
+    assert imread(tmp_path / "report" / "rougeL_rounds.png").shape[1] == 5 * 110  # one alpha panel
+    assert not (tmp_path / "report" / "accuracy_rounds.png").exists()

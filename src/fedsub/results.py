@@ -3,7 +3,8 @@
 A cell is one finished method (its summary.json exists) of one run directory, named by
 (method key, alpha, seed) from the run's config.yaml. Written into the output folder:
 results.csv (one row per cell, the summary's numbers at full precision), results.md (per method and
-alpha: mean ± sample std over seeds) and the plots of `fedsub.grid_plots`.
+alpha: mean ± sample std over seeds) and the plots of `fedsub.grid_plots`. A grid of generation runs
+(no accuracy) is reported by ROUGE-L and BLEU-4 instead of accuracy and macro-F1.
 """
 
 from __future__ import annotations
@@ -26,16 +27,33 @@ ALPHA_SCHEMES = ("dirichlet", "quantity")  # the partition schemes that read par
 SUMMARY_FIELDS = [
     "rounds", "final_accuracy", "best_accuracy", "final_macro_f1", "best_macro_f1", "final_test_loss",
     "bytes_up_per_round", "bytes_down_per_round", "seconds_per_round", "peak_rss_mb",
+    "final_rougeL", "best_rougeL", "final_bleu4", "best_bleu4", "final_perplexity",
 ]  # fmt: skip
 SPREAD_FIELDS = [  # (summary key, column title): mean ± std over seeds
     ("final_accuracy", "final acc"), ("best_accuracy", "best acc"),
     ("final_macro_f1", "final macro-F1"), ("best_macro_f1", "best macro-F1"),
 ]  # fmt: skip
+GENERATION_SPREAD_FIELDS = [
+    ("final_rougeL", "final ROUGE-L"), ("best_rougeL", "best ROUGE-L"),
+    ("final_bleu4", "final BLEU-4"), ("best_bleu4", "best BLEU-4"),
+]  # fmt: skip
 MEAN_FIELDS = [  # (summary key, column title, scale): mean over seeds
     ("bytes_up_per_round", "MB up/round", 1e-6), ("bytes_down_per_round", "MB down/round", 1e-6),
     ("seconds_per_round", "s/round", 1.0), ("peak_rss_mb", "peak MB", 1.0),
 ]  # fmt: skip
-HEADER = ["method", "alpha"] + [t for _, t in SPREAD_FIELDS] + [t for _, t, _ in MEAN_FIELDS] + ["seeds"]
+
+
+def is_generation(cells: list["Cell"]) -> bool:
+    """Every cell a generation run (ROUGE-L, no accuracy): the tables and plots use its metrics."""
+    return bool(cells) and all(c.summary.get("final_rougeL") is not None for c in cells)
+
+
+def spread_fields(cells: list["Cell"]) -> list[tuple[str, str]]:
+    return GENERATION_SPREAD_FIELDS if is_generation(cells) else SPREAD_FIELDS
+
+
+def header(cells: list["Cell"]) -> list[str]:
+    return ["method", "alpha"] + [t for _, t in spread_fields(cells)] + [t for _, t, _ in MEAN_FIELDS] + ["seeds"]
 
 
 @dataclass(frozen=True)
@@ -123,7 +141,7 @@ def summary_rows(cells: list[Cell]) -> list[list[str]]:
     rows = []
     for (method, alpha), group in groups(cells).items():
         row = [method, alpha]
-        for key, _ in SPREAD_FIELDS:
+        for key, _ in spread_fields(cells):
             values = [c.summary[key] for c in group if c.summary.get(key) is not None]
             mean, std = mean_std(values) if values else (None, None)
             row.append("-" if mean is None else f"{mean:.4f}" + ("" if std is None else f" ± {std:.4f}"))
@@ -136,15 +154,17 @@ def summary_rows(cells: list[Cell]) -> list[list[str]]:
 
 
 def results_markdown(cells: list[Cell]) -> str:
+    metrics = "ROUGE-L and BLEU-4" if is_generation(cells) else "accuracy and macro-F1"
+    columns = header(cells)
     lines = [
         "# Results",
         "",
-        "Per method and partition alpha: accuracy and macro-F1 as mean ± sample std (ddof 1) over the seeds;",
+        f"Per method and partition alpha: {metrics} as mean ± sample std (ddof 1) over the seeds;",
         "MB (10^6 bytes) per round over all clients of a round, s/round (each run's median round) and peak",
         "resident MB (each method's own peak) as means over the seeds. One row per cell: results.csv.",
         "",
-        "| " + " | ".join(HEADER) + " |",
-        "|" + "---|" * len(HEADER),
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
     ]
     lines += ["| " + " | ".join(row) + " |" for row in summary_rows(cells)]
     return "\n".join(lines) + "\n"
@@ -166,7 +186,7 @@ def print_results(console, cells: list[Cell]) -> None:
     from rich.table import Table
 
     table = Table(title="results (mean ± std over seeds)")
-    for title in HEADER:
+    for title in header(cells):
         table.add_column(title, justify="left" if title in ("method", "alpha") else "right")
     for row in summary_rows(cells):
         table.add_row(*row)
