@@ -36,3 +36,10 @@ def test_tensorboard_flag_without_the_package_exits_2_with_one_line(tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pip install 'fedsub[tensorboard]'" in err
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_generation_metrics_are_filed_under_eval():
+    from fedsub.tblog import scalar_tag
+
+    assert [scalar_tag(k) for k in ("rougeL", "bleu4", "perplexity", "seconds_ajive", "ajive_joint_rank_mean")] == [
+        "eval/rougeL", "eval/bleu4", "eval/perplexity", "seconds/seconds_ajive", "method/ajive_joint_rank_mean"]  # fmt: skip

@@ -11,7 +11,8 @@ from pathlib import Path
 from fedsub.config import ConfigError
 
 INSTALL_HINT = "--tensorboard needs the tensorboard package; pip install 'fedsub[tensorboard]' (or tensorboard==2.21.0)"
-GROUPS = {"accuracy": "eval", "macro_f1": "eval", "test_loss": "eval", "train_loss": "train"}
+GROUPS = {"accuracy": "eval", "macro_f1": "eval", "test_loss": "eval", "rougeL": "eval", "bleu4": "eval", "perplexity": "eval",
+          "train_loss": "train"}  # fmt: skip
 
 
 def check_tensorboard() -> None:
