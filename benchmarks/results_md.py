@@ -20,7 +20,8 @@ HERE = Path(__file__).parent
 END = "<!-- end generated -->"
 BLOCK = re.compile(r"<!-- generated: (?P<name>[\w.-]+) -->\n.*?" + re.escape(END), re.S)
 TITLES = {"simulator": "Simulator overhead", "galore": "GaLore-AdamW step time and state", "ajive": "AJIVE wall time",
-          "wordnet": "WordNet parse time", "rounds": "Seconds, bytes and memory per round"}
+          "wordnet": "WordNet parse time", "rounds": "Seconds, bytes and memory per round",
+          "tasks": "Tasks: seconds per round, peak memory and bytes"}
 
 
 def machine_line(report: dict) -> str:
@@ -87,9 +88,23 @@ def rounds_table(report: dict) -> list[str]:
             f"{w['local_steps']} local steps; seconds are medians over rounds, then over repeats.", ""] + table(header, rows)  # fmt: skip
 
 
+TASK_PRESETS = {"generation": "generation (configs/generation.yaml)", "multiple_choice": "multiple choice (configs/multiple_choice.yaml)",
+                "vision": "vision (configs/vision.yaml)"}  # fmt: skip
+METRIC_NAMES = {"rougeL": "ROUGE-L", "accuracy": "accuracy"}
+
+
+def tasks_table(report: dict) -> list[str]:
+    rows = [[TASK_PRESETS.get(c["task"], c["task"]), c["method"], f"{c['seconds_per_round']:.1f}", f"{c['peak_rss_mb']:.0f}",
+             f"{c['mb_up_per_round']:.2f}", f"{c['mb_down_per_round']:.2f}",
+             f"{METRIC_NAMES.get(c['metric'], c['metric'])} {c['final_metric']:.4f}"] for c in report["cells"]]  # fmt: skip
+    header = ["task (preset)", "method", "s/round", "peak RSS (MB)", "MB up/round", "MB down/round",
+              f"final metric ({report['workload']['rounds']} rounds)"]  # fmt: skip
+    return table(header, rows)
+
+
 RENDERERS: dict[str, Callable[[dict], list[str]]] = {
     "simulator": simulator_table, "galore": galore_table, "ajive": ajive_table, "wordnet": wordnet_table,
-    "rounds": rounds_table,
+    "rounds": rounds_table, "tasks": tasks_table,
 }  # fmt: skip
 
 
