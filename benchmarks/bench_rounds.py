@@ -23,7 +23,7 @@ from pathlib import Path
 from common import add_device_args, check_device, emit, machine_info
 
 from fedsub.compare import select_methods
-from fedsub.config import load_config
+from fedsub.config import ConfigError, load_config
 from fedsub.core.io import atomic_write_text
 from fedsub.report import read_metrics
 from fedsub.run import run_experiment
@@ -71,10 +71,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the JSON result here")
     args = parser.parse_args()
     check_device(args.device)
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: must be at least 1")
     overrides = [f"federation.rounds={args.rounds}", f"device={args.device}", f"dtype={args.dtype}", *args.set]
-    cfg = load_config(args.config, overrides)
-    if args.methods:
-        cfg = cfg.model_copy(update={"methods": select_methods(cfg, args.methods)})
+    try:
+        cfg = load_config(args.config, overrides)
+        if args.methods:
+            cfg = cfg.model_copy(update={"methods": select_methods(cfg, args.methods)})
+    except ConfigError as err:
+        parser.error(str(err))
     machine = machine_info(args.device, args.dtype)
     workload = {"config": args.config, "rounds": args.rounds, "repeats": args.repeats, "overrides": args.set,
                 "clients_per_round": cfg.federation.clients_per_round, "local_steps": cfg.train.local_steps}  # fmt: skip

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import statistics
 from collections import defaultdict
 
@@ -20,10 +21,16 @@ def main() -> None:
     parser.add_argument("csv")
     parser.add_argument("--ref", default="fedgalore")
     args = parser.parse_args()
+    if not os.path.isfile(args.csv):
+        parser.error(f"{args.csv}: no such file; pass the results.csv that fedsub compare / fedsub report wrote")
     acc: dict[str, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
     with open(args.csv) as handle:
         for row in csv.DictReader(handle):
-            acc[row["alpha"]][row["method"]][int(row["seed"])] = float(row["final_accuracy"])
+            if row.get("final_accuracy"):  # generation runs have none
+                acc[row["alpha"]][row["method"]][int(row["seed"])] = float(row["final_accuracy"])
+    methods_seen = {m for per_alpha in acc.values() for m in per_alpha}
+    if args.ref not in methods_seen:
+        parser.error(f"--ref {args.ref}: no such method with a final_accuracy in {args.csv}; it has {', '.join(sorted(methods_seen)) or 'none'}")
     for alpha, methods in sorted(acc.items()):
         seeds = sorted({s for per_seed in methods.values() for s in per_seed})
         print(f"\nalpha {alpha}\n")
