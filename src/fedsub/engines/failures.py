@@ -59,22 +59,28 @@ def run_client(cfg: FailureConfig, client_id: int, fault: str | None, train: Cal
     except Exception as err:  # any failure of one client must not end the federation
         message = str(err).splitlines()[0] if str(err) else ""
         return ClientOutcome(client_id, None, f"error: {type(err).__name__}: {message}"[:300], time.perf_counter() - tic, False)
-    seconds = time.perf_counter() - tic
-    outcome = reply_outcome(client_id, update, seconds)
-    if outcome.update is None:
-        return outcome
+    return reply_outcome(cfg, client_id, update, time.perf_counter() - tic, fault)
+
+
+def train_loss(update: ClientUpdate):
+    return update.metrics.get("train_loss") if isinstance(update.metrics, dict) else None
+
+
+def finite_train_loss(update: ClientUpdate) -> bool:
+    loss = train_loss(update)
+    return isinstance(loss, (int, float)) and math.isfinite(loss)
+
+
+def reply_outcome(cfg: FailureConfig, client_id: int, update: ClientUpdate, seconds: float, fault: str | None) -> ClientOutcome:
+    """A trained client's reply, as the server takes it (both engines): dropped with its state
+    discarded if its train loss is not finite; dropped (state kept) if it is a simulated straggler
+    or trained longer than failures.deadline_s."""
+    if not finite_train_loss(update):
+        return ClientOutcome(client_id, None, f"non-finite train_loss {train_loss(update)!r}", seconds, False)
     if fault == "straggler":
         return ClientOutcome(client_id, None, "straggler", seconds)
     if cfg.deadline_s is not None and seconds > cfg.deadline_s:
         return ClientOutcome(client_id, None, f"deadline: trained {seconds:.2f} s > deadline_s {cfg.deadline_s:g}", seconds)
-    return outcome
-
-
-def reply_outcome(client_id: int, update: ClientUpdate, seconds: float) -> ClientOutcome:
-    """A reply that reached the server: dropped (state discarded) if its train loss is not finite."""
-    loss = update.metrics.get("train_loss") if isinstance(update.metrics, dict) else None
-    if not isinstance(loss, (int, float)) or not math.isfinite(loss):
-        return ClientOutcome(client_id, None, f"non-finite train_loss {loss!r}", seconds, False)
     return ClientOutcome(client_id, update, None, seconds)
 
 

@@ -9,7 +9,6 @@ message, so there the model is loaded every round (measured in benchmarks/RESULT
 
 from __future__ import annotations
 
-import math
 import tempfile
 import time
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from fedsub.config import ConfigError, ExperimentConfig, MethodSpec
 from fedsub.core.registry import build_method
 from fedsub.core.types import ClientContext, TrainSettings
 from fedsub.core.workspace import Workspace
+from fedsub.engines.failures import finite_train_loss
 from fedsub.engines.flower.records import META, load_client_state, record_to_payload, save_client_state, update_to_record
 from fedsub.engines.flower.server import config_from_text, method_spec, query_reply
 from fedsub.engines.simulation import FederatedData, build_workspace, client_seed, prepare_data, train_settings
@@ -88,8 +88,7 @@ def handle_train(message: Message, context: Context) -> Message:
     tic = time.perf_counter()
     update = node.method.client_train(node.workspace, payload, client)
     seconds = time.perf_counter() - tic
-    loss = update.metrics.get("train_loss")
-    if isinstance(loss, (int, float)) and math.isfinite(loss):  # a diverged client's state is discarded, as in the simulator
+    if finite_train_loss(update):  # a diverged client's state is discarded, as in the simulator
         save_client_state(context.state, client.state)
     content = update_to_record(update)
     content.config_records[META]["seconds_train"] = seconds

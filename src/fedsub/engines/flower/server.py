@@ -122,13 +122,7 @@ class FlowerServer(Simulation):
         """A reply in time; a simulated straggler's or one over failures.deadline_s is dropped, as in the simulator."""
         update = record_to_update(reply.content)
         seconds = float(reply.content.config_records[META]["seconds_train"])
-        outcome = reply_outcome(update.client_id, update, seconds)
-        if outcome.update is not None and fault == "straggler":
-            return ClientOutcome(update.client_id, None, "straggler", seconds)
-        deadline = self.cfg.failures.deadline_s
-        if outcome.update is not None and deadline is not None and seconds > deadline:
-            return ClientOutcome(update.client_id, None, f"deadline: trained {seconds:.2f} s > deadline_s {deadline:g}", seconds)
-        return outcome
+        return reply_outcome(self.cfg.failures, update.client_id, update, seconds, fault)
 
 
 def first_line(text: str | None) -> str:
