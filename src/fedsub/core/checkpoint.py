@@ -101,8 +101,9 @@ def _tensor_key(tensor: torch.Tensor, tensors: dict[str, torch.Tensor], seen: di
         return seen[id(tensor)]
     key = f"t{len(tensors)}"
     laid_out = tensor.detach().permute(order) if order else tensor.detach()
-    # clone: safetensors refuses tensors that share storage (views of one optimizer buffer)
-    tensors[key] = laid_out.to("cpu").contiguous().clone()
+    # always a fresh compact copy (one, even from a GPU): safetensors refuses tensors that share
+    # storage (views of one optimizer buffer)
+    tensors[key] = laid_out.to("cpu", memory_format=torch.contiguous_format, copy=True)
     seen[id(tensor)] = key
     return key
 
