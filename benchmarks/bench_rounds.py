@@ -8,7 +8,7 @@ Each repeat is one `fedsub run` of the selected methods for `--rounds` rounds (t
 the peak-memory counter per method). Per method: the median over repeats of each run's median
 seconds per round (and of its training / aggregation / evaluation / AJIVE parts), the exact bytes up
 and down per round, and the largest peak RSS. Accuracy after so few rounds is not reported: the grid
-is where accuracy comes from. Not in `make bench` (about 20 min on the 2-core CPU); its JSON,
+is where accuracy comes from. Not in `make bench` (about 30 min on the 2-core CPU); its JSON,
 results/rounds-DEVICE.json, is rendered into RESULTS.md by results_md.py like the others.
 """
 
