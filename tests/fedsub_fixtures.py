@@ -118,6 +118,20 @@ def strip_timing(record):
     return {k: v for k, v in record.items() if k not in TIMING_KEYS and not k.startswith("seconds_")}
 
 
+def untimed_records(path):
+    """A metrics.jsonl's records without their timing fields."""
+    import json
+
+    return [strip_timing(json.loads(line)) for line in path.read_text().splitlines()]
+
+
+def one_line_error(capsys) -> str:
+    """stderr of a CLI call that failed: one `fedsub: error: ...` line, returned."""
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("fedsub: error: "), err
+    return err
+
+
 def assert_close(a, b, path=""):
     """Same keys, same values; floats to 1e-6."""
     import pytest

@@ -10,13 +10,7 @@ from hypothesis import strategies as st
 
 from fedsub.cli import main
 from fedsub.config import ConfigError, validate_config
-from fedsub_fixtures import write_csv_experiment
-
-
-def one_line_error(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("fedsub: error: "), err
-    return err
+from fedsub_fixtures import one_line_error, write_csv_experiment
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import pytest
 
 from fedsub.cli import main
 from fedsub.engines.simulation import TIMING_KEYS
-from fedsub_fixtures import write_csv_experiment
+from fedsub_fixtures import one_line_error, write_csv_experiment
 
 METHODS = ["fedavg_full", "fedit", "ffa_lora"]
 
@@ -77,8 +77,7 @@ def test_existing_run_directory_is_not_overwritten(csv_config, tmp_path, capsys)
 )
 def test_bad_config_exits_2_with_one_line(csv_config, tmp_path, capsys, override, expected):
     assert main(["run", str(csv_config), "--out", str(tmp_path / "x"), "--quiet", "--set", override]) == 2
-    err = capsys.readouterr().err.strip()
-    assert expected in err and len(err.splitlines()) == 1, err
+    assert expected in one_line_error(capsys)
 
 
 def test_console_script_reports_a_missing_config_without_traceback(tmp_path):

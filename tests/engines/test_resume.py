@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from fedsub.engines.simulation import TIMING_KEYS, Simulation
-from fedsub_fixtures import tiny_config
+from fedsub.engines.simulation import Simulation
+from fedsub_fixtures import tiny_config, untimed_records
 
 # Methods with the most state to carry: client optimizer moments (fedftg, fedgalore sync none),
 # per-client weight copies and a delta history (fedgalore factored downlink), merged bases (flora).
@@ -38,12 +38,6 @@ def stop_at(monkeypatch, round_index):
     return lambda: monkeypatch.setattr(Simulation, "run_round", original)
 
 
-def untimed(path):
-    """The records without timing fields (fedgalore adds its own seconds_ajive)."""
-    lines = path.read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS and not k.startswith("seconds_")} for line in lines]
-
-
 @pytest.mark.parametrize("name, options", CASES, ids=[f"{n}-{'-'.join(map(str, o.values())) or 'default'}" for n, o in CASES])
 def test_resume_after_an_interrupt_equals_the_uninterrupted_run(tiny_data, tmp_path, monkeypatch, name, options):
     method = {"name": name, **options}
@@ -53,10 +47,10 @@ def test_resume_after_an_interrupt_equals_the_uninterrupted_run(tiny_data, tmp_p
     with pytest.raises(KeyboardInterrupt):
         make(tiny_data, tmp_path / "cut", method).run()
     undo()
-    assert len(untimed(tmp_path / "cut" / "metrics.jsonl")) == 2
+    assert len(untimed_records(tmp_path / "cut" / "metrics.jsonl")) == 2
     resumed = make(tiny_data, tmp_path / "cut", method, resume=True)
     resumed.run()
-    assert untimed(tmp_path / "cut" / "metrics.jsonl") == untimed(tmp_path / "ref" / "metrics.jsonl")
+    assert untimed_records(tmp_path / "cut" / "metrics.jsonl") == untimed_records(tmp_path / "ref" / "metrics.jsonl")
     assert resumed.state.tensors.keys() == reference.state.tensors.keys()
     assert all(torch.equal(resumed.state.tensors[n], reference.state.tensors[n]) for n in reference.state.tensors)
 
@@ -69,9 +63,9 @@ def test_rounds_logged_after_the_last_checkpoint_are_redone(tiny_data, tmp_path,
         make(tiny_data, tmp_path / "cut", "fedit", rounds=4, checkpoint={"every": 2}).run()
     undo()
     assert json.loads((tmp_path / "cut" / "checkpoint" / "checkpoint.json").read_text())["round"] == 2
-    assert len(untimed(tmp_path / "cut" / "metrics.jsonl")) == 3
+    assert len(untimed_records(tmp_path / "cut" / "metrics.jsonl")) == 3
     make(tiny_data, tmp_path / "cut", "fedit", rounds=4, resume=True, checkpoint={"every": 2}).run()
-    assert untimed(tmp_path / "cut" / "metrics.jsonl") == untimed(tmp_path / "ref" / "metrics.jsonl")
+    assert untimed_records(tmp_path / "cut" / "metrics.jsonl") == untimed_records(tmp_path / "ref" / "metrics.jsonl")
 
 
 def test_checkpoint_every_zero_writes_none_and_resume_starts_over(tiny_data, tmp_path):

@@ -16,17 +16,11 @@ import numpy as np
 
 from fedsub.config import load_config
 from fedsub.core.checkpoint import CRASH_ENV
-from fedsub.engines.simulation import TIMING_KEYS
 from fedsub.run import run_experiment
-from fedsub_fixtures import write_csv_experiment
+from fedsub_fixtures import untimed_records, write_csv_experiment
 
 ROUNDS = 6
 METHOD = {"name": "fedgalore", "sync": "none", "proj_refresh_rounds": 2}  # client moments, weight copies, deltas
-
-
-def untimed(path):
-    lines = path.read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS and not k.startswith("seconds_")} for line in lines]
 
 
 def _cli(args, env):
@@ -75,5 +69,5 @@ def test_sigkill_mid_checkpoint_and_mid_round_then_resume_gives_the_uninterrupte
     assert second.exitcode == -signal.SIGKILL and crash_round <= done < ROUNDS, f"second run reached round {done} before the kill"
 
     run_experiment(load_config(cut / "config.yaml"), cut, quiet=True, resume=True)
-    assert untimed(cut / "fedgalore" / "metrics.jsonl") == untimed(tmp_path / "ref" / "fedgalore" / "metrics.jsonl")
+    assert untimed_records(cut / "fedgalore" / "metrics.jsonl") == untimed_records(tmp_path / "ref" / "fedgalore" / "metrics.jsonl")
     assert (cut / "fedgalore" / "summary.json").is_file() and not (cut / "fedgalore" / "checkpoint").exists()

@@ -8,7 +8,7 @@ import yaml
 
 from fedsub.cli import main
 from fedsub.data.instructions import load_wordnet_choice, load_wordnet_instructions, parse_gloss
-from fedsub_fixtures import INSTRUCTIONS, TASK_SECTIONS
+from fedsub_fixtures import INSTRUCTIONS, TASK_SECTIONS, one_line_error
 
 
 @pytest.fixture
@@ -50,8 +50,7 @@ def test_generation_run_on_a_jsonl_file_then_export_as_a_causal_lm(jsonl_config,
 )
 def test_bad_task_input_exits_2_with_one_line(jsonl_config, tmp_path, capsys, override, expected):
     assert main(["run", str(jsonl_config), "--out", str(tmp_path / "bad"), "--quiet", "--set", override]) == 2
-    err = capsys.readouterr().err.strip()
-    assert expected in err and len(err.splitlines()) == 1, err
+    assert expected in one_line_error(capsys)
 
 
 def test_lora_methods_refuse_conv2d_targets_in_one_line(tmp_path, capsys):
