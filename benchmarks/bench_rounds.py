@@ -20,7 +20,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from common import add_device_args, check_device, emit, machine_info
+from common import add_device_args, check_device, emit, machine_info, partial_path
 
 from fedsub.compare import select_methods
 from fedsub.config import ConfigError, load_config
@@ -93,10 +93,6 @@ def main() -> None:
     emit({"benchmark": "rounds", "machine": machine, "workload": workload, "results": combine(runs)}, args.out)
     if args.out:
         partial_path(args.out).unlink(missing_ok=True)
-
-
-def partial_path(out: Path) -> Path:
-    return out.with_name(f"partial-{out.name}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import add_device_args, check_device, emit, machine_info
+from common import add_device_args, check_device, emit, machine_info, partial_path
 
 from fedsub.core.io import atomic_write_text
 
@@ -61,8 +61,10 @@ def main() -> None:
             report["cells"].append(run_cell(task, method, args))
             print(json.dumps(report["cells"][-1]), flush=True)  # a cell takes minutes: show (and keep) each
             if args.out:
-                atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
+                atomic_write_text(partial_path(args.out), json.dumps(report, indent=2) + "\n")
     emit(report, args.out)
+    if args.out:
+        partial_path(args.out).unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

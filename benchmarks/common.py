@@ -72,3 +72,9 @@ def emit(report: dict, out: str | Path | None) -> None:
     print(text)
     if out:
         atomic_write_text(Path(out), text + "\n")
+
+
+def partial_path(out: Path) -> Path:
+    """Where a long benchmark keeps its finished cells until it ends: a name results_md.py ignores,
+    so an interrupted run is never rendered as a complete table."""
+    return Path(out).with_name(f"partial-{Path(out).name}")
