@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedsub.tasks.classification import evaluate_by_scores
-from fedsub.tasks.generation import IGNORE
+from fedsub.tasks.generation import IGNORE, pad_right
 
 SEPARATOR = "\x1f"
 
@@ -71,7 +71,7 @@ class MultipleChoiceTask:
                 row, target = self.pair(context, ending)
                 rows.append(row)
                 targets.append(target)
-        ids, mask, token_labels = _pad(rows, targets, self.tokenizer.pad_token_id)
+        ids, mask, token_labels = pad_right(rows, targets, self.tokenizer.pad_token_id)
         shape = (len(contexts), self.num_choices, ids.shape[-1])
         token_labels = token_labels.view(shape) if self.scoring == "loglik" else None
         return ChoiceEncoded(ids.view(shape), mask.view(shape), token_labels, torch.as_tensor(list(labels), dtype=torch.long))
@@ -110,9 +110,3 @@ def ending_loglik(logits: torch.Tensor, token_labels: torch.Tensor) -> torch.Ten
     picked = torch.log_softmax(logits[:, :-1][rows].float(), dim=-1).gather(-1, target[rows].unsqueeze(-1)).squeeze(-1)
     sums = torch.zeros(len(target), dtype=picked.dtype, device=picked.device).index_add_(0, rows[0], picked)
     return sums / keep.sum(-1).clamp(min=1)
-
-
-def _pad(rows: list[list[int]], targets: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    from fedsub.tasks.generation import pad_right
-
-    return pad_right(rows, targets, pad)
