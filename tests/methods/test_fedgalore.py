@@ -26,9 +26,9 @@ def hand_state(v_hat=None):
     return ServerState(0, {"w": W, "h": torch.zeros(2)}, extra)
 
 
-def hand_update(cid, n, R, decay, h, V=None):
+def hand_update(cid, n, R, decay, h, V=None, v_step=5.0):
     tensors = {"R::w": R, "h": h, **({"V::w": V} if V is not None else {})}
-    return ClientUpdate(cid, Payload(tensors, {"decay": decay}), n)
+    return ClientUpdate(cid, Payload(tensors, {"decay": decay, **({"v_step": v_step} if V is not None else {})}), n)
 
 
 def test_server_aggregates_in_factored_form_exact_numbers():
@@ -78,7 +78,8 @@ def test_transport_on_refresh_maps_v_hat_to_the_new_basis_and_reset_drops_it():
     state.round = 1  # next round (2) refreshes: proj_refresh_rounds = 2, random source
     kept, _ = hand_method(sync="mean", proj_source="random", moments_on_refresh="transport").aggregate_train(state, updates)
     q = state.extra["projectors"]["w"] @ kept.extra["projectors"]["w"].mT  # 1 x 1
-    assert torch.allclose(kept.extra["v_hat"]["w"], V * q**2)
+    assert 0 < q**2 < 1  # the new direction is partly outside span(P_old) ...
+    assert torch.allclose(kept.extra["v_hat"]["w"], V * q**2 + (1 - q**2) * V)  # ... filled with the mean energy: rank 1 keeps V
     assert kept.extra["refresh"] == 1 and not torch.equal(kept.extra["projectors"]["w"], state.extra["projectors"]["w"])
     dropped, _ = hand_method(sync="mean", proj_source="random").aggregate_train(state, updates)
     assert dropped.extra["v_hat"] == {}
@@ -133,6 +134,7 @@ def test_all_clients_of_a_round_use_the_servers_projector(tiny_data, tmp_path, m
     sim = simulation(tiny_data, tmp_path, options={"proj_source": source, "proj_refresh_rounds": 1, "rank": 2, "sync": "mean"})
     calls, per_client = record_projectors(monkeypatch), len(sim.method.galore_names)
     for round_index in range(2):
+        sim.warmup(round_index, [0, 1, 2])  # round 1's svd projector is the warm-up sketch's (then run_round skips it)
         server = list(sim.state.extra["projectors"].values())
         calls.clear()
         record = sim.run_round(round_index)
@@ -262,3 +264,105 @@ def test_a_fixed_ajive_joint_rank_keeps_the_shared_direction_instead_of_the_mean
     assert not torch.allclose(results[1][0].extra["v_hat"]["w"], mean.clamp(min=0))
     if results[None][1]["ajive_joint_rank_max"] == 0.0:  # estimated rank 0 falls back to the mean
         assert torch.allclose(results[None][0].extra["v_hat"]["w"], mean)
+
+
+@pytest.mark.parametrize("sync", ["mean", "ajive"])
+def test_synced_single_client_equals_centralised_galore_adamw_with_first_moment_restarts(tiny_data, tmp_path, monkeypatch, sync):
+    """METHODS.md point 4: one client, full participation, V_hat synced back to it each round. It
+    must follow one GaLore-AdamW whose second moment (and its step count) carries on across rounds
+    and whose first moment restarts at every round boundary, over 4 rounds with a projector refresh
+    (reset) at round 3, from a warm-up sketch and a sketched P. The head's AdamW state restarts
+    every round in both (clients build a fresh optimizer). Failed on the raw-v upload (installed
+    with step=None: its first steps after a sync were ~14x too large): max difference 0.31."""
+    options = {"sync": sync, "proj_source": "svd", "proj_refresh_rounds": 2, "rank": 2, "scale": 0.5, "ajive_samples": 20}
+    overrides = dict(federation={"num_clients": 1, "clients_per_round": 1, "rounds": 4}, train__weight_decay=0.1)
+    sim = as_float64(simulation(tiny_data, tmp_path, options=options, **overrides))
+    reference = build_workspace(sim.cfg, build_method("fedgalore", options), tiny_data)
+    reference.model.double()
+    names, heads = sim.method.galore_names, sim.method.head_names
+    start = reference.read(names)
+    optimizer, managed = galore_optimizer(reference, names, sim.settings, rank=2, scale=0.5, proj_type="given")
+    head_params = [p for n, p in reference.parameters_by_name().items() if n in heads]
+    calls, used = record_projectors(monkeypatch), None
+    for round_index in range(4):
+        calls.clear()
+        record = sim.run_round(round_index)
+        projectors = calls[: len(names)]  # what the client installed this round
+        for p, proj in zip(managed, projectors):
+            state = optimizer.state[p]
+            if used is None or not all(torch.equal(a, b) for a, b in zip(used, projectors)):
+                optimizer.set_projector(p, proj)  # new P: both moments reset (moments_on_refresh)
+            else:  # round boundary: m restarts, v and its step count continue
+                state["exp_avg"].zero_()
+                state["m_step"].zero_()
+        for p in head_params:
+            optimizer.state[p] = {}
+        used = projectors
+        reference.train_local(sim.client_context(round_index, 0), optimizer)
+        assert record["proj_sketched"] == float(round_index % 2 == 1)  # sketched refreshes for rounds 3 and 5
+        assert record.get("warmup_sketched") == (1.0 if round_index == 0 else None)
+    assert record["round"] == 4 and sim.state.extra["refresh"] == 2
+    central = reference.read(names + heads)
+    diffs = [(central[n] - sim.state.tensors[n]).abs().max().item() for n in central]
+    assert max(diffs) < 1e-6
+    assert min((central[n] - start[n]).abs().max().item() for n in names) > 1e-4  # all trained
+
+
+def test_sync_reset_sends_no_moments_and_starts_every_round_fresh(tiny_data, tmp_path, monkeypatch):
+    """sync reset: no V up or down, no optimizer state kept; each round equals a fresh GaLore-AdamW."""
+    sim = simulation(tiny_data, tmp_path, options={"sync": "reset", "rank": 2, "proj_source": "random"})
+    seen = []
+    original = GaLoreAdamW.step
+
+    def spy(self, *args, **kwargs):
+        seen.append(min(self._galore_state(p)["v_step"].item() for p in self.galore_params()))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(GaLoreAdamW, "step", spy)
+    for round_index in range(2):
+        sim.run_round(round_index)
+        payload = sim.method.configure_train(sim.state, 0)
+        assert not [n for n in payload.tensors if n.startswith("V::")] and "v_step" not in payload.scalars
+    steps = sim.settings.local_steps
+    assert seen == [float(s) for s in range(steps)] * 6  # 3 clients x 2 rounds, every one from step 0
+    assert all("optimizer" not in s for s in sim.client_states.values())
+    update = sim.method.client_train(sim.workspace, sim.method.configure_train(sim.state, 0), sim.client_context(2, 0))
+    assert not [n for n in update.payload.tensors if n.startswith("V::")] and "v_step" not in update.payload.scalars
+
+
+def test_head_trains_at_the_runs_lr_and_seeds_follow_the_run_seed(tiny_data, tmp_path):
+    """head_lr defaults to the run's train.lr (not the method's GaLore lr); seed None -> the run seed."""
+    cfg = tiny_config(methods=[{"name": "fedgalore", "lr": 1e-4, "rank": 2}], seed=3)
+    sim = Simulation(cfg, cfg.methods[0], tiny_data, tmp_path / "a")
+    optimizer, _ = galore_optimizer(sim.workspace, sim.method.galore_names, sim.settings, head_lr=sim.method.options.head_lr)
+    assert [g["lr"] for g in optimizer.param_groups] == [1e-4, cfg.train.lr]
+    assert sim.method.options.seed == 3
+    other = Simulation(tiny_config(methods=[{"name": "fedgalore", "rank": 2}], seed=4), cfg.methods[0], tiny_data, tmp_path / "b")
+    first = lambda s: next(iter(s.state.extra["projectors"].values()))  # noqa: E731
+    assert not torch.equal(first(sim), first(other))  # different run seeds, different random projectors
+    pinned = build_method("fedgalore", {"rank": 2, "seed": 7}, run_seed=3)
+    assert pinned.options.seed == 7 and build_method("fedgalore", {"rank": 2}, run_seed=3).options.seed == 3
+
+
+def test_warmup_sketch_gives_round_one_an_informed_projector_and_counts_its_bytes(tiny_data, tmp_path):
+    sim = simulation(tiny_data, tmp_path, options={"rank": 2, "proj_source": "hybrid", "sync": "mean", "warmup_batches": 2})
+    random_p = dict(sim.state.extra["projectors"])
+    warm = sim.method.configure_warmup(sim.state, 0)
+    assert warm.scalars == {"warmup": True} and set(warm.tensors) == set(sim.method.head_names)
+    update = sim.method.client_warmup(sim.workspace, warm, sim.client_context(0, 0))
+    width = 2 * 2  # r + o, o = r
+    assert {n: tuple(t.shape) for n, t in update.payload.tensors.items()} == {
+        f"S::{n}": (n_ if m >= n_ else m, width) for n, (m, n_) in sim.method.shapes.items()}  # the projected side x (r + o)
+    record = sim.run_round(0)
+    assert record["warmup_sketched"] == 1.0 and record["seconds_warmup"] > 0
+    installed = sim.state.extra["deltas"][0]["projectors"]  # round 1 trained in the warm-up's P
+    assert installed is not None and not any(torch.equal(installed[n], random_p[n]) for n in random_p)
+    sketch_bytes = sum(t.numel() * 4 for t in update.payload.tensors.values()) * 3
+    head_bytes = sum(sim.state.tensors[n].numel() * 4 for n in sim.method.head_names) * 3
+    plain = simulation(tiny_data, tmp_path / "c", options={"rank": 2, "proj_source": "hybrid", "sync": "mean", "warmup_batches": 0})
+    plain_record = plain.run_round(0)
+    assert "warmup_sketched" not in plain_record
+    p_bytes = 3 * sum(p.numel() * 4 for p in installed.values())  # the sketched P goes down to each client
+    assert record["bytes_down"] == plain_record["bytes_down"] + head_bytes + p_bytes
+    assert record["bytes_up"] == plain_record["bytes_up"] + sketch_bytes
+    assert sim.method.configure_warmup(sim.state, 0) is None  # only before round 1

@@ -126,3 +126,18 @@ def test_add_projected_back_into_bf16_weight() -> None:
     assert w.dtype == torch.bfloat16
     expected = 0.5 - 0.5 * low @ P_ROW  # [[0.2, 0.1], [-0.1, -0.3], [-0.4, -0.7]]
     torch.testing.assert_close(w.float(), expected, atol=4e-3, rtol=0)  # bf16: 8 mantissa bits
+
+
+def test_transport_fills_the_share_of_the_new_basis_outside_the_old_span_with_the_mean_energy() -> None:
+    """P_old spans (e1, e2), P_new (e1, e3): Q = [[1, 0], [0, 0]], coverage c = (1, 0). v_old = [2, 4]
+    -> diagonal map [2, 0]; the uncovered e3 gets the mean 3: [2, 3] (without the term: 0, a step
+    1 / sqrt(eps)-large). Left side: the transpose."""
+    eye = torch.eye(3)
+    p_old, p_new = eye[[0, 1]], eye[[0, 2]]
+    v = torch.tensor([[2.0, 4.0]])
+    _, v_new = transport_moments(torch.zeros(1, 2), v, p_old, p_new, "right")
+    assert torch.equal(v_new, torch.tensor([[2.0, 3.0]]))
+    _, v_bare = transport_moments(torch.zeros(1, 2), v, p_old, p_new, "right", outside=False)
+    assert torch.equal(v_bare, torch.tensor([[2.0, 0.0]]))
+    _, vl_new = transport_moments(torch.zeros(2, 1), v.T, p_old.T, p_new.T, "left")
+    assert torch.equal(vl_new, torch.tensor([[2.0], [3.0]]))

@@ -45,9 +45,13 @@ def method_options(name: str) -> type[BaseModel]:
     return method_class(name).Options
 
 
-def build_method(name: str, options: BaseModel | dict | None = None):
-    """Instantiate a registered method with validated options."""
+def build_method(name: str, options: BaseModel | dict | None = None, run_seed: int = 0):
+    """Instantiate a registered method with validated options. A method's own ``seed`` option
+    (projectors, sketches, AJIVE draws) left at None becomes ``run_seed``, so a grid's seeds vary
+    them too; an explicit seed is kept."""
     cls = method_class(name)
     if not isinstance(options, BaseModel):
         options = cls.Options.model_validate(options or {})
+    if "seed" in type(options).model_fields and options.seed is None:
+        options = options.model_copy(update={"seed": run_seed})
     return cls(options)

@@ -64,6 +64,7 @@ class TrainSettings:
     local_epochs: float | None = None
     weight_decay: float = 0.0
     max_grad_norm: float | None = None
+    head_lr: float | None = None  # the run's train.lr: densely trained heads of the GaLore methods (their own lr is lower)
 
     def steps_for(self, num_examples: int) -> int:
         if self.local_epochs is not None:
@@ -94,6 +95,11 @@ class Method(Protocol):
     Optional: `update_spec(state, client_id, payload) -> fedsub.core.validation.UpdateSpec`, the
     tensors (names, shapes, dtypes) an honest reply to `payload` holds, for methods whose upload is
     not what they sent (the server validates every update against it; default: the sent tensors).
+
+    Warm-up (engines run it before a round's training for every sampled client whose
+    `configure_warmup` is not None; its bytes, seconds and failures count in that round):
+    `client_warmup(workspace, payload, client) -> ClientUpdate` (no training, client state
+    untouched) and `aggregate_warmup(state, updates) -> (state, metrics)`.
     """
 
     name: str
@@ -103,6 +109,8 @@ class Method(Protocol):
         """Adapt the freshly built model (add LoRA, freeze, ...) before `init`."""
 
     def init(self, workspace: "Workspace") -> ServerState: ...
+
+    def configure_warmup(self, state: ServerState, client_id: int) -> Payload | None: ...
 
     def configure_train(self, state: ServerState, client_id: int) -> Payload: ...
 

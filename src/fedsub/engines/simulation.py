@@ -30,7 +30,7 @@ from fedsub.core.workspace import Workspace
 from fedsub.engines.failures import ClientOutcome, run_client, screen_outcomes, simulated_fault, skip_reason
 from fedsub.models import head_module_names, target_linear_names
 
-TIMING_KEYS = ("seconds_train", "seconds_aggregate", "seconds_eval", "seconds_round", "peak_rss_mb")
+TIMING_KEYS = ("seconds_train", "seconds_aggregate", "seconds_eval", "seconds_round", "peak_rss_mb", "seconds_warmup")
 
 
 @dataclass
@@ -96,6 +96,7 @@ def train_settings(cfg: ExperimentConfig, spec: MethodSpec) -> TrainSettings:
         local_epochs=t.local_epochs,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
+        head_lr=t.lr,
     )
 
 
@@ -129,7 +130,7 @@ class Simulation:
     def __init__(self, cfg: ExperimentConfig, spec: MethodSpec, data: FederatedData, out_dir: Path, resume: bool = False):
         self.cfg, self.spec, self.data, self.out_dir, self.resume = cfg, spec, data, out_dir, resume
         reset_peak_rss()
-        self.method = build_method(spec.name, spec.options)
+        self.method = build_method(spec.name, spec.options, run_seed=cfg.seed)
         self.workspace = build_workspace(cfg, self.method, data)
         self.settings = train_settings(cfg, spec)
         self.client_states: dict[int, dict[str, Any]] = {}
@@ -156,6 +157,7 @@ class Simulation:
         fed = self.cfg.federation
         start = time.perf_counter()
         clients = sample_clients(self.cfg.seed, round_index, fed.num_clients, fed.clients_per_round)
+        warmup = self.warmup(round_index, clients)
         outcomes, sent, bytes_down = [], {}, 0
         for client_id in clients:
             sent[client_id] = self.method.configure_train(self.state, client_id)
@@ -163,12 +165,40 @@ class Simulation:
             outcomes.append(self.train_client(round_index, client_id, sent[client_id]))
             if on_client:
                 on_client()
-        return self.finish_round(round_index, start, clients, outcomes, sent, bytes_down)
+        return self.finish_round(round_index, start, clients, outcomes, sent, bytes_down, warmup)
+
+    def warmup(self, round_index: int, clients: list[int]) -> dict | None:
+        """The method's warm-up exchange before this round's training, if it asks for one."""
+        sent = {c: p for c in clients if (p := self.method.configure_warmup(self.state, c)) is not None}
+        if not sent:
+            return None
+        outcomes = []
+        for client_id, payload in sent.items():
+            fault = simulated_fault(self.cfg.failures, self.cfg.seed, round_index, client_id)
+            context = self.client_context(round_index, client_id)  # a copy: the warm-up keeps no state
+            outcomes.append(run_client(self.cfg.failures, client_id, fault, lambda: self.method.client_warmup(self.workspace, payload, context)))
+            self.workspace.model.zero_grad(set_to_none=True)
+        return self.finish_warmup(outcomes, sent)
+
+    def finish_warmup(self, outcomes: list[ClientOutcome], sent: dict[int, Payload]) -> dict:
+        """Screen and aggregate the warm-up replies (any engine); what the round's record adds."""
+        tic = time.perf_counter()
+        accepted, dropped, rejected = screen_outcomes(outcomes, sent, self.method, self.state, None)  # a sketch is no change: no max_norm
+        self.state, metrics = self.method.aggregate_warmup(self.state, accepted)
+        return {
+            "bytes_up": sum(payload_bytes(o.update.payload) for o in outcomes if o.update is not None),
+            "bytes_down": sum(p.nbytes() for p in sent.values()),
+            "dropped": [{**d, "reason": f"warm-up: {d['reason']}"} for d in dropped],
+            "rejected": [{**r, "reason": f"warm-up: {r['reason']}"} for r in rejected],
+            "metrics": metrics,
+            "seconds": sum(o.seconds for o in outcomes) + time.perf_counter() - tic,
+        }
 
     def finish_round(self, round_index: int, start: float, clients: list[int], outcomes: list[ClientOutcome],
-                     sent: dict[int, Payload], bytes_down: int) -> dict:
+                     sent: dict[int, Payload], bytes_down: int, warmup: dict | None = None) -> dict:
         """Screen the replies, aggregate (unless too few are left), evaluate, and build the round's
-        record. Shared by every engine, so the same run gives the same metrics.jsonl on each."""
+        record. Shared by every engine, so the same run gives the same metrics.jsonl on each.
+        A warm-up's bytes, failures and metrics are added to the round's."""
         accepted, dropped, rejected = screen_outcomes(outcomes, sent, self.method, self.state, self.cfg.validation.max_norm)
         skipped = skip_reason(self.cfg.failures, len(accepted))
         tic = time.perf_counter()
@@ -177,22 +207,25 @@ class Simulation:
             self.state, method_metrics = self.method.aggregate_train(self.state, accepted)
         seconds_aggregate = time.perf_counter() - tic
         evaluation, seconds_eval = self.maybe_evaluate(round_index)
+        warm = warmup or {"bytes_up": 0, "bytes_down": 0, "dropped": [], "rejected": [], "metrics": {}}
         return {
             "round": round_index + 1,
             "method": self.spec.key,
             **evaluation,
             "train_loss": mean_train_loss(accepted),
             "clients": clients,
-            "bytes_up": sum(payload_bytes(o.update.payload) for o in outcomes if o.update is not None),
-            "bytes_down": bytes_down,
+            "bytes_up": warm["bytes_up"] + sum(payload_bytes(o.update.payload) for o in outcomes if o.update is not None),
+            "bytes_down": warm["bytes_down"] + bytes_down,
             "aggregated": [u.client_id for u in accepted] if skipped is None else [],
-            "dropped": dropped,
-            "rejected": rejected,
+            "dropped": warm["dropped"] + dropped,
+            "rejected": warm["rejected"] + rejected,
             "skipped": skipped,
+            **warm["metrics"],
             **method_metrics,
             "seconds_train": sum(o.seconds for o in outcomes),
             "seconds_aggregate": seconds_aggregate,
             "seconds_eval": seconds_eval,
+            **({"seconds_warmup": warmup["seconds"]} if warmup else {}),
             "seconds_round": time.perf_counter() - start,
             "peak_rss_mb": peak_rss_mb(),
         }

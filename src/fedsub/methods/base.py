@@ -93,6 +93,11 @@ class FedAvgMethod:
         frozen = [n for n, p in params if not p.requires_grad and (".lora_A." in n or ".lora_B." in n)]
         return {"frozen_lora": workspace.read(frozen)} if frozen else {}
 
+    def configure_warmup(self, state: ServerState, client_id: int) -> Payload | None:
+        """What a sampled client is sent in a warm-up exchange before this round's training, or
+        None for no warm-up (FedAvg-family methods; FedGaLore asks for a first gradient sketch)."""
+        return None
+
     def configure_train(self, state: ServerState, client_id: int) -> Payload:
         return Payload(tensors=dict(state.tensors))
 

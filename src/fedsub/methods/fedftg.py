@@ -45,7 +45,8 @@ class FedFTGOptions(BaseModel):
     )
     layers: list[int] | None = Field(None, description="block indices to train; None = the lower half (at least one)")
     reset_each_round: bool = Field(False, description="start each round with a fresh optimizer instead of the kept one")
-    seed: int = Field(0, description="seed of random / rsvd projectors")
+    seed: int | None = Field(None, description="seed of random / rsvd projectors; None = the run seed")
+    head_lr: float | None = Field(None, gt=0, description="lr of the densely trained head; None = the run's train.lr")
 
 
 def lower_half(indices: list[int]) -> set[int]:
@@ -89,7 +90,7 @@ class FedFTG(FedAvgMethod):
         o = self.options
         optimizer, _ = galore_optimizer(
             workspace, self.galore_names, client.train, rank=o.rank, scale=o.scale,
-            proj_type=o.proj_type, update_proj_gap=o.update_proj_gap, seed=o.seed,
+            proj_type=o.proj_type, update_proj_gap=o.update_proj_gap, seed=o.seed, head_lr=o.head_lr,
         )  # fmt: skip
         if "optimizer" in client.state and not o.reset_each_round:
             import_state(optimizer, client.state["optimizer"])

@@ -8,27 +8,35 @@ right side P: r x n shown; the left side is the transpose):
   rounds. ``proj_source``: ``random`` (seeded from (seed, refresh index, matrix index): every
   client rebuilds it, zero bytes), ``svd`` / ``rsvd`` (the federated sketch: both names mean the
   same thing, a server without gradients can only do a randomized SVD of the summed sketch),
-  ``hybrid`` (sketch for the refreshes at rounds <= ``svd_rounds``, random after). Round 0 is
-  random. Sketch: in the round before a sketched refresh each client accumulates
+  ``hybrid`` (sketch for the refreshes at rounds <= ``svd_rounds``, random after). Round 0's
+  projector comes from a warm-up sketch of the first clients' first ``warmup_batches`` batches
+  (sketch sources; its bytes and seconds count in round 1), else it is random. Seeds: the
+  method's ``seed``, by default the run seed. Sketch: in the round before a sketched refresh each client accumulates
   S_k = sum_s G_s^T Omega (n x (r+o), Omega a shared seeded m x (r+o) Gaussian) at backward time
   and uploads it; the server's new P is the top-r left basis of sum_k p_k S_k, sent down (r x n).
-- Client: W_t, P and the synchronised V_hat in; E GaLore-AdamW steps; up: R (m x r) and the decay
-  product c^E (one scalar: all managed matrices share lr and wd) with W_E = c^E W_t + R P exactly,
-  V_k (m x r, not with sync none), the head, and S_k when due.
+- Client: W_t, P and the synchronised V_hat in; E GaLore-AdamW steps (the head: AdamW at
+  ``head_lr``, by default the run's train.lr); up: R (m x r) and the decay product c^E (one scalar:
+  all managed matrices share lr and wd) with W_E = c^E W_t + R P exactly, V_k (m x r, ajive / mean
+  only), the head, and S_k when due.
 - Server: W_{t+1} = c_bar W_t + (sum_k p_k R_k) P, one m x r sum and one matmul per matrix.
-  ``sync``: ``ajive`` (fedsub.linalg.moments.sync_second_moments), ``mean``, or ``none``
-  (FedGaLore-minus: each client keeps its whole optimizer state in ``client.state``).
-- Bias correction (point 4): V_hat is installed with ``set_second_moment(step=None)``: not
-  corrected again; the first moment restarts at zero with its own count.
+  ``sync``: ``ajive`` (fedsub.linalg.moments.sync_second_moments), ``mean``, ``none``
+  (FedGaLore-minus: each client keeps its whole optimizer state in ``client.state``) or ``reset``
+  (every round starts from a fresh optimizer, nothing sent: what the LoRA baselines do).
+- Bias correction (point 4): V_k is uploaded as the estimate v / (1 - beta2^t) with its step count
+  t (scalar ``v_step``); the server syncs the estimates and averages t; the client installs V_hat
+  with ``set_second_moment(step=t, corrected=True)``, so its correction continues from t (with one
+  client: exactly the centralised optimizer, tested); the first moment restarts at zero.
 - Projector change: ``moments_on_refresh`` ``reset`` (V_hat dropped / client moments zeroed) or
-  ``transport`` (v <- v (Q o Q), m <- m Q with Q = P_old P_new^T).
+  ``transport`` (v <- v (Q o Q) plus the mean energy for what lies outside span(P_old), m <- m Q
+  with Q = P_old P_new^T; see transport_moments).
 
 Bytes: the downlink carries the head, the global managed matrices as factored deltas (``downlink``
 ``factored``, the default: c_bar, R_bar and a sketched P per round the client missed, see
 fedgalore_downlink; the client keeps its own copy of the global weights) or dense (``dense``, or a
 client further behind than ``downlink_history`` rounds), a sketched P every round it is in use (a
 sampled client may have missed the refresh; random P costs nothing), V_hat when synchronised. R and V go up in the optimizer's state
-dtype (float32 also for bf16 models), c^E as a scalar (not counted: scalars are not tensor bytes).
+dtype (float32 also for bf16 models), c^E and t as scalars (not counted: scalars are not tensor
+bytes). The warm-up sends the head down and S_k up.
 
 Metrics per round: ``ajive_joint_rank_mean/min/max`` over the managed matrices (identical moments
 count their numerical rank), ``seconds_ajive``; ``proj_refreshed`` / ``proj_sketched``: whether this
@@ -65,6 +73,7 @@ from fedsub.optim.projector import (
 )  # fmt: skip
 
 _SKETCH_STREAM = 0x5EC7  # separates the sketch's Omega seeds from the projector seeds
+_WARMUP_STREAM = 0x3A4B  # and the warm-up sketch's from the training rounds'
 
 
 class FedGaLoreOptions(BaseModel):
@@ -78,12 +87,16 @@ class FedGaLoreOptions(BaseModel):
     svd_rounds: int = Field(4, ge=0, description="hybrid: refreshes at rounds <= svd_rounds use the sketch")
     proj_refresh_rounds: int = Field(2, gt=0, description="a projector is held this many rounds")
     oversampling: int | None = Field(None, ge=0, description="sketch oversampling o; None = r")
-    sync: Literal["ajive", "mean", "none"] = Field("ajive", description="server sync of the projected second moments")
+    sync: Literal["ajive", "mean", "none", "reset"] = Field(
+        "ajive", description="projected second moments: ajive / mean (synchronised by the server), none (each client keeps its own state), reset (fresh every round, nothing sent)"
+    )
     moments_on_refresh: Literal["reset", "transport"] = Field("reset", description="moments when the projector changes")
     ajive_samples: int = Field(1000, gt=0, description="Monte-Carlo draws of each AJIVE bound")
     ajive_signal_rank: int | None = Field(None, gt=0, description="AJIVE per-block signal rank; None = scree elbow")
     ajive_joint_rank: int | None = Field(None, ge=0, description="fix AJIVE's joint rank; None = estimate it (Wedin and random-direction bounds)")
-    seed: int = Field(0, description="seed of the shared random projectors and sketches")
+    seed: int | None = Field(None, description="seed of the shared random projectors, sketches and AJIVE draws; None = the run seed")
+    head_lr: float | None = Field(None, gt=0, description="lr of the densely trained head; None = the run's train.lr (the method's lr is GaLore's)")
+    warmup_batches: int = Field(1, ge=0, description="sketch sources: batches per round-1 client whose gradient sketch gives round 1 its projector; 0 = round 1 is random")
     downlink: Literal["factored", "dense"] = Field("factored", description="global matrices down as factored deltas or dense")
     downlink_history: int = Field(8, gt=0, description="factored: rounds of deltas the server keeps; clients further behind get dense")
 
@@ -147,17 +160,61 @@ class FedGaLore(FedAvgMethod):
         return {n: random_projector(s, o.rank, derive_seed(o.seed, refresh, i)) for i, (n, s) in enumerate(self.shapes.items())}
 
     def sketched(self, round_index: int) -> bool:
-        """Whether the projector installed at ``round_index`` comes from the sketch."""
+        """Whether the projector installed at ``round_index`` comes from the sketch (round 0: the
+        warm-up sketch, see `configure_warmup`)."""
         source = self.options.proj_source
-        return round_index > 0 and (source in ("svd", "rsvd") or (source == "hybrid" and round_index <= self.options.svd_rounds))
+        if round_index == 0:
+            return source != "random" and self.options.warmup_batches > 0
+        return source in ("svd", "rsvd") or (source == "hybrid" and round_index <= self.options.svd_rounds)
+
+    def sketch_width(self) -> int:
+        o = self.options
+        return o.rank + (o.rank if o.oversampling is None else o.oversampling)
 
     def refresh_at(self, round_index: int) -> bool:
         return round_index % self.options.proj_refresh_rounds == 0
 
     def init(self, workspace: Workspace) -> ServerState:
         tensors = workspace.read(self.galore_names + self.head_names)
-        extra = {"projectors": self.random_projectors(0), "refresh": 0, "proj_sketched": False, "v_hat": {}, "deltas": [], "known": {}}
+        extra = {"projectors": self.random_projectors(0), "refresh": 0, "proj_sketched": False, "v_hat": {}, "v_step": 0.0,
+                 "deltas": [], "known": {}}
         return ServerState(0, tensors, extra)
+
+    # ------------------------------------------------------------------ warm-up (round 1 only)
+    def configure_warmup(self, state: ServerState, client_id: int) -> Payload | None:
+        """Before the first training round, with a sketch source: ask the round's clients for the
+        gradient sketch of their first ``warmup_batches`` batches at the base weights, so that round
+        1 already trains in an informed subspace (a random rank-8 P keeps ~r / n of the gradient
+        energy: ~2% on MiniLM). Down: the head only (every client holds version 0 of the matrices)."""
+        if state.round != 0 or state.extra["proj_sketched"] or not self.sketched(0):
+            return None
+        return Payload({n: state.tensors[n] for n in self.head_names}, {"warmup": True})
+
+    def client_warmup(self, workspace: Workspace, payload: Payload, client: ClientContext) -> ClientUpdate:
+        """S_k over the first batches of this round's own batch order (no step); up: S_k only."""
+        workspace.write({**payload.tensors, **self.base})
+        params = workspace.parameters_by_name()
+        sketch = GradientSketch({n: params[n] for n in self.galore_names}, self.sketch_width(), derive_seed(self.options.seed, _WARMUP_STREAM))
+        torch.manual_seed(client.seed)
+        workspace.model.train()
+        batches, total = workspace.client_batches(client), 0.0
+        for _ in range(self.options.warmup_batches):
+            loss = workspace.task.loss(workspace.model, workspace.train_data.batch(next(batches), workspace.device))
+            loss.backward()
+            sketch.accumulate()
+            workspace.model.zero_grad(set_to_none=True)
+            total += loss.item()
+        upload = {f"S::{n}": t.cpu() for n, t in sketch.sums.items()}
+        return ClientUpdate(client.client_id, Payload(upload), len(client.indices), {"train_loss": total / self.options.warmup_batches})
+
+    def aggregate_warmup(self, state: ServerState, updates: Sequence[ClientUpdate]) -> tuple[ServerState, dict[str, float]]:
+        """Round 1's projectors from the summed warm-up sketches (random ones stay if none came back)."""
+        if not updates:
+            return state, {"warmup_sketched": 0.0}
+        weights = normalized_weights([u.num_examples for u in updates])
+        s_bar = weighted_sum([u.payload.tensors for u in updates], weights, [f"S::{n}" for n in self.galore_names])
+        projectors = {n: sketch_projector(s_bar[f"S::{n}"], self.shapes[n], self.options.rank) for n in self.galore_names}
+        return ServerState(state.round, state.tensors, {**state.extra, "projectors": projectors, "proj_sketched": True}), {"warmup_sketched": 1.0}
 
     # ------------------------------------------------------------------ client
     def configure_train(self, state: ServerState, client_id: int) -> Payload:
@@ -165,6 +222,8 @@ class FedGaLore(FedAvgMethod):
         if state.extra["proj_sketched"]:  # random projectors are rebuilt from the seed: no bytes
             tensors.update({f"P::{n}": p for n, p in state.extra["projectors"].items()})
         tensors.update({f"V::{n}": v for n, v in state.extra["v_hat"].items()})
+        if state.extra["v_hat"]:
+            scalars["v_step"] = float(state.extra.get("v_step", 0.0))
         nxt = state.round + 1
         sketch = self.refresh_at(nxt) and self.sketched(nxt)
         return Payload(tensors, {**scalars, "version": state.round, "refresh": state.extra["refresh"], "sketch": sketch})
@@ -208,14 +267,13 @@ class FedGaLore(FedAvgMethod):
         workspace.write(self.client_weights(payload, client))
         o = self.options
         optimizer, managed = galore_optimizer(
-            workspace, self.galore_names, client.train, rank=o.rank, scale=o.scale, proj_type="given", track_update=True
+            workspace, self.galore_names, client.train, head_lr=o.head_lr, rank=o.rank, scale=o.scale, proj_type="given", track_update=True
         )
         named = dict(zip(self.galore_names, managed))
         self.start_state(optimizer, named, payload, client)
         sketch = None
         if payload.scalars["sketch"]:
-            width = o.rank + (o.rank if o.oversampling is None else o.oversampling)
-            sketch = GradientSketch(named, width, derive_seed(o.seed, _SKETCH_STREAM, client.round))
+            sketch = GradientSketch(named, self.sketch_width(), derive_seed(o.seed, _SKETCH_STREAM, client.round))
         metrics = workspace.train_local(client, optimizer, after_backward=sketch.accumulate if sketch else None)
         if o.sync == "none":
             client.state.update(optimizer=export_state(optimizer), refresh=int(payload.scalars["refresh"]))
@@ -229,7 +287,11 @@ class FedGaLore(FedAvgMethod):
         return self.random_projectors(int(payload.scalars["refresh"]))
 
     def start_state(self, optimizer, named: dict[str, Tensor], payload: Payload, client: ClientContext) -> None:
-        """Install P and the starting moments: V_hat (synced), the client's own (sync none) or zeros."""
+        """Install P and the starting moments: V_hat (synced), the client's own (sync none) or zeros
+        (sync reset, and the first round). V_hat is a bias-corrected estimate of E[g~^2] after
+        ``v_step`` steps (METHODS.md point 4): installed as such, its correction continues from
+        v_step, while the first moment restarts at zero with its own count. With one client this is
+        exactly one GaLore-AdamW whose first moment restarts each round (tested)."""
         saved = client.state.get("optimizer") if self.options.sync == "none" else None
         if saved is not None:
             import_state(optimizer, saved)
@@ -241,32 +303,40 @@ class FedGaLore(FedAvgMethod):
             else:
                 optimizer.reset_update_factor(named[name])  # same P, moments continue; R restarts at W_t
             if f"V::{name}" in payload.tensors:
-                optimizer.set_second_moment(named[name], payload.tensors[f"V::{name}"], step=None)
+                step = float(payload.scalars["v_step"])
+                optimizer.set_second_moment(named[name], payload.tensors[f"V::{name}"], step=step, corrected=True)
 
     def upload(self, workspace: Workspace, optimizer, named: dict[str, Tensor], sketch: GradientSketch | None):
-        """R, V and S per matrix, the head, and the decay product c^E as a scalar."""
-        tensors, decays = workspace.read(self.head_names), set()
+        """R, V and S per matrix, the head, and as scalars the decay product c^E and V's step count.
+
+        V is the bias-corrected estimate v / (1 - beta2^t) with t = ``v_step`` (METHODS.md point 4):
+        the raw v after E = 5 steps from zero is 1 - 0.999^5 = 0.5% of it, and installing raw v as
+        an estimate made the next round's steps ~14x too large."""
+        tensors, decays, steps = workspace.read(self.head_names), set(), set()
+        synced = self.options.sync in ("ajive", "mean")
         for name, p in named.items():
             r, decay = optimizer.get_update_factor(p)
             tensors[f"R::{name}"], decays = r.cpu(), decays | {decay}
-            if self.options.sync != "none":
-                tensors[f"V::{name}"] = optimizer.get_second_moment(p).cpu()
+            if synced:
+                tensors[f"V::{name}"] = optimizer.get_second_moment(p, corrected=True).cpu()
+                steps.add(optimizer.second_moment_step(p))
             if sketch is not None:
                 tensors[f"S::{name}"] = sketch.sums[name].cpu()
-        if len(decays) != 1:
-            raise RuntimeError(f"managed matrices decayed differently: {decays}")
-        return tensors, {"decay": decays.pop()}
+        if len(decays) != 1 or len(steps) > 1:
+            raise RuntimeError(f"managed matrices decayed or stepped differently: {decays}, {steps}")
+        return tensors, {"decay": decays.pop(), **({"v_step": steps.pop()} if steps else {})}
 
     def update_spec(self, state: ServerState, client_id: int, payload: Payload) -> UpdateSpec:
         """The head, and per matrix R and V (r-wide moment shape) and, in a sketch round, S (see `upload`)."""
-        o = self.options
-        spec = {n: TensorSpec(tuple(state.tensors[n].shape), state.tensors[n].dtype) for n in self.head_names}
-        width = o.rank + (o.rank if o.oversampling is None else o.oversampling)
+        o, width = self.options, self.sketch_width()
+        warmup = bool(payload.scalars.get("warmup"))
+        spec = {} if warmup else {n: TensorSpec(tuple(state.tensors[n].shape), state.tensors[n].dtype) for n in self.head_names}
         for name, shape in self.shapes.items():
-            spec[f"R::{name}"] = TensorSpec(tuple(moment_shape(shape, o.rank)))
-            if o.sync != "none":
+            if not warmup:
+                spec[f"R::{name}"] = TensorSpec(tuple(moment_shape(shape, o.rank)))
+            if not warmup and o.sync in ("ajive", "mean"):
                 spec[f"V::{name}"] = TensorSpec(tuple(moment_shape(shape, o.rank)))
-            if payload.scalars["sketch"]:
+            if warmup or payload.scalars["sketch"]:
                 m, n = shape
                 side = m if choose_side(shape) == "left" else n
                 spec[f"S::{name}"] = TensorSpec((side, min(width, side)))
@@ -283,6 +353,8 @@ class FedGaLore(FedAvgMethod):
         for name in self.galore_names:
             tensors[name] = factored_update(state.tensors[name], c_bar, r_bar[f"R::{name}"], projectors[name])
         v_hat, metrics = self.sync_moments(uploads, weights)
+        if v_hat:  # the estimate's step count: the clients' (equal, when they all started from V_hat)
+            state = ServerState(state.round, state.tensors, {**state.extra, "v_step": sum(w * float(u.payload.scalars["v_step"]) for w, u in zip(weights, updates))})
         extra = self.next_projectors(state, uploads, weights, v_hat, metrics)
         if self.options.downlink == "factored":
             sketched = state.extra["proj_sketched"]
@@ -293,7 +365,7 @@ class FedGaLore(FedAvgMethod):
 
     def sync_moments(self, uploads: list[dict], weights: list[float]) -> tuple[dict[str, Tensor], dict[str, float]]:
         """V_hat per matrix (ajive or mean) and the AJIVE metrics."""
-        if self.options.sync == "none":
+        if self.options.sync in ("none", "reset"):
             return {}, {}
         if self.options.sync == "mean":
             v = weighted_sum(uploads, weights, [f"V::{n}" for n in self.galore_names])
@@ -339,10 +411,11 @@ class FedGaLore(FedAvgMethod):
         else:
             new = self.random_projectors(extra["refresh"] + 1)
         if self.options.moments_on_refresh == "transport":
-            # v <- v (Q o Q), the diagonal approximation; clamped as V_hat must stay >= 0 (sqrt).
+            # v <- v (Q o Q) plus the mean energy for the share of the new basis outside span(P_old)
+            # (transport_moments); clamped as V_hat must stay >= 0 (sqrt). Its step count continues.
             sides = {n: choose_side(s) for n, s in self.shapes.items()}
             v_hat = {n: transport_moments(v, v, old[n], new[n], sides[n])[1].clamp_min(0) for n, v in v_hat.items()}
         else:
-            v_hat = {}
+            v_hat, extra["v_step"] = {}, 0.0
         sketched = metrics["proj_sketched"] == 1.0
         return {**extra, "projectors": new, "refresh": extra["refresh"] + 1, "proj_sketched": sketched, "v_hat": v_hat}

@@ -87,10 +87,13 @@ def galore_optimizer(
     workspace: Workspace,
     galore_names: list[str],
     train: TrainSettings,
+    head_lr: float | None = None,
     **galore: Any,
 ) -> tuple[GaLoreAdamW, list[torch.nn.Parameter]]:
     """GaLoreAdamW over the trainable parameters: ``galore_names`` in a group with the GaLore
-    options (rank, scale, proj_type, ...), every other trainable tensor in a plain-AdamW group.
+    options (rank, scale, proj_type, ...) at ``train.lr``, every other trainable tensor (the
+    densely trained head) in a plain-AdamW group at ``head_lr`` (default: ``train.head_lr``, the
+    run's train.lr, which the LoRA methods' heads train at too; GaLore's own lr is ~10x lower).
 
     Returns the optimizer and the GaLore parameters in ``galore_names`` order (the order fixes
     the optimizer's parameter indices, hence state_dict ids and derived seeds).
@@ -100,7 +103,7 @@ def galore_optimizer(
     others = [p for n, p in params.items() if p.requires_grad and n not in set(galore_names)]
     groups = [{"params": managed, **galore}]
     if others:
-        groups.append({"params": others, "rank": None})
+        groups.append({"params": others, "rank": None, "lr": head_lr or train.head_lr or train.lr})
     optimizer = GaLoreAdamW(groups, lr=train.lr, weight_decay=train.weight_decay)
     return optimizer, managed
 

@@ -336,28 +336,45 @@ class GaLoreAdamW(Optimizer):
         return None if proj is None else proj.clone()
 
     def set_second_moment(
-        self, p: Tensor, v: Tensor, *, step: float | None = None, reset_first_moment: bool = True
+        self, p: Tensor, v: Tensor, *, step: float | None = None, corrected: bool = False,
+        reset_first_moment: bool = True,
     ) -> None:
         """Seed the projected second moment of ``p`` (FedGaLore point 4: synchronised V_hat).
 
-        ``step=None`` (default): ``v`` is already an estimate, so it is never bias-corrected
-        again (its step count becomes ``inf``: 1 - beta2^inf = 1). ``step=k``: ``v`` is a raw
-        moment after k steps and its correction continues from k. ``v`` is clamped at 0 (sqrt).
-        ``reset_first_moment``: the first moment restarts at zero with its own correction.
-        Call it after :meth:`set_projector` with ``moments='reset'``, which would zero it.
+        ``step=None`` (default): ``v`` is used as it is and never bias-corrected again (its step
+        count becomes ``inf``: 1 - beta2^inf = 1). ``step=k``: the correction continues from k;
+        ``v`` is the raw moment after k steps, or with ``corrected=True`` the bias-corrected
+        estimate v_raw / (1 - beta2^k) (what :meth:`get_second_moment` returns with
+        ``corrected=True``), stored back as v (1 - beta2^k), so that set(get(corrected)) continues
+        the same trajectory. ``v`` is clamped at 0 (sqrt). ``reset_first_moment``: the first moment
+        restarts at zero with its own correction. Call it after :meth:`set_projector` with
+        ``moments='reset'``, which would zero it.
         """
         state = self._galore_state(p)
         if tuple(v.shape) != tuple(state["exp_avg_sq"].shape):
             raise ValueError(f"second moment shape {tuple(v.shape)} != {tuple(state['exp_avg_sq'].shape)}")
-        state["exp_avg_sq"].copy_(v.detach().clamp_min(0))
+        if corrected and step is None:
+            raise ValueError("corrected=True needs the step count the estimate was corrected with")
+        raw = v.detach().clamp_min(0)
+        if corrected:
+            raw = raw * (1 - self._group_of(p)["betas"][1] ** float(step))
+        state["exp_avg_sq"].copy_(raw)
         state["v_step"].fill_(math.inf if step is None else float(step))
         if reset_first_moment:
             state["exp_avg"].zero_()
             state["m_step"].zero_()
 
-    def get_second_moment(self, p: Tensor) -> Tensor:
-        """A copy of the projected second moment (m x r right side, r x n left side)."""
-        return self._galore_state(p)["exp_avg_sq"].clone()
+    def get_second_moment(self, p: Tensor, *, corrected: bool = False) -> Tensor:
+        """A copy of the projected second moment (m x r right side, r x n left side); with
+        ``corrected=True`` the bias-corrected estimate v / (1 - beta2^t), t = :meth:`second_moment_step`."""
+        state = self._galore_state(p)
+        if not corrected or state["v_step"].item() == 0:  # no step yet: v = 0, nothing to correct
+            return state["exp_avg_sq"].clone()
+        return state["exp_avg_sq"] / (1 - self._group_of(p)["betas"][1] ** state["v_step"].item())
+
+    def second_moment_step(self, p: Tensor) -> float:
+        """Steps counted in the second moment's bias correction (``inf``: none)."""
+        return float(self._galore_state(p)["v_step"].item())
 
     def get_first_moment(self, p: Tensor) -> Tensor:
         """A copy of the projected first moment."""

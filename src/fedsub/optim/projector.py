@@ -186,7 +186,7 @@ def add_projected_back_(
 
 
 def transport_moments(
-    exp_avg: Tensor, exp_avg_sq: Tensor, p_old: Tensor, p_new: Tensor, side: Side
+    exp_avg: Tensor, exp_avg_sq: Tensor, p_old: Tensor, p_new: Tensor, side: Side, *, outside: bool = True
 ) -> tuple[Tensor, Tensor]:
     """Carry Adam moments from span(P_old) to span(P_new) (FedGaLore, METHODS.md point 6).
 
@@ -194,9 +194,22 @@ def transport_moments(
     re-expressed on P_new), v_new = v_old (Q o Q), the diagonal approximation (v is an elementwise
     second moment, which a rotation does not map exactly). Left side is the transpose:
     Q = P_old^T P_new, m_new = Q^T m_old, v_new = (Q o Q)^T v_old.
+
+    The diagonal map alone is unsafe when span(P_new) leaves span(P_old): new direction j keeps
+    only the share c_j = sum_i Q_ij^2 of its energy (about r / n = 8 / 384 = 2% for a fresh random
+    P on MiniLM), so v_new ~ 0.02 v and the next steps are ~7x too large (1 / sqrt(0.02)). With
+    ``outside`` (default) the missing share is filled with the row's mean old energy per direction:
+    v_new[:, j] += (1 - c_j) mean_i v_old[:, i], which is v_old for a one-direction moment and
+    leaves a rotation within span(P_old) (c_j = 1) exact.
     """
     if side == "right":
         q = p_old @ p_new.mT
-        return exp_avg @ q, exp_avg_sq @ (q * q)
+        v_new = exp_avg_sq @ (q * q)
+        if outside:
+            v_new = v_new + exp_avg_sq.mean(dim=1, keepdim=True) * (1 - (q * q).sum(dim=0)).clamp_min(0)
+        return exp_avg @ q, v_new
     q = p_old.mT @ p_new
-    return q.mT @ exp_avg, (q * q).mT @ exp_avg_sq
+    v_new = (q * q).mT @ exp_avg_sq
+    if outside:
+        v_new = v_new + (1 - (q * q).sum(dim=0)).clamp_min(0)[:, None] * exp_avg_sq.mean(dim=0, keepdim=True)
+    return q.mT @ exp_avg, v_new

@@ -14,13 +14,14 @@ from flwr.app import Context
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from fedsub.engines.flower.client import CONFIG_KEY, METHOD_KEY, OUT_KEY, handle_query, handle_train
+from fedsub.engines.flower.client import CONFIG_KEY, METHOD_KEY, OUT_KEY, handle_query, handle_train, handle_warmup
 from fedsub.engines.flower.server import FlowerServer, config_from_text, describe, method_spec
 
 server_app = ServerApp()
 client_app = ClientApp()
 client_app.query()(handle_query)
 client_app.train()(handle_train)
+client_app.train("warmup")(handle_warmup)
 
 
 @server_app.main()

@@ -52,7 +52,7 @@ def runtime_for(run_config: dict, data: FederatedData | None = None) -> NodeRunt
         if data is None:
             with tempfile.TemporaryDirectory() as scratch:  # the partition report is the server's business
                 data = prepare_data(cfg, Path(scratch))
-        method = build_method(spec.name, spec.options)
+        method = build_method(spec.name, spec.options, run_seed=cfg.seed)
         workspace = build_workspace(cfg, method, data)
         _RUNTIMES[key] = NodeRuntime(cfg, spec, data, method, workspace, train_settings(cfg, spec))
     return _RUNTIMES[key]
@@ -70,6 +70,15 @@ def handle_query(message: Message, context: Context) -> Message:
 
 def handle_train(message: Message, context: Context) -> Message:
     """Train one round on this node's partition; the client's persistent store lives in context.state."""
+    return client_reply(message, context, warmup=False)
+
+
+def handle_warmup(message: Message, context: Context) -> Message:
+    """The method's warm-up exchange (FedGaLore's first sketch): no training, the state is kept as it is."""
+    return client_reply(message, context, warmup=True)
+
+
+def client_reply(message: Message, context: Context, warmup: bool) -> Message:
     node = runtime_for(context.run_config)
     payload, meta = record_to_payload(message.content)
     client_id, round_index = int(meta["client_id"]), int(meta["round"])
@@ -86,9 +95,10 @@ def handle_train(message: Message, context: Context) -> Message:
         state=load_client_state(context.state),
     )
     tic = time.perf_counter()
-    update = node.method.client_train(node.workspace, payload, client)
+    work = node.method.client_warmup if warmup else node.method.client_train
+    update = work(node.workspace, payload, client)
     seconds = time.perf_counter() - tic
-    if finite_train_loss(update):  # a diverged client's state is discarded, as in the simulator
+    if not warmup and finite_train_loss(update):  # a diverged client's state is discarded, as in the simulator
         save_client_state(context.state, client.state)
     content = update_to_record(update)
     content.config_records[META]["seconds_train"] = seconds

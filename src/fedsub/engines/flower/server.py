@@ -24,7 +24,7 @@ from fedsub.engines.failures import ClientOutcome, reply_outcome, simulated_faul
 from fedsub.engines.flower.records import META, payload_to_record, record_to_update
 from fedsub.engines.simulation import FederatedData, Simulation, sample_clients
 
-QUERY, TRAIN = "query", "train"
+QUERY, TRAIN, WARMUP = "query", "train", "train.warmup"
 
 
 class FlowerServer(Simulation):
@@ -80,28 +80,36 @@ class FlowerServer(Simulation):
         live = set(grid.get_node_ids())
         if any(self.nodes.get(c) not in live for c in clients):
             self.discover(grid)  # a node may have left, or (re)joined under a new node id
+        warmup = None
+        warming = [c for c in clients if self.method.configure_warmup(self.state, c) is not None]
+        if warming:
+            outcomes, sent, _ = self.exchange(grid, round_index, warming, self.method.configure_warmup, WARMUP)
+            warmup = self.finish_warmup(outcomes, sent)
         outcomes, sent, bytes_down = self.exchange(grid, round_index, clients)
-        return self.finish_round(round_index, start, clients, outcomes, sent, bytes_down)
+        return self.finish_round(round_index, start, clients, outcomes, sent, bytes_down, warmup)
 
-    def exchange(self, grid: Grid, round_index: int, clients: list[int]) -> tuple[list[ClientOutcome], dict[int, Payload], int]:
-        """Send each sampled client its payload, wait at most flower.round_timeout for the replies.
+    def exchange(self, grid: Grid, round_index: int, clients: list[int], configure: Callable[[Any, int], Payload] | None = None,
+                 message_type: str = TRAIN) -> tuple[list[ClientOutcome], dict[int, Payload], int]:
+        """Send each sampled client its payload (``configure``: the method's configure_train, or
+        configure_warmup for a warm-up), wait at most flower.round_timeout for the replies.
 
         Returns one outcome per sampled client in client order (an update, or why there is none: no
         node, no reply in time, an error on the node), the payloads sent and their bytes.
         """
+        configure = configure or self.method.configure_train
         messages, sent, missing, bytes_down = {}, {}, {}, 0
         faults = {c: simulated_fault(self.cfg.failures, self.cfg.seed, round_index, c) for c in clients}
         for client_id in clients:
             if client_id not in self.nodes:
                 missing[client_id] = f"no node with partition-id {client_id} is connected"
                 continue
-            sent[client_id] = self.method.configure_train(self.state, client_id)
+            sent[client_id] = configure(self.state, client_id)
             bytes_down += sent[client_id].nbytes()
             if faults[client_id] == "dropout":  # simulated, as in the simulator: it got the payload, never answers
                 missing[client_id] = "dropout"
                 continue
             content = payload_to_record(sent[client_id], {"round": round_index, "client_id": client_id})
-            messages[client_id] = Message(content, self.nodes[client_id], TRAIN, ttl=self.cfg.flower.round_timeout, group_id=str(round_index + 1))
+            messages[client_id] = Message(content, self.nodes[client_id], message_type, ttl=self.cfg.flower.round_timeout, group_id=str(round_index + 1))
         tic = time.perf_counter()
         replies = grid.send_and_receive(list(messages.values()), timeout=self.cfg.flower.round_timeout)
         waited = time.perf_counter() - tic
