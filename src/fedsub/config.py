@@ -44,6 +44,14 @@ class DataConfig(Strict):
     max_train_per_class: int | None = Field(None, gt=0)
     max_test_per_class: int | None = Field(None, gt=0)
     test_fraction: float = Field(0.2, gt=0, lt=1)
+    val_fraction: float = Field(0.0, ge=0, lt=1, description="share of each class of the train set held out (seeded, before partitioning) as a validation split")
+    eval_split: Literal["test", "val"] = Field("test", description="what the global model is evaluated on: test, or val to choose hyper-parameters (needs val_fraction > 0)")
+
+    @model_validator(mode="after")
+    def _val_exists(self) -> "DataConfig":
+        if self.eval_split == "val" and self.val_fraction == 0:
+            raise ValueError("eval_split 'val' needs a validation split: set data.val_fraction (e.g. 0.1)")
+        return self
 
 
 class PartitionConfig(Strict):

@@ -72,3 +72,26 @@ def test_image_arrays_round_trip_through_arrow(shape):
     assert type(ds.features["image"]).__name__ == f"Array{len(shape) - 1}D"
     np.testing.assert_array_equal(ds.with_format("numpy", dtype=np.uint8)[:]["image"], images[[1, 3, 4]])
     assert ds["id"] == ["im1", "im3", "im4"] and ds["label"] == [0, 1, 1]
+
+
+def test_val_split_is_carved_from_train_and_eval_split_val_never_loads_test(tmp_path):
+    """60 rows of 3 classes in a CSV; test 20% (4 per class), then val 25% of the 16 left per class."""
+    from fedsub.config import DataConfig
+    from fedsub.data.splits import load_splits
+
+    rows = ["text,label"] + [f"row {i},{'abc'[i % 3]}" for i in range(60)]
+    (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
+    base = {"dataset": str(tmp_path / "d.csv"), "test_fraction": 0.2}
+    plain = load_splits(DataConfig(**base), seed=0)
+    held = load_splits(DataConfig(**base, val_fraction=0.25), seed=0)
+    tuning = load_splits(DataConfig(**base, val_fraction=0.25, eval_split="val"), seed=0)
+    assert len(plain.train) == 48 and len(held.train) == 36 and len(tuning.test) == 12
+    assert np.bincount(tuning.test["label"]).tolist() == [4, 4, 4]
+    assert held.test["id"] == plain.test["id"]  # the test set does not depend on the val split
+    assert held.train["id"] == tuning.train["id"]  # tuning and testing train on the same data
+    ids = set(tuning.test["id"])
+    assert not ids & set(held.train["id"]) and not ids & set(plain.test["id"]) and ids <= set(plain.train["id"])
+    other = load_splits(DataConfig(**base, val_fraction=0.25, eval_split="val"), seed=1)
+    assert set(other.test["id"]) != ids  # seeded
+    with pytest.raises(ValueError, match="data.val_fraction"):
+        DataConfig(**base, eval_split="val")

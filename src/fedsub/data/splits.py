@@ -1,8 +1,11 @@
-"""`load_splits`: one config -> a train set (to partition over clients) and one global test set.
+"""`load_splits`: one config -> a train set (to partition over clients) and one global evaluation set.
 
 Steps, each on index arrays so only the kept rows are ever materialised: load a `Source` ->
 keep the `num_classes` largest classes -> seeded stratified split (when the source has no test
-split) -> seeded per-class caps -> `datasets.Dataset`.
+split) -> seeded per-class caps -> seeded stratified validation split carved from train
+(`val_fraction`) -> `datasets.Dataset`. With `eval_split: val` the evaluation set is the
+validation split and the test rows are never loaded, so tuning cannot see them; the train set is the
+same for both, so a setting chosen on val is then run unchanged on test.
 """
 
 from __future__ import annotations
@@ -22,13 +25,14 @@ from fedsub.data.seeding import derive_rng
 from fedsub.data.source import Source, to_dataset
 from fedsub.data.wordnet import load_wordnet_supersense
 
-_SPLIT_STREAM, _CAP_STREAM = 1, 2  # independent random streams (see seeding.py)
+_SPLIT_STREAM, _CAP_STREAM, _VAL_STREAM = 1, 2, 3  # independent random streams (see seeding.py)
 
 
 @dataclass
 class Splits:
-    """Train and test sets with columns input ("text"/"image"), "label" (int64 in 0..C-1),
-    "id" (str, stable across runs) and any grouping columns (e.g. "lemma")."""
+    """Train and evaluation sets with columns input ("text"/"image"), "label" (int64 in 0..C-1),
+    "id" (str, stable across runs) and any grouping columns (e.g. "lemma"). `test` is the set the
+    run evaluates on: the test split, or the validation split under `data.eval_split: val`."""
 
     train: datasets.Dataset
     test: datasets.Dataset
@@ -75,6 +79,13 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
     test_rows = cap_per_class(test_rows, test_labels, cfg.max_test_per_class, derive_rng(seed, _CAP_STREAM, 1))
     if len(test_rows) == 0:
         raise ConfigError(f"data.test_fraction: the test set of {cfg.dataset} is empty; raise it or use more data")
+    if cfg.val_fraction > 0:
+        kept, held = stratified_split(train_labels[train_rows], cfg.val_fraction, derive_rng(seed, _VAL_STREAM))
+        if len(held) == 0:
+            raise ConfigError(f"data.val_fraction: the validation split of {cfg.dataset} is empty; raise it or use more data")
+        train_rows, val_rows = train_rows[kept], train_rows[held]
+        if cfg.eval_split == "val":
+            test, test_rows, test_labels = train, val_rows, train_labels
     return Splits(
         train=to_dataset(train, train_rows, train_labels[train_rows]),
         test=to_dataset(test, test_rows, test_labels[test_rows]),
