@@ -1,4 +1,4 @@
-"""Subspace diagnostics on constructed clients, and their wiring into fedit / ffa_lora rounds."""
+"""Subspace diagnostics on constructed clients (LoRA, dense, FedGaLore r-space), and their wiring into fedit / ffa_lora rounds."""
 
 import math
 
@@ -8,6 +8,8 @@ import torch
 from fedsub.methods.diagnostics import (
     basis_overlap,
     column_basis,
+    dense_diagnostics,
+    factored_diagnostics,
     lora_diagnostics,
     numerical_rank,
     update_gram,
@@ -89,3 +91,52 @@ def test_fedavg_lora_rounds_report_diagnostics_unless_turned_off(tiny_data, tmp_
     cfg = tiny_config(methods=[{"name": name, "diagnostics": False}])
     record = Simulation(cfg, cfg.methods[0], tiny_data, tmp_path / f"{name}-off").run_round(0)
     assert not [k for k in record if k.startswith("diag_")]
+
+
+# ---------------------------------------------------------------- dense and FedGaLore updates
+J = torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=torch.float64)
+I2 = torch.eye(2, dtype=torch.float64)
+
+
+def test_dense_diagnostics_by_hand_over_two_matrices():
+    # Matrix 1: ΔW_1 = 4 I, ΔW_2 = 8 J (orthogonal), p = (3/4, 1/4): ΔW̄ = [[3, 2], [2, 3]], σ = (5, 1).
+    # Matrix 2 (3 x 2): ±2 at entry (3, 1): ΔW̄ = 1 there, rank 1.
+    # Gram summed over both: [[32 + 4, -4], [-4, 128 + 4]]; ‖ΔW̄‖² = 26 + 1 = 27.
+    corner = torch.zeros(3, 2, dtype=torch.float64)
+    corner[2, 0] = 2.0
+    clients = [[4 * I2, 8 * J], [corner, -corner]]
+    d = dense_diagnostics(clients, [0.75, 0.25], rank=1)
+    norms = (6.0, 2 * math.sqrt(33))
+    assert d["diag_cancellation_ratio"] == pytest.approx(math.sqrt(27) / (0.75 * norms[0] + 0.25 * norms[1]), abs=1e-12)
+    assert d["diag_cos_pairwise"] == pytest.approx(-4 / (norms[0] * norms[1]), abs=1e-12)
+    # ⟨ΔW_k, ΔW̄⟩ = (G p)_k = (26, 30)
+    expected = (26 / (norms[0] * math.sqrt(27)) + 30 / (norms[1] * math.sqrt(27))) / 2
+    assert d["diag_cos_client_global"] == pytest.approx(expected, abs=1e-12)
+    assert (d["diag_rank_mean"], d["diag_rank_max"]) == (1.5, 2.0)
+    assert d["diag_truncation_energy"] == pytest.approx((1 / 26 + 0) / 2, abs=1e-12)  # σ_2² / Σ σ² = 1 / 26
+    assert "diag_truncation_energy" not in dense_diagnostics(clients, [0.75, 0.25])  # no rank, no truncation
+
+
+def orthonormal(rows, cols, gen):
+    q, _ = torch.linalg.qr(torch.randn(max(rows, cols), min(rows, cols), generator=gen, dtype=torch.float64))
+    return q.mT if rows < cols else q
+
+
+def test_r_space_diagnostics_equal_the_dense_diagnostics_of_the_updates_r_p():
+    gen = torch.Generator().manual_seed(3)
+    p_right, p_left = orthonormal(3, 7, gen), orthonormal(6, 3, gen)  # r x n and m x r, r = 3
+    common = torch.randn(2, 3, generator=gen, dtype=torch.float64)  # right-side R_k = Z_k C: rank(R̄) = 2 < r
+    r_right = [torch.randn(5, 2, generator=gen, dtype=torch.float64) @ common for _ in range(3)]
+    r_left = [torch.randn(3, 4, generator=gen, dtype=torch.float64) for _ in range(3)]
+    weights = [0.5, 0.3, 0.2]
+    factored = factored_diagnostics([r_right, r_left], weights)
+    dense = dense_diagnostics([[r @ p_right for r in r_right], [p_left @ r for r in r_left]], weights)
+    assert factored.keys() == dense.keys()
+    for key in factored:
+        assert factored[key] == pytest.approx(dense[key], abs=1e-12), key
+    assert (factored["diag_rank_mean"], factored["diag_rank_max"]) == (2.5, 3.0)
+    # The shortcut needs P orthonormal: a skewed P changes the dense cosines (the test can tell).
+    skewed = p_right + 0.5 * torch.ones_like(p_right)
+    assert dense_diagnostics([[r @ skewed for r in r_right]], weights)["diag_cos_pairwise"] != pytest.approx(
+        factored_diagnostics([r_right], weights)["diag_cos_pairwise"], abs=1e-6
+    )
