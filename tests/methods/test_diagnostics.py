@@ -1,10 +1,12 @@
-"""Subspace diagnostics on constructed clients (LoRA, dense, FedGaLore r-space), and their wiring into fedit / ffa_lora rounds."""
+"""Subspace diagnostics on constructed clients, and their wiring into the LoRA and dense rounds."""
 
 import math
 
 import pytest
 import torch
 
+from fedsub.core.registry import build_method
+from fedsub.core.types import ClientUpdate, Payload, ServerState
 from fedsub.methods.diagnostics import (
     basis_overlap,
     column_basis,
@@ -117,6 +119,22 @@ def test_dense_diagnostics_by_hand_over_two_matrices():
     assert "diag_truncation_energy" not in dense_diagnostics(clients, [0.75, 0.25])  # no rank, no truncation
 
 
+def test_fedavg_full_round_diagnostics_are_of_w_k_minus_w_t_without_the_head():
+    method = build_method("fedavg_full")
+    method.matrix_names = ["w"]
+    start = torch.ones(2, 2)
+    state = ServerState(0, {"w": start, "h": torch.zeros(2)})
+    a = ClientUpdate(0, Payload({"w": start + 4 * torch.eye(2), "h": torch.tensor([1.0, 0.0])}), 3)
+    b = ClientUpdate(1, Payload({"w": start + 8 * J.float(), "h": torch.tensor([1.0, 0.0])}), 1)
+    _, metrics = method.aggregate_train(state, [a, b])
+    # matrix 1 of the hand test alone; the identical head updates would make the cosines positive
+    assert metrics["diag_cos_pairwise"] == 0.0
+    assert metrics["diag_cancellation_ratio"] == pytest.approx(math.sqrt(26) / (5 * math.sqrt(2)), abs=1e-12)
+    assert metrics["diag_cos_client_global"] == pytest.approx((3 + 2) / math.sqrt(13) / 2, abs=1e-12)
+    assert metrics["diag_rank_max"] == 2.0 and "diag_truncation_energy" not in metrics
+    assert build_method("fedavg_full", {"diagnostics": False}).aggregate_train(state, [a, b])[1] == {}
+
+
 def orthonormal(rows, cols, gen):
     q, _ = torch.linalg.qr(torch.randn(max(rows, cols), min(rows, cols), generator=gen, dtype=torch.float64))
     return q.mT if rows < cols else q
@@ -140,3 +158,20 @@ def test_r_space_diagnostics_equal_the_dense_diagnostics_of_the_updates_r_p():
     assert dense_diagnostics([[r @ skewed for r in r_right]], weights)["diag_cos_pairwise"] != pytest.approx(
         factored_diagnostics([r_right], weights)["diag_cos_pairwise"], abs=1e-6
     )
+
+
+@pytest.mark.parametrize("name", ["fedftg", "fedavg_full"])
+def test_subspace_and_dense_rounds_report_diagnostics_unless_turned_off(tiny_data, tmp_path, name):
+    cfg = tiny_config(methods=[name])
+    sim = Simulation(cfg, cfg.methods[0], tiny_data, tmp_path / name)
+    record = sim.run_round(0)
+    keys = {"diag_cancellation_ratio", "diag_cos_client_global", "diag_cos_pairwise", "diag_rank_mean", "diag_rank_max"}
+    assert {k for k in record if k.startswith("diag_")} == keys | ({"diag_truncation_energy"} if name == "fedftg" else set())
+    assert 0.0 < record["diag_cancellation_ratio"] <= 1.0 + 1e-9
+    # FedFTG's per-client projectors and full fine-tuning inflate the rank (3 clients x 8 = 24 of 32, and 32).
+    assert record["diag_rank_max"] > 8.0
+    if name == "fedavg_full":  # the target weights only: no head, no biases
+        assert sim.method.matrix_names and all(n.endswith(".weight") and "classifier" not in n for n in sim.method.matrix_names)
+    cfg = tiny_config(methods=[{"name": name, "diagnostics": False}])
+    record = Simulation(cfg, cfg.methods[0], tiny_data, tmp_path / f"{name}-off").run_round(0)
+    assert not [k for k in record if k.startswith("diag_")]
