@@ -79,3 +79,25 @@ def test_rounds_bench_takes_medians_over_repeats_and_renders_them(monkeypatch):
     out = load_results_md().update("# Benchmarks\n", {"rounds-cpu": report})
     assert "## Seconds, bytes and memory per round (cpu)" in out
     assert "| fedit | 4.00 | 3.00, 9.00, 4.00 | 2.00 | 2.00 | 2.00 | 2.00 | 2.00 | 1.00 | 900 |" in out
+
+
+def test_diag_rank_pools_rounds_per_method_and_fails_in_one_line(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("diag_rank", BENCH / "diag_rank.py")
+    diag_rank = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diag_rank)
+    for run, ranks in (("a", [8.0, 8.0]), ("b", [6.0, 8.0])):
+        for method, scale in (("fedgalore", 1.0), ("fedit", 3.0)):
+            records = [{"round": i + 1, "diag_rank_mean": scale * r, "diag_rank_max": scale * 8, "diag_cancellation_ratio": 0.5,
+                        "diag_cos_pairwise": 0.25 * i} for i, r in enumerate(ranks)]  # fmt: skip
+            (tmp_path / run / method).mkdir(parents=True)
+            (tmp_path / run / method / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "b" / "fedavg_full").mkdir()
+    (tmp_path / "b" / "fedavg_full" / "metrics.jsonl").write_text(json.dumps({"round": 1}) + "\n")
+    diag_rank.main([str(tmp_path / "a"), str(tmp_path / "b")])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2:] == ["| fedavg_full | 1 | 1 | – | – | – | – |",
+                         "| fedgalore | 2 | 4 | 7.500 | 8.000 | 0.500 | 0.125 |",
+                         "| fedit | 2 | 4 | 22.500 | 24.000 | 0.500 | 0.125 |"]  # fmt: skip
+    with pytest.raises(SystemExit) as failed:
+        diag_rank.main([str(tmp_path / "missing")])
+    assert str(failed.value) == f"error: {tmp_path / 'missing'}: not a directory"

@@ -16,7 +16,7 @@ def update(client_id, n, **tensors):
 
 @pytest.mark.parametrize("name", ["fedavg_full", "fedit", "ffa_lora"])
 def test_aggregate_is_the_example_weighted_mean(name):
-    method = build_method(name)
+    method = build_method(name, {"diagnostics": False})  # diagnostics: test_diagnostics.py
     state = ServerState(0, {"x.lora_A": torch.zeros(2, 3), "x.lora_B": torch.zeros(3, 2), "head": torch.zeros(2)})
     a = update(0, 1, **{"x.lora_B": torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]), "head": torch.tensor([1.0, 0.0])})
     b = update(1, 3, **{"x.lora_B": torch.tensor([[5.0, 6.0], [7.0, 8.0], [9.0, 10.0]]), "head": torch.tensor([0.0, 4.0])})

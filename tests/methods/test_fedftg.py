@@ -34,14 +34,19 @@ def test_default_trains_the_lower_half_up_projections_and_the_head_only(tiny_dat
         simulation(tiny_data, tmp_path, modules=["nope"])
 
 
-def test_aggregate_is_fedavg_of_the_dense_weights():
-    method = build_method("fedftg")
+def test_aggregate_is_fedavg_of_the_dense_weights_with_diagnostics_of_the_managed_matrices():
+    method = build_method("fedftg", {"rank": 1})
+    method.galore_names = ["w"]
     state = ServerState(0, {"w": torch.zeros(2, 2), "h": torch.zeros(1)})
     a = ClientUpdate(0, Payload({"w": torch.tensor([[4.0, 0.0], [0.0, 4.0]]), "h": torch.tensor([1.0])}), 3)
     b = ClientUpdate(1, Payload({"w": torch.tensor([[0.0, 8.0], [8.0, 0.0]]), "h": torch.tensor([5.0])}), 1)
-    new, _ = method.aggregate_train(state, [a, b])
+    new, metrics = method.aggregate_train(state, [a, b])
     assert torch.equal(new.tensors["w"], torch.tensor([[3.0, 2.0], [2.0, 3.0]]))
     assert torch.equal(new.tensors["h"], torch.tensor([2.0]))
+    # ΔW = 4 I and 8 J, p = (3/4, 1/4): orthogonal, ΔW̄ = [[3, 2], [2, 3]] with σ = (5, 1); the head is left out.
+    assert metrics["diag_cos_pairwise"] == 0.0 and metrics["diag_rank_max"] == 2.0
+    assert metrics["diag_cancellation_ratio"] == pytest.approx(26**0.5 / (0.75 * 32**0.5 + 0.25 * 128**0.5), abs=1e-12)
+    assert metrics["diag_truncation_energy"] == pytest.approx(1 / 26, abs=1e-12)  # beyond rank 1
 
 
 def test_frozen_weights_never_change_and_only_trained_weights_cross_the_wire(tiny_data, tmp_path):

@@ -1,4 +1,4 @@
-"""Subspace diagnostics of a federated LoRA round (METHODS.md, Subspace-Reg; arXiv 2606.22724).
+"""Subspace diagnostics of a federated round (METHODS.md, Subspace-Reg; arXiv 2606.22724).
 
 Inputs per LoRA layer l: each client's factors (B_k, A_k) with ΔW_k = s B_k A_k, the FedAvg weights
 p_k, and the update the server now holds in factored form (B_agg, A_agg). ΔW_k is the client's whole
@@ -24,12 +24,22 @@ FedAvg of full weights would give), not the server's possibly re-factored or bia
 
 Cost: nothing dense. The inner products come from r x r matrices, ⟨B_iA_i, B_jA_j⟩ = Σ (B_iᵀB_j) ∘
 (A_iA_jᵀ); singular values of ΔW̄ from the factored SVD of the stacked factors (lora_math).
+
+Dense methods (fedftg, fedavg_full; `dense_diagnostics`): ΔW_k = W_k − W_t, the round's update, per
+trained matrix; the head is left out, as the LoRA diagnostics leave it out (they see LoRA layers only),
+and so are biases. Same cancellation, cosines, rank rule; truncation energy at fedftg's rank (fedavg_full
+has no rank and reports none). No basis overlap: a dense update has no B; a client basis would need
+a truncation rank fedavg_full does not have (its ΔW̄ has full rank, 32 of 32 on the tiny model) and
+one SVD per client and matrix (8 x 36 of them on MiniLM, against one per matrix here).
+FedGaLore (`factored_diagnostics`): the same numbers from its r-wide uploads R_k, exactly.
+Their ΔW_k is the round's update, the LoRA methods' (flora aside) the whole adapter since W0: a
+LoRA rank counts every round so far, a dense / FedGaLore rank this round's only.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -102,15 +112,18 @@ def basis_overlap(q_ref: Tensor, q_client: Tensor) -> float | None:
     return float((q_ref.mT @ q_client).square().sum()) / q_client.shape[1]
 
 
+def spectrum_summary(s: Tensor, rank: int, rtol: float, reference: float) -> tuple[int, float]:
+    """(numerical rank, share of Σ σ² beyond the top `rank` singular values) of one ΔW̄."""
+    energy = s.square()
+    layer_rank = numerical_rank(s, rtol, reference)
+    return layer_rank, _safe_ratio(float(energy[rank:].sum()), float(energy.sum())) if layer_rank else 0.0
+
+
 def layer_spectrum(
     pairs: Sequence[Factors], weights: Sequence[float], rank: int, rtol: float, reference: float
 ) -> tuple[int, float]:
     """(numerical rank of ΔW̄, share of ‖ΔW̄‖² beyond its top `rank` singular values)."""
-    s = factored_svd(*stack_factors(pairs, weights))[1]
-    energy = s.square()
-    total = float(energy.sum())
-    layer_rank = numerical_rank(s, rtol, reference)
-    return layer_rank, _safe_ratio(float(energy[rank:].sum()), total) if layer_rank else 0.0
+    return spectrum_summary(factored_svd(*stack_factors(pairs, weights))[1], rank, rtol, reference)
 
 
 def lora_diagnostics(
@@ -186,3 +199,58 @@ def fedavg_diagnostics(options, state: ServerState, new: ServerState, updates: S
     aggregated = {p: client_pairs([new.tensors], k, known=(frozen,))[0] for p, k in layers.items()}
     scale = options.lora_alpha / options.rank
     return round_diagnostics(layers, updates, scale, aggregated, options.rank, known=(state.tensors, frozen))
+
+
+# ---------------------------------------------------------------- dense and GaLore-factored updates
+
+
+def dense_diagnostics(
+    clients: Iterable[Sequence[Tensor]], weights: Sequence[float], rank: int | None = None, rtol: float = RANK_RTOL
+) -> dict[str, float]:
+    """The diagnostics of dense client updates, matrix by matrix: clients[l][k] = ΔW_k of matrix l
+    (a conv kernel is read as out x rest). Cosines and cancellation over all matrices' entries (the
+    summed Gram), rank of ΔW̄ = Σ p_k ΔW_k per matrix (float64 svdvals: float32's ~1e-7 rounding of
+    the SVD itself sits next to RANK_RTOL), truncation energy at `rank` when the method has one.
+    `clients` may be a generator: one matrix's K float64 copies are held at a time (MiniLM's
+    384 x 1536 MLP weights, 8 clients: 38 MB; all 36 matrices at once would be 680 MB)."""
+    p = torch.tensor(list(weights), dtype=torch.float64)
+    gram, ranks, truncated = None, [], []
+    for layer in clients:
+        flat = torch.stack([d.double().flatten() for d in layer])  # K x (m n)
+        layer_gram = flat @ flat.mT
+        gram = layer_gram if gram is None else gram + layer_gram
+        s = torch.linalg.svdvals((p @ flat).reshape(layer[0].shape[0], -1))
+        client_norm = float(p @ layer_gram.diagonal().clamp(min=0).sqrt())  # Σ p_k ‖ΔW_k‖ of this matrix
+        layer_rank, energy = spectrum_summary(s, rank or 0, rtol, client_norm)
+        ranks.append(layer_rank)
+        truncated.append(energy)
+    if gram is None:
+        return {}
+    metrics = {**update_geometry(gram, weights), "diag_rank_mean": sum(ranks) / len(ranks), "diag_rank_max": float(max(ranks))}
+    if rank is not None:
+        metrics["diag_truncation_energy"] = sum(truncated) / len(truncated)
+    return metrics
+
+
+def factored_diagnostics(r_factors: Iterable[Sequence[Tensor]], weights: Sequence[float]) -> dict[str, float]:
+    """FedGaLore's diagnostics in r-space: r_factors[l][k] = R_k of matrix l, ΔW_k = R_k P (right,
+    P: r x n with orthonormal rows) or P R_k (left, P: m x r, orthonormal columns), P shared by the
+    round's clients. Then ⟨R_i P, R_j P⟩ = tr(R_i P Pᵀ R_jᵀ) = ⟨R_i, R_j⟩ and R̄ P = (Σ p_k R_k) P has
+    R̄'s singular values, so the dense diagnostics of the R_k are those of the updates, at m x r cost
+    (MiniLM, r = 8: 48x less than the 384 x 1536 matrices). The decay term (c_k - 1) W_t is left out:
+    0 at weight decay 0 (our presets); otherwise a full-rank shrink of W_t common to every client
+    that took the same steps, which would make every rank min(m, n) and pull the cosines towards 1
+    without saying anything about the learned subspace. No truncation energy: R̄ P has rank <= r and
+    the server applies it untruncated."""
+    return dense_diagnostics(r_factors, weights)
+
+
+def dense_round_diagnostics(state: ServerState, updates: Sequence[ClientUpdate], names: Sequence[str], rank: int | None) -> dict[str, float]:
+    """Wire `dense_diagnostics` to a FedAvg-of-weights round (fedftg, fedavg_full): ΔW_k = W_k − W_t
+    for each named matrix (the uploads and the round's start state)."""
+    if not updates:
+        return {}
+    weights = normalized_weights([u.num_examples for u in updates])
+    start = state.tensors
+    clients = ([u.payload.tensors[n].double() - start[n].double() for u in updates] for n in names)
+    return dense_diagnostics(clients, weights, rank)

@@ -10,16 +10,19 @@ The client's optimizer state (projectors, moments, step counts) stays on the cli
 rounds (``client.state``), as in the paper; ``reset_each_round`` starts every round from scratch.
 
 Bytes: down and up are the dense trained weights and the head (the paper's protocol).
+
+Metrics: the diag_* update diagnostics of the GaLore-managed matrices (methods/diagnostics.py,
+``dense_diagnostics``), truncation energy at ``rank``.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedsub.core.registry import register
-from fedsub.core.types import ClientContext, ClientUpdate, Payload
+from fedsub.core.types import ClientContext, ClientUpdate, Payload, ServerState
 from fedsub.core.workspace import Workspace
 from fedsub.methods.base import FedAvgMethod
 from fedsub.methods.galore_common import (
@@ -47,6 +50,7 @@ class FedFTGOptions(BaseModel):
     reset_each_round: bool = Field(False, description="start each round with a fresh optimizer instead of the kept one")
     seed: int | None = Field(None, description="seed of random / rsvd projectors; None = the run seed")
     head_lr: float | None = Field(None, gt=0, description="lr of the densely trained head; None = the run's train.lr")
+    diagnostics: bool = Field(True, description="update diagnostics every round (diag_* metrics, see methods/diagnostics.py)")
 
 
 def lower_half(indices: list[int]) -> set[int]:
@@ -99,3 +103,9 @@ class FedFTG(FedAvgMethod):
             client.state["optimizer"] = export_state(optimizer)
         upload = workspace.read(payload.tensors.keys())
         return ClientUpdate(client.client_id, Payload(upload), len(client.indices), metrics)
+
+    def round_metrics(self, state: ServerState, new: ServerState, updates: Sequence[ClientUpdate]) -> dict[str, float]:
+        """diag_* of the round's dense updates of the GaLore-managed matrices (the head left out)."""
+        from fedsub.methods.diagnostics import dense_round_diagnostics  # late, as in base
+
+        return dense_round_diagnostics(state, updates, self.galore_names, self.options.rank) if self.options.diagnostics else {}

@@ -99,6 +99,7 @@ class FedGaLoreOptions(BaseModel):
     warmup_batches: int = Field(1, ge=0, description="sketch sources: batches per round-1 client whose gradient sketch gives round 1 its projector; 0 = round 1 is random")
     downlink: Literal["factored", "dense"] = Field("factored", description="global matrices down as factored deltas or dense")
     downlink_history: int = Field(8, gt=0, description="factored: rounds of deltas the server keeps; clients further behind get dense")
+    diagnostics: bool = Field(True, description="update diagnostics of the R_k every round (diag_* metrics, r-space; see methods/diagnostics.py)")
 
 
 def sketch_projector(sketch: Tensor, shape: torch.Size, rank: int) -> Tensor:
@@ -361,6 +362,10 @@ class FedGaLore(FedAvgMethod):
             delta = {"version": state.round + 1, "decay": c_bar, "r_bar": {n: r_bar[f"R::{n}"] for n in self.galore_names},
                      "refresh": state.extra["refresh"], "projectors": projectors if sketched else None}
             extra = downlink.record_delta(extra, delta, [u.client_id for u in updates], self.options.downlink_history)
+        if self.options.diagnostics:  # of R_k P, exact in r-space: P is shared and orthonormal
+            from fedsub.methods.diagnostics import factored_diagnostics
+
+            metrics.update(factored_diagnostics([[u[f"R::{n}"] for u in uploads] for n in self.galore_names], weights))
         return ServerState(state.round + 1, tensors, extra), metrics
 
     def sync_moments(self, uploads: list[dict], weights: list[float]) -> tuple[dict[str, Tensor], dict[str, float]]:
