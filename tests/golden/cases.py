@@ -79,11 +79,12 @@ def task(kind: str, methods: list, rounds: int = 2) -> dict[str, Any]:
 
 def demo() -> dict[str, Any]:
     """configs/demo.yaml (real all-MiniLM-L6-v2 weights, WordNet supersenses, 3 methods) cut to
-    fit a test suite. The whole demo takes ~25 s a method-round on a loaded 2-core machine (40
-    MiniLM steps of 16 x 48 tokens, 400 test examples); cut, measured at ~XX s in all:
+    fit a test suite. Uncut, a method-round took 33-55 s on the loaded 2-core machine it was
+    recorded on (40 MiniLM steps of 16 x 48 tokens, 400 test examples; 2 rounds: 3.4 min). Cut
+    to ~58 s in all (load ~4 on 2 cores):
     - federation.rounds 8 -> 2 (round 2 already runs every path a later round does);
     - federation.clients_per_round 8 -> 3 (still 8 clients and the demo's partition; now sampled);
-    - train.local_steps 5 -> 2 (still several optimizer steps per client);
+    - train.local_steps 5 -> 2 (still more than one optimizer step per client);
     - data.max_test_per_class 50 -> 10 (evaluation cost; 80 test examples, every class).
     max_train_per_class stays 250: it costs little (encoding, partition), the steps do."""
     raw = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
@@ -244,7 +245,7 @@ def differences(name: str, golden: list[dict], now: list[dict], limit: int = 20)
     if len(golden) != len(now):
         lines.append(f"{name}: {len(golden)} golden records, {len(now)} now")
     for g, n in zip(golden, now):
-        where = f"{name} {g.get('method')} round {g.get('round')}"
+        where = f"{name}: {g.get('method')} round {g.get('round')}"
         for key in sorted(g.keys() - n.keys()):
             lines.append(f"{where}: key {key!r} missing now (golden {g[key]!r})")
         for key in sorted(n.keys() - g.keys()):
