@@ -271,7 +271,7 @@ AJIVE_RULES = {"ajive_input": "sqrt", "ajive_weighting": "clients", "ajive_floor
 
 @pytest.mark.parametrize(("sync", "rules"), [("mean", {}), ("ajive", {}), ("ajive", AJIVE_RULES)], ids=["mean", "ajive", "ajive-rules"])
 def test_synced_single_client_equals_centralised_galore_adamw_with_first_moment_restarts(tiny_data, tmp_path, monkeypatch, sync, rules):
-    """METHODS.md point 4: one client, full participation, V_hat synced back to it each round. It
+    """docs/methods.md point 4: one client, full participation, V_hat synced back to it each round. It
     must follow one GaLore-AdamW whose second moment (and its step count) carries on across rounds
     and whose first moment restarts at every round boundary, over 4 rounds with a projector refresh
     (reset) at round 3, from a warm-up sketch and a sketched P. The head's AdamW state restarts

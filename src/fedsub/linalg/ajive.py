@@ -3,7 +3,7 @@
 Feng, Jiang, Hannig & Marron 2018, "Angle-based joint and individual variation explained", JMVA
 166:241-265. K blocks X_k (n x d_k) share their n rows; each is split as
 X_k = mu_k + J_k + I_k + E_k with J_k = U_J U_J^T (X_k - mu_k) in a score space U_J common to all
-blocks. Steps (METHODS.md, "AJIVE"): per-block signal SVD, SVD of the stacked signal score bases,
+blocks. Steps (docs/methods.md, "AJIVE"): per-block signal SVD, SVD of the stacked signal score bases,
 joint rank from the Wedin and random-direction bounds, identifiability check, then the parts.
 
 Precision: the decomposition (block SVDs, stacked SVD, projections) runs in float64 on CPU,

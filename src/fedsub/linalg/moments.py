@@ -1,4 +1,4 @@
-"""Server-side synchronisation of clients' projected Adam second moments (FedGaLore, METHODS.md
+"""Server-side synchronisation of clients' projected Adam second moments (FedGaLore, docs/methods.md
 "FedGaLore - our specification", point 5).
 
 Each client k sends V_k (m x r, the GaLore-projected second moment) and a weight (n_k). The
@@ -48,7 +48,7 @@ def sync_second_moments(
     floor: float = 0.0,
     **ajive_kwargs: Any,
 ) -> tuple[Tensor, AJIVEResult | None]:
-    """AJIVE-synchronised second moment V_hat (METHODS.md FedGaLore point 5).
+    """AJIVE-synchronised second moment V_hat (docs/methods.md FedGaLore point 5).
 
     Args:
         moments: V_k, one per client, all of the same shape (m x r), dtype and device.

@@ -1,4 +1,4 @@
-"""Subspace diagnostics of a federated round (METHODS.md, Subspace-Reg; arXiv 2606.22724).
+"""Subspace diagnostics of a federated round (docs/methods.md, Subspace-Reg; arXiv 2606.22724).
 
 Inputs per LoRA layer l: each client's factors (B_k, A_k) with ΔW_k = s B_k A_k, the FedAvg weights
 p_k, and the update the server now holds in factored form (B_agg, A_agg). ΔW_k is the client's whole

@@ -1,6 +1,6 @@
 """fedavg_full: full fine-tuning of the target modules (and head), FedAvg of the weights.
 
-The upper reference every LoRA method is compared to (METHODS.md, Baselines). Metrics: the diag_*
+The upper reference every LoRA method is compared to (docs/methods.md, Baselines). Metrics: the diag_*
 update diagnostics of the target modules' weight matrices (methods/diagnostics.py,
 ``dense_diagnostics``; no truncation energy: there is no rank).
 """

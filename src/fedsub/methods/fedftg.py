@@ -1,6 +1,6 @@
 """fedftg: GaLore-AdamW on the lower MLP up-projections, FedAvg of the dense trained weights.
 
-FedFTG (arXiv 2410.23111; METHODS.md "FedFTG"): each client fine-tunes the MLP up-projection
+FedFTG (arXiv 2410.23111; docs/methods.md "FedFTG"): each client fine-tunes the MLP up-projection
 (intermediate dense) weights of the lower half of the transformer blocks with GaLore-AdamW
 (GaLore, arXiv 2403.03507) using its own per-client ``svd`` projectors, refreshed every
 ``update_proj_gap`` of its steps; the task head is trained densely (plain AdamW); everything else

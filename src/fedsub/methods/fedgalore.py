@@ -1,6 +1,6 @@
 """fedgalore: shared GaLore projectors, factored uploads, synchronised projected second moments.
 
-FedGaLore (arXiv 2602.01746), as specified in METHODS.md "FedGaLore – our specification"; the
+FedGaLore (arXiv 2602.01746), as specified in docs/methods.md "FedGaLore – our specification"; the
 client optimizer is GaLore-AdamW (GaLore, arXiv 2403.03507). Per GaLore-managed weight W (m x n,
 right side P: r x n shown; the left side is the transpose):
 
@@ -163,7 +163,7 @@ class GradientSketch:
 
 @register("fedgalore")
 class FedGaLore(FedAvgMethod):
-    """FedGaLore (arXiv 2602.01746) with our specification's switches (METHODS.md)."""
+    """FedGaLore (arXiv 2602.01746) with our specification's switches (docs/methods.md)."""
 
     Options = FedGaLoreOptions
 
@@ -314,7 +314,7 @@ class FedGaLore(FedAvgMethod):
     def start_state(self, optimizer, named: dict[str, Tensor], payload: Payload, client: ClientContext) -> None:
         """Install P and the starting moments: V_hat (synced), the client's own (sync none) or zeros
         (sync reset, and the first round). V_hat is a bias-corrected estimate of E[g~^2] after
-        ``v_step`` steps (METHODS.md point 4): installed as such, its correction continues from
+        ``v_step`` steps (docs/methods.md point 4): installed as such, its correction continues from
         v_step, while the first moment restarts at zero with its own count. With one client this is
         exactly one GaLore-AdamW whose first moment restarts each round (tested)."""
         saved = client.state.get("optimizer") if self.options.sync == "none" else None
@@ -334,7 +334,7 @@ class FedGaLore(FedAvgMethod):
     def upload(self, workspace: Workspace, optimizer, named: dict[str, Tensor], sketch: GradientSketch | None):
         """R, V and S per matrix, the head, and as scalars the decay product c^E and V's step count.
 
-        V is the bias-corrected estimate v / (1 - beta2^t) with t = ``v_step`` (METHODS.md point 4):
+        V is the bias-corrected estimate v / (1 - beta2^t) with t = ``v_step`` (docs/methods.md point 4):
         the raw v after E = 5 steps from zero is 1 - 0.999^5 = 0.5% of it, and installing raw v as
         an estimate made the next round's steps ~14x too large."""
         tensors, decays, steps = workspace.read(self.head_names), set(), set()

@@ -1,4 +1,4 @@
-"""FedGaLore's server-side second-moment sync (METHODS.md "FedGaLore", point 5) and its metrics.
+"""FedGaLore's server-side second-moment sync (docs/methods.md "FedGaLore", point 5) and its metrics.
 
 ``sync`` ``mean``: V_hat = sum_k p_k V_k; ``ajive``: fedsub.linalg.moments.sync_second_moments per
 managed matrix, with the ``ajive_*`` options of FedGaLoreOptions. The blocks share the weight's long

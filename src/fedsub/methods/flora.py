@@ -11,7 +11,7 @@ Bytes, honestly: from round 1 on the downlink carries the merged dense weight of
 the pretrained W0 (each client process keeps it from `prepare_model`, as it would from its model
 download). The uplink is each client's r_k-wide A and B and the head. (The paper sends the stack
 down and lets clients merge; that needs every client to have merged every earlier round, which
-partial participation breaks, hence the dense downlink of METHODS.md.)
+partial participation breaks, hence the dense downlink of docs/methods.md.)
 
 Fresh A: drawn by each client from its round seed (lora_math.fresh_lora_a, PEFT's init
 distribution), so no bytes are spent on it and a client's round is reproducible in isolation.

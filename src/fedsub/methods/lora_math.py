@@ -1,6 +1,6 @@
 """Pure LoRA maths shared by the federated LoRA methods: grouping, stacking, SVD factorisations.
 
-Notation (METHODS.md): a LoRA pair on W0 (d_out x d_in) is B (d_out x r), A (r x d_in), scale
+Notation (docs/methods.md): a LoRA pair on W0 (d_out x d_in) is B (d_out x r), A (r x d_in), scale
 s = lora_alpha / r, update ΔW = s B A. Every function here takes and returns plain tensors, so the
 exact-number tests call them on 3x2 matrices; the method classes only wire them to payloads.
 
@@ -159,7 +159,7 @@ def svd_refactor(
 ) -> Factors:
     """Re-factor the aggregate ΔW̄ = scale * B_stack A_stack into rank-`rank` LoRA factors.
 
-    The pipeline of SVD redistribution and Subspace-Reg's server (METHODS.md): optional Frobenius
+    The pipeline of SVD redistribution and Subspace-Reg's server (docs/methods.md): optional Frobenius
     clip of ΔW̄ (to `max_norm`, on the effective update, per layer), rank-r SVD, split by `split`,
     optional norm-restoring rescale so that ‖scale * B A‖ equals the (clipped) ‖ΔW̄‖ that truncation
     shrank. Norms come from the singular values of the full factored SVD (no dense matrix).

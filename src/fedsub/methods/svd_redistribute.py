@@ -3,7 +3,7 @@
 The "SVD redistribution" baseline of Subspace-Reg (Senarath et al. 2026, arXiv 2606.22724):
 ΔW̄ = Σ p_k s B_k A_k, optional Frobenius clip of ΔW̄ (per layer), rank-r SVD U S Vᵀ, B = U √S,
 A = √S Vᵀ (de-scaled by s), optional norm-restoring rescale of both factors so that the truncated
-product keeps ‖ΔW̄‖ (METHODS.md). Clients train A and B from the global factors; both are sent.
+product keeps ‖ΔW̄‖ (docs/methods.md). Clients train A and B from the global factors; both are sent.
 Subspace-Reg subclasses this with its own split and a client regulariser.
 """
 

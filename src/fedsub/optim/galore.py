@@ -22,7 +22,7 @@ single-tensor (``foreach=False``) code path operation for operation, so they mat
 
 Weight decay is decoupled and applied first, as torch AdamW: ``W <- c W - lr scale back(N)`` with
 ``c = 1 - lr wd`` and ``N = m_hat / (sqrt(v_hat) + eps)``. With P fixed, W_E = (prod c) W_0 + R P where
-``R <- c R - lr scale N`` (see :meth:`GaLoreAdamW.get_update_factor`). METHODS.md writes the
+``R <- c R - lr scale N`` (see :meth:`GaLoreAdamW.get_update_factor`). docs/methods.md writes the
 recurrence as ``c (R - lr scale N)``, i.e. decay after the update as galore-torch does; the two differ
 by O(lr^2 wd) and the decay-first form is the one that reduces to torch AdamW.
 """
@@ -314,7 +314,7 @@ class GaLoreAdamW(Optimizer):
     def set_projector(self, p: Tensor, projector: Tensor, *, moments: str = "reset") -> None:
         """Install P for ``p`` (``given`` projectors, server-shared projectors).
 
-        ``moments``: ``reset`` (zero both moments and their step counts; METHODS.md default),
+        ``moments``: ``reset`` (zero both moments and their step counts; docs/methods.md default),
         ``keep`` (leave them, as GaLore does at a refresh) or ``transport`` (map them to the new
         basis). A tracked update (``track_update``) restarts from zero: R is relative to one P.
         P is copied, cast to the state dtype and moved to ``p``'s device.

@@ -1,6 +1,6 @@
 """GaLore projectors as small pure functions (Zhao et al. 2024, "GaLore", arXiv 2403.03507).
 
-A GaLore-managed matrix W (m x n) is projected on one side, chosen by shape (METHODS.md):
+A GaLore-managed matrix W (m x n) is projected on one side, chosen by shape (docs/methods.md):
 
 - ``right`` when m >= n: P is r x n with orthonormal rows, ``g~ = G P^T`` (m x r),
   back-projection ``N P`` (m x n);
@@ -188,7 +188,7 @@ def add_projected_back_(
 def transport_moments(
     exp_avg: Tensor, exp_avg_sq: Tensor, p_old: Tensor, p_new: Tensor, side: Side, *, outside: bool = True
 ) -> tuple[Tensor, Tensor]:
-    """Carry Adam moments from span(P_old) to span(P_new) (FedGaLore, METHODS.md point 6).
+    """Carry Adam moments from span(P_old) to span(P_new) (FedGaLore, docs/methods.md point 6).
 
     Right side: Q = P_old P_new^T (r x r), m_new = m_old Q exactly (a gradient projected on P_old
     re-expressed on P_new), v_new = v_old (Q o Q), the diagonal approximation (v is an elementwise
