@@ -66,7 +66,7 @@ def read_final_model(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
 def rebuild_global_model(cfg: ExperimentConfig, spec: MethodSpec, tensors: dict[str, torch.Tensor], label_names: list[str]):
     """The starting model of the run (seeded base + prepare_model) with the saved tensors written in."""
     from fedsub.core.registry import build_method
-    from fedsub.engines.simulation import FederatedData, build_workspace
+    from fedsub.engines.setup import FederatedData, build_workspace
 
     labels_only = FederatedData(None, None, None, [], label_names, {})  # the model needs only the labels
     workspace = build_workspace(cfg.model_copy(update={"device": "cpu"}), build_method(spec.name, spec.options), labels_only)

@@ -25,7 +25,8 @@ from rich.table import Table
 from fedsub.config import ConfigError, ExperimentConfig, MethodSpec, config_to_dict, load_config, method_to_dict
 from fedsub.core.checkpoint import checkpoint_round
 from fedsub.core.io import atomic_write_text
-from fedsub.engines.simulation import FederatedData, Simulation, prepare_data, summarize
+from fedsub.engines.setup import FederatedData, prepare_data
+from fedsub.engines.simulation import Simulation, summarize
 from fedsub.report import columns_for, markdown_table, plot_metric, read_metrics, table_rows
 
 

@@ -27,7 +27,7 @@ client_app.train("warmup")(handle_warmup)
 @server_app.main()
 def server_main(grid: Grid, context: Context) -> None:
     """Deployment entry point (runs in the SuperLink's ServerApp process)."""
-    from fedsub.engines.simulation import prepare_data
+    from fedsub.engines.setup import prepare_data
     from fedsub.export import save_final_model
 
     cfg = config_from_text(str(context.run_config[CONFIG_KEY]))

@@ -22,7 +22,8 @@ from fedsub.config import ExperimentConfig, MethodSpec
 from fedsub.core.types import Payload
 from fedsub.engines.failures import ClientOutcome, reply_outcome, simulated_fault
 from fedsub.engines.flower.records import META, payload_to_record, record_to_update
-from fedsub.engines.simulation import FederatedData, Simulation, sample_clients
+from fedsub.engines.setup import FederatedData, sample_clients
+from fedsub.engines.simulation import Simulation
 
 QUERY, TRAIN, WARMUP = "query", "train", "train.warmup"
 
