@@ -187,7 +187,7 @@ def run_method(
     resume: bool = False,
 ) -> dict:
     """Train one method, save its final global model, then its summary.json (which marks it finished)."""
-    from fedsub.export import save_final_model
+    from fedsub.engines.final_model import save_final_model
 
     fed = cfg.federation
     method_dir = run_dir / spec.key

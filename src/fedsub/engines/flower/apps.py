@@ -28,7 +28,7 @@ client_app.train("warmup")(handle_warmup)
 def server_main(grid: Grid, context: Context) -> None:
     """Deployment entry point (runs in the SuperLink's ServerApp process)."""
     from fedsub.engines.setup import prepare_data
-    from fedsub.export import save_final_model
+    from fedsub.engines.final_model import save_final_model
 
     cfg = config_from_text(str(context.run_config[CONFIG_KEY]))
     spec = method_spec(cfg, str(context.run_config[METHOD_KEY]))
