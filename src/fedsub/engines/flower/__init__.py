@@ -17,8 +17,8 @@ def require_flower() -> None:
 
 
 def flower_engine(cfg: ExperimentConfig, spec: MethodSpec, data, method_dir: Path):
-    """The engine object `fedsub.run` drives for one method: the in-process grid, or a submission to
-    the SuperLink at flower.superlink. Both have the simulator's `run(on_round, on_client)`."""
+    """The engine (fedsub.engines.engine.Engine) for one method: the in-process grid, or a
+    submission to the SuperLink at flower.superlink."""
     require_flower()
     if cfg.flower.superlink:
         from fedsub.engines.flower.deploy import FlowerDeployment

@@ -95,10 +95,9 @@ def one_line(text: str) -> str:
 class FlowerDeployment:
     """One method's run on a SuperLink; `run()` returns its records like the simulator's."""
 
-    writes_final_model = True  # the ServerApp saves final_model.safetensors itself
-
     def __init__(self, cfg: ExperimentConfig, spec: MethodSpec, method_dir: Path):
         self.cfg, self.spec, self.method_dir = cfg, spec, Path(method_dir).resolve()
+        self.checkpoint_dir = self.method_dir / "checkpoint"  # written by the ServerApp (on loopback: this machine)
         self.run_id: int | None = None
 
     def run(self, on_round: Callable[[dict], None] | None = None, on_client: Callable[[], None] | None = None) -> list[dict]:
@@ -109,6 +108,9 @@ class FlowerDeployment:
             self.run_id = self.submit(app, home)
             self.follow(home, on_round)
         return read_records(self.method_dir / "metrics.jsonl")
+
+    def save_final_model(self, label_names: list[str]) -> None:
+        pass  # the ServerApp saved final_model.safetensors itself, where it ran
 
     def submit(self, app: Path, home: Path) -> int:
         reply = flwr_json(["run", str(app), CONNECTION], home)
