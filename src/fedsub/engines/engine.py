@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Protocol
 
-from fedsub.config import ConfigError, ExperimentConfig, MethodSpec
+from fedsub.config import ExperimentConfig, MethodSpec
 from fedsub.engines.setup import FederatedData
 from fedsub.engines.simulation import Simulation
 
@@ -29,9 +29,7 @@ class Engine(Protocol):
 def make_engine(cfg: ExperimentConfig, spec: MethodSpec, data: FederatedData, method_dir: Path, resume: bool = False) -> Engine:
     """The simulator, or (engine: flower) Flower's in-process grid or a SuperLink submission."""
     if cfg.engine == "flower":
-        if resume:
-            raise ConfigError("--resume: engine flower has no checkpoints yet (client state lives on the nodes); rerun, or use engine: simulation")
         from fedsub.engines.flower import flower_engine  # flwr is an optional extra: imported only when asked for
 
-        return flower_engine(cfg, spec, data, method_dir)
+        return flower_engine(cfg, spec, data, method_dir, resume)
     return Simulation(cfg, spec, data, method_dir, resume=resume)

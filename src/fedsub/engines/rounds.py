@@ -6,7 +6,7 @@ their replies come back (function calls on one shared model in the simulator, Me
 under Flower). Client sampling, simulated faults and each client's seed are pure functions of
 (seed, round, client), and a checkpoint holds everything else the server carries (state, records,
 RNGs, and the client states the engine holds), so a run resumed from its checkpoint writes the
-metrics.jsonl of a run never interrupted.
+metrics.jsonl of a run never interrupted, on either engine.
 """
 
 from __future__ import annotations
@@ -48,9 +48,11 @@ class Exchange:
 
 @dataclass
 class ClientStates:
-    """The clients' part of a checkpoint: the states the engine holds (the simulator's store)."""
+    """The clients' part of a checkpoint: the states the engine holds (the simulator's store), and
+    the clients whose state stays on their own nodes (Flower's context.state), which it cannot hold."""
 
     held: dict[int, dict[str, Any]] = field(default_factory=dict)
+    on_nodes: list[int] = field(default_factory=list)
 
 
 class Clients(Protocol):
@@ -206,7 +208,7 @@ class RoundLoop:
         if every == 0 or (done % every and done != self.cfg.federation.rounds):
             return
         saved = clients.saved_states()
-        ckpt = Checkpoint(done, self.state, saved.held, records, self.data.parts, rng_state(), self.fingerprint())
+        ckpt = Checkpoint(done, self.state, saved.held, records, self.data.parts, rng_state(), self.fingerprint(), saved.on_nodes)
         save_checkpoint(self.checkpoint_dir, ckpt)
 
     def restore(self, clients: Clients) -> list[dict]:
@@ -221,7 +223,7 @@ class RoundLoop:
             raise CheckpointError(f"checkpoint {where}: the data or its partition changed since it was written; restore the data file, or delete {where}")
         if ckpt.round != len(ckpt.records) or ckpt.round > self.cfg.federation.rounds:
             raise CheckpointError(f"checkpoint {where}: {len(ckpt.records)} records for round {ckpt.round}; delete {where}")
-        clients.restore_states(ClientStates(ckpt.clients), where)
+        clients.restore_states(ClientStates(ckpt.clients, ckpt.clients_on_nodes), where)
         self.state = ckpt.server
         restore_rng(ckpt.rng)
         return ckpt.records

@@ -14,11 +14,14 @@ from fedsub.engines.setup import FederatedData
 
 
 class FlowerLocal:
-    """One method's run through Flower's Message/ClientApp path, every node in this process."""
+    """One method's run through Flower's Message/ClientApp path, every node in this process.
 
-    def __init__(self, cfg: ExperimentConfig, spec: MethodSpec, data: FederatedData, out_dir: Path):
+    With `resume`, a run killed in this process (its nodes' context.state died with it) continues
+    from the ServerApp's checkpoint, as a resumed deployment does (see fedsub.engines.flower.server)."""
+
+    def __init__(self, cfg: ExperimentConfig, spec: MethodSpec, data: FederatedData, out_dir: Path, resume: bool = False):
         self.cfg, self.spec, self.data, self.out_dir = cfg, spec, data, out_dir
-        self.server = FlowerServer(cfg, spec, data, out_dir)
+        self.server = FlowerServer(cfg, spec, data, out_dir, resume=resume)
         self.checkpoint_dir = self.server.checkpoint_dir
 
     def run_config(self) -> dict:

@@ -7,6 +7,14 @@ engine's whole part: discovery (which node holds which partition), Messages out,
 with no node, no reply within flower.round_timeout or an error is `dropped` with the reason; a round
 with fewer usable replies than `failures.min_clients` is `skipped` and leaves the global state as it
 was.
+
+Resume: the checkpoint holds the server state, the records and the RNGs. Client state stays on the
+nodes (`context.state`), and a resumed run is a new Flower run whose nodes start empty (flwr 1.41
+gives every run without a series id a fresh Context: flwr/supernode/start_client_internal.py; the
+in-process grid builds new Contexts). So a resume is exact when no client held state at the
+checkpoint (every LoRA method, fedavg_full, fedgalore with dense downlink and synced moments), and
+refused in one line when one did (fedftg, fedgalore's factored downlink or `sync: none`): nodes
+report in each reply whether they hold state, and the checkpoint lists those clients.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedsub.config import ExperimentConfig, MethodSpec
+from fedsub.core.checkpoint import CheckpointError
 from fedsub.engines.failures import ClientOutcome, reply_outcome
 from fedsub.engines.final_model import save_final_model
 from fedsub.engines.flower.records import META, payload_to_record, record_to_update
@@ -31,9 +40,10 @@ QUERY = "query"
 class FlowerClients:
     """The clients of a ServerApp: Flower nodes reached through `grid`, one per partition."""
 
-    def __init__(self, grid: Grid, cfg: ExperimentConfig):
-        self.grid, self.cfg = grid, cfg
+    def __init__(self, grid: Grid, cfg: ExperimentConfig, method_key: str):
+        self.grid, self.cfg, self.method_key = grid, cfg, method_key
         self.nodes: dict[int, int] = {}  # partition-id (fedsub client id) -> Flower node id
+        self.holding_state: set[int] = set()  # clients whose node said it holds state for them
 
     # ------------------------------------------------------------------ nodes
     def connect(self) -> None:
@@ -99,29 +109,40 @@ class FlowerClients:
     def received(self, reply: Message, fault: str | None) -> ClientOutcome:
         """A reply in time; a simulated straggler's or one over failures.deadline_s is dropped, as in the simulator."""
         update = record_to_update(reply.content)
-        seconds = float(reply.content.config_records[META]["seconds_train"])
-        return reply_outcome(self.cfg.failures, update.client_id, update, seconds, fault)
+        meta = reply.content.config_records[META]
+        if meta.get("holds_state", False):
+            self.holding_state.add(update.client_id)
+        return reply_outcome(self.cfg.failures, update.client_id, update, float(meta["seconds_train"]), fault)
 
     # ------------------------------------------------------------------ checkpoint
     def saved_states(self) -> ClientStates:
-        return ClientStates()  # client state stays on the nodes (context.state)
+        return ClientStates(on_nodes=sorted(self.holding_state))
 
     def restore_states(self, saved: ClientStates, where: Path) -> None:
-        pass  # fedsub.engines.engine refuses --resume for engine: flower
+        refuse_node_state(saved.on_nodes, where, self.method_key)
+
+
+def refuse_node_state(on_nodes: list[int], where: Path, method_key: str) -> None:
+    """A resumed Flower run starts its nodes empty: exact only if no client held state at the checkpoint."""
+    if on_nodes:
+        raise CheckpointError(
+            f"--resume: checkpoint {where}: {method_key} keeps client state on the Flower nodes (clients {', '.join(map(str, on_nodes))}), "
+            f"which a resumed Flower run starts without; delete {where} to rerun {method_key} from round 1, or use engine: simulation"
+        )
 
 
 class FlowerServer:
     """The server side of one method's Flower run: the method, a workspace for evaluation, the
     RoundLoop. The clients are Flower nodes, reached through the grid `run_with_grid` is given."""
 
-    def __init__(self, cfg: ExperimentConfig, spec: MethodSpec, data: FederatedData, out_dir: Path):
-        self.cfg, self.spec, self.data, self.out_dir = cfg, spec, data, out_dir
+    def __init__(self, cfg: ExperimentConfig, spec: MethodSpec, data: FederatedData, out_dir: Path, resume: bool = False):
+        self.cfg, self.spec, self.data, self.out_dir, self.resume = cfg, spec, data, out_dir, resume
         reset_peak_rss()
         self.loop = RoundLoop(cfg, spec, data, set_up_method(cfg, spec, data), out_dir)
         self.checkpoint_dir = self.loop.checkpoint_dir
 
     def run_with_grid(self, grid: Grid, on_round: Callable[[dict], None] | None = None) -> list[dict]:
-        return self.loop.run(FlowerClients(grid, self.cfg), on_round)
+        return self.loop.run(FlowerClients(grid, self.cfg, self.spec.key), on_round, resume=self.resume)
 
     def save_final_model(self, label_names: list[str]) -> None:
         save_final_model(self.loop, self.out_dir, label_names)
