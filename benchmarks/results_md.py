@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 import sys
 from pathlib import Path
 from typing import Callable
@@ -21,7 +22,8 @@ END = "<!-- end generated -->"
 BLOCK = re.compile(r"<!-- generated: (?P<name>[\w.-]+) -->\n.*?" + re.escape(END), re.S)
 TITLES = {"simulator": "Simulator overhead", "galore": "GaLore-AdamW step time and state", "ajive": "AJIVE wall time",
           "wordnet": "WordNet parse time", "rounds": "Seconds, bytes and memory per round",
-          "tasks": "Tasks: seconds per round, peak memory and bytes"}
+          "tasks": "Tasks: seconds per round, peak memory and bytes",
+          "grid": "Benchmark grid"}
 
 
 def machine_line(report: dict) -> str:
@@ -102,9 +104,46 @@ def tasks_table(report: dict) -> list[str]:
     return table(header, rows)
 
 
+def _fmt(value, spec=".4f") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def grid_table(report: dict) -> list[str]:
+    """Per alpha: final accuracy per seed, its mean, the paired difference ref − method per seed and its
+    mean, bytes and the mean update-space diagnostics (grid_summary.py's JSON)."""
+    cells, ref, lines = report["cells"], report["ref"], []
+    seeds = sorted({c["seed"] for c in cells})
+    for alpha in sorted({c["alpha"] for c in cells}):
+        at = {(c["method"], c["seed"]): c for c in cells if c["alpha"] == alpha}
+        header = [f"alpha {alpha:g}", *[f"seed {s}" for s in seeds], "mean", f"{ref} minus it, per seed", "mean diff",
+                  "MB up + down / round", "rank of ΔW̄", "cancellation", "V̂ vs mean"]  # fmt: skip
+        rows = []
+        for method in report["methods"]:
+            mine = [at.get((method, s)) for s in seeds]
+            if not any(mine):
+                continue
+            acc = [c["final_accuracy"] if c else None for c in mine]
+            diffs = [at[(ref, s)]["final_accuracy"] - c["final_accuracy"] for s, c in zip(seeds, mine) if c and (ref, s) in at]
+            done = [c for c in mine if c]
+            mean_of = lambda key: statistics.mean(c[key] for c in done) if all(key in c for c in done) else None  # noqa: E731
+            mb = mean_of("mb_up_per_round") + mean_of("mb_down_per_round")
+            rows.append([f"**{method}**" if method == ref else method, *map(_fmt, acc),
+                         _fmt(statistics.mean(a for a in acc if a is not None)),
+                         "" if method == ref else ", ".join(f"{d:+.2f}" for d in diffs),
+                         "" if method == ref or not diffs else f"**{statistics.mean(diffs):+.3f}**", f"{mb:.1f}",
+                         _fmt(mean_of("diag_rank_mean"), ".1f"), _fmt(mean_of("diag_cancellation_ratio"), ".3f"),
+                         _fmt(mean_of("v_hat_rel_diff_mean"), ".3f")])  # fmt: skip
+        lines += table(header, rows) + [""]
+    expected = len(report["methods"]) * len(seeds) * len({c["alpha"] for c in cells})
+    status = "complete" if len(cells) >= expected else f"**partial: {len(cells)} of {expected} cells**"
+    note = f" {report['note']}." if report.get("note") else ""
+    return [f"Final test accuracy (chance 1/classes); \"diff\" = {ref} minus the method on the same seed (the seed fixes the "
+            f"partition: a paired comparison); `–` = not run yet. Diagnostics: mean over rounds. Grid {status}.{note}", ""] + lines[:-1]  # fmt: skip
+
+
 RENDERERS: dict[str, Callable[[dict], list[str]]] = {
     "simulator": simulator_table, "galore": galore_table, "ajive": ajive_table, "wordnet": wordnet_table,
-    "rounds": rounds_table, "tasks": tasks_table,
+    "rounds": rounds_table, "tasks": tasks_table, "grid": grid_table,
 }  # fmt: skip
 
 

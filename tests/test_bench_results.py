@@ -101,3 +101,15 @@ def test_diag_rank_pools_rounds_per_method_and_fails_in_one_line(tmp_path, capsy
     with pytest.raises(SystemExit) as failed:
         diag_rank.main([str(tmp_path / "missing")])
     assert str(failed.value) == f"error: {tmp_path / 'missing'}: not a directory"
+
+
+def test_grid_table_pairs_each_seed_with_the_reference_and_says_when_partial():
+    results_md = load_results_md()
+    cell = lambda method, seed, acc: {"method": method, "alpha": 0.1, "seed": seed, "final_accuracy": acc,  # noqa: E731
+                                      "mb_up_per_round": 1.0, "mb_down_per_round": 2.5}  # fmt: skip
+    report = {"ref": "a", "methods": ["a", "b"], "cells": [cell("a", 0, 0.6), cell("a", 1, 0.5), cell("b", 0, 0.4)]}
+    lines = results_md.grid_table(report)
+    assert "partial: 3 of 4 cells" in lines[0]
+    row_b = next(line for line in lines if line.startswith("| b |"))
+    # b ran seed 0 only: 0.6 - 0.4 = +0.20 paired; its mean is over what ran; seed 1 shows as not run
+    assert row_b == "| b | 0.4000 | – | 0.4000 | +0.20 | **+0.200** | 3.5 | – | – | – |"

