@@ -43,7 +43,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/diag_ajive_sync.json"))
     args = parser.parse_args()
 
-    from fedsub.engines.simulation import Simulation, prepare_data
+    from fedsub.engines.setup import prepare_data
+    from fedsub.engines.simulation import Simulation
 
     overrides = [f"partition.alpha={args.alpha}", f"federation.rounds={args.rounds}", "methods=fedgalore"]
     cfg = load_config(GRID, overrides)

@@ -15,7 +15,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def tiny_data():
     """FederatedData over 18 examples, 3 classes, 3 clients (6 examples each, mixed labels)."""
-    from fedsub.engines.simulation import FederatedData
+    from fedsub.engines.setup import FederatedData
     from fedsub.models import load_tokenizer
     from fedsub.tasks.classification import ClassificationTask
 
@@ -34,7 +34,7 @@ PARTS = [[0, 1, 2, 6, 12, 13], [3, 7, 8, 9, 14, 15], [4, 5, 10, 11, 16, 17]]
 @pytest.fixture(scope="session")
 def task_data(tiny_data):
     """FederatedData per task kind, built once: kind -> data (3 clients each)."""
-    from fedsub.engines.simulation import FederatedData
+    from fedsub.engines.setup import FederatedData
     from fedsub.tasks import build_task
     from fedsub_fixtures import CHOICES, INSTRUCTIONS, task_config, tiny_images
 

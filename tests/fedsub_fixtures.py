@@ -113,7 +113,7 @@ def tiny_images():
 # ---- comparing two runs' metrics.jsonl (engines, resume)
 def strip_timing(record):
     """Timing fields aside: the engine's and the methods' own (fedgalore's seconds_ajive)."""
-    from fedsub.engines.simulation import TIMING_KEYS
+    from fedsub.engines.rounds import TIMING_KEYS
 
     return {k: v for k, v in record.items() if k not in TIMING_KEYS and not k.startswith("seconds_")}
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from fedsub.cli import main
-from fedsub.engines.simulation import TIMING_KEYS
+from fedsub.engines.rounds import TIMING_KEYS
 from fedsub_fixtures import one_line_error, write_csv_experiment
 
 METHODS = ["fedavg_full", "fedit", "ffa_lora"]

@@ -188,7 +188,7 @@ def test_report_of_a_missing_or_empty_directory_exits_2(tmp_path, capsys, make):
 
 
 def test_an_interrupted_cell_is_rerun_and_the_others_are_kept(grid, tmp_path):
-    from fedsub.engines.simulation import TIMING_KEYS
+    from fedsub.engines.rounds import TIMING_KEYS
 
     config, out, _ = grid
     copy = tmp_path / "grid"
@@ -206,7 +206,8 @@ def test_an_interrupted_cell_is_rerun_and_the_others_are_kept(grid, tmp_path):
 
 
 def test_a_method_killed_mid_run_continues_from_its_checkpoint(grid, tmp_path, monkeypatch, capsys):
-    from fedsub.engines.simulation import TIMING_KEYS, Simulation
+    from fedsub.engines.rounds import TIMING_KEYS
+    from fedsub.engines.simulation import Simulation
 
     config, out, _ = grid
     args = ["compare", str(config), "--methods", "fedit", "--alphas", "0.5", "--seeds", "0", "--out", str(tmp_path / "g"), "--quiet"]

@@ -9,7 +9,7 @@ from safetensors import safe_open
 
 from fedsub.cli import main
 from fedsub.config import load_config
-from fedsub.engines.simulation import prepare_data
+from fedsub.engines.setup import prepare_data
 from fedsub.export import FINAL_MODEL
 from fedsub.models import load_classifier
 from fedsub_fixtures import write_csv_experiment

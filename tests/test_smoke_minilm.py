@@ -39,7 +39,7 @@ def test_minilm_export_loads_on_the_public_checkpoint_and_reproduces_the_accurac
     from transformers import AutoModelForSequenceClassification
 
     from fedsub.config import load_config
-    from fedsub.engines.simulation import prepare_data
+    from fedsub.engines.setup import prepare_data
 
     (record,) = [json.loads(line) for line in (minilm_run / "fedit" / "metrics.jsonl").read_text().splitlines()]
     data = prepare_data(load_config(minilm_run / "config.yaml"), tmp_path / "data")

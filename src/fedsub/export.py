@@ -1,4 +1,5 @@
-"""The global model of a finished method: saved at the end of its run, exported for Hugging Face.
+"""The global model of a finished method: saved at the end of its run (fedsub.engines.final_model),
+exported for Hugging Face.
 
 `<method>/final_model.safetensors` holds what the method changed on top of the rebuilt starting
 model (the seeded base + the method's `prepare_model`): the server's global tensors, every trainable
@@ -28,29 +29,8 @@ from typing import Any
 import torch
 
 from fedsub.config import ConfigError, ExperimentConfig, MethodSpec, load_config
-from fedsub.core.io import atomic_write_bytes
+from fedsub.engines.final_model import FINAL_MODEL, FORMAT_TAG
 from fedsub.vision_models import EFFICIENTNET
-
-FINAL_MODEL = "final_model.safetensors"
-FORMAT_TAG = "fedsub-final-model/1"
-
-
-def saved_names(workspace, state) -> list[str]:
-    """Global tensors, trainables and LoRA factors (FFA-LoRA's frozen A belongs to the adapter)."""
-    params = workspace.parameters_by_name()
-    keep = (set(state.tensors) | set(workspace.trainable_names()) | {n for n in params if ".lora_" in n}) & set(params)
-    return [n for n in params if n in keep]
-
-
-def save_final_model(simulation, method_dir: Path, label_names: list[str]) -> Path:
-    """Write the method's final global model atomically into `method_dir`."""
-    from safetensors.torch import save
-
-    workspace, state, spec = simulation.workspace, simulation.state, simulation.spec
-    simulation.method.load_global(workspace, state)
-    tensors = {n: t.contiguous() for n, t in workspace.read(saved_names(workspace, state)).items()}
-    metadata = {"format": FORMAT_TAG, "method": spec.name, "key": spec.key, "rounds": str(state.round), "label_names": json.dumps(label_names)}
-    return atomic_write_bytes(Path(method_dir) / FINAL_MODEL, save(tensors, metadata=metadata))
 
 
 def read_final_model(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -66,7 +46,7 @@ def read_final_model(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
 def rebuild_global_model(cfg: ExperimentConfig, spec: MethodSpec, tensors: dict[str, torch.Tensor], label_names: list[str]):
     """The starting model of the run (seeded base + prepare_model) with the saved tensors written in."""
     from fedsub.core.registry import build_method
-    from fedsub.engines.simulation import FederatedData, build_workspace
+    from fedsub.engines.setup import FederatedData, build_workspace
 
     labels_only = FederatedData(None, None, None, [], label_names, {})  # the model needs only the labels
     workspace = build_workspace(cfg.model_copy(update={"device": "cpu"}), build_method(spec.name, spec.options), labels_only)

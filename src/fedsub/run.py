@@ -25,7 +25,9 @@ from rich.table import Table
 from fedsub.config import ConfigError, ExperimentConfig, MethodSpec, config_to_dict, load_config, method_to_dict
 from fedsub.core.checkpoint import checkpoint_round
 from fedsub.core.io import atomic_write_text
-from fedsub.engines.simulation import FederatedData, Simulation, prepare_data, summarize
+from fedsub.engines.engine import make_engine
+from fedsub.engines.rounds import summarize
+from fedsub.engines.setup import FederatedData, prepare_data
 from fedsub.report import columns_for, markdown_table, plot_metric, read_metrics, table_rows
 
 
@@ -186,15 +188,13 @@ def run_method(
     resume: bool = False,
 ) -> dict:
     """Train one method, save its final global model, then its summary.json (which marks it finished)."""
-    from fedsub.export import save_final_model
-
     fed = cfg.federation
     method_dir = run_dir / spec.key
     console.print(f"[bold]{spec.key}[/]: {fed.rounds} rounds x {fed.clients_per_round} clients")
-    simulation = make_engine(cfg, spec, data, method_dir, resume)
-    done = checkpoint_round(simulation.checkpoint_dir) if resume else 0  # make_engine refuses resume for flower
+    engine = make_engine(cfg, spec, data, method_dir, resume)
+    done = checkpoint_round(engine.checkpoint_dir) if resume else 0
     if done:
-        console.print(f"  {spec.key}: resuming after round {done} from {simulation.checkpoint_dir}")
+        console.print(f"  {spec.key}: resuming after round {done} from {engine.checkpoint_dir}")
     rounds = progress.add_task(f"{spec.key} rounds", total=fed.rounds, completed=done)
     clients = progress.add_task("clients", total=fed.clients_per_round)
     board = open_board(method_dir) if tensorboard else None
@@ -210,30 +210,18 @@ def run_method(
             board.log(record)
 
     try:
-        records = simulation.run(on_round=on_round, on_client=on_client)
+        records = engine.run(on_round=on_round, on_client=on_client)
     finally:
         progress.remove_task(rounds)
         progress.remove_task(clients)
         if board:
             board.close()
-    if not getattr(simulation, "writes_final_model", False):  # a Flower deployment's ServerApp wrote it
-        save_final_model(simulation, method_dir, data.label_names)
+    engine.save_final_model(data.label_names)
     summary = summarize(records, spec.key)
     atomic_write_text(method_dir / "summary.json", json.dumps(summary, indent=2))
-    if not cfg.checkpoint.keep and hasattr(simulation, "checkpoint_dir"):  # finished: the model and metrics are the result
-        shutil.rmtree(simulation.checkpoint_dir, ignore_errors=True)
+    if not cfg.checkpoint.keep:  # finished: the model and metrics are the result
+        shutil.rmtree(engine.checkpoint_dir, ignore_errors=True)
     return summary
-
-
-def make_engine(cfg: ExperimentConfig, spec: MethodSpec, data: FederatedData, method_dir: Path, resume: bool = False):
-    """The simulator, or (engine: flower) Flower's in-process grid or a SuperLink submission."""
-    if cfg.engine == "flower":
-        if resume:
-            raise ConfigError("--resume: engine flower has no checkpoints yet (client state lives on the nodes); rerun, or use engine: simulation")
-        from fedsub.engines.flower import flower_engine
-
-        return flower_engine(cfg, spec, data, method_dir)
-    return Simulation(cfg, spec, data, method_dir, resume=resume)
 
 
 def open_board(method_dir: Path):

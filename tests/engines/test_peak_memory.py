@@ -1,6 +1,6 @@
 import numpy as np
 
-from fedsub.engines.simulation import peak_rss_mb, reset_peak_rss
+from fedsub.engines.setup import peak_rss_mb, reset_peak_rss
 
 
 def test_peak_memory_window_resets_so_each_method_reports_its_own_peak():

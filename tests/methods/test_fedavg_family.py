@@ -6,7 +6,8 @@ import torch
 from fedsub.core.registry import build_method
 from fedsub.core.tensors import max_abs_diff
 from fedsub.core.types import ClientUpdate, Payload, ServerState
-from fedsub.engines.simulation import Simulation, build_workspace
+from fedsub.engines.setup import build_workspace
+from fedsub.engines.simulation import Simulation
 from fedsub_fixtures import tiny_config
 
 

@@ -62,7 +62,7 @@ def test_left_padding_puts_every_prompt_against_the_right_edge():
 
 
 def test_evaluate_reports_perplexity_as_exp_loss_and_generates(task, task_data):
-    from fedsub.engines.simulation import build_workspace
+    from fedsub.engines.setup import build_workspace
     from fedsub.core.registry import build_method
     from fedsub_fixtures import task_config
 
@@ -79,7 +79,7 @@ def test_smollm2_workspace_sends_lora_bytes_only():
     """The real SmolLM2-135M (GGUF, cached): q/v LoRA at rank 8 and no dense head or embedding."""
     from fedsub.config import load_config
     from fedsub.core.registry import build_method
-    from fedsub.engines.simulation import FederatedData, build_workspace
+    from fedsub.engines.setup import FederatedData, build_workspace
 
     cfg = load_config("configs/generation.yaml")
     method = build_method("fedit", cfg.methods[0].options)

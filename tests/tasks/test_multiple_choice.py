@@ -41,7 +41,8 @@ def test_loglik_encoding_labels_only_the_ending(task_data):
 
 def test_encoder_head_scoring_trains_and_evaluates(tmp_path):
     """MiniLM (tiny) with AutoModelForMultipleChoice: one logit per (context, ending)."""
-    from fedsub.engines.simulation import FederatedData, Simulation
+    from fedsub.engines.setup import FederatedData
+    from fedsub.engines.simulation import Simulation
     from fedsub.tasks import build_task
     from fedsub_fixtures import CHOICES, tiny_config
 

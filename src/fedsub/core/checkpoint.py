@@ -1,8 +1,10 @@
 """Crash-safe checkpoints of a running method: everything needed to continue it bit for bit.
 
 Engine-agnostic: a checkpoint is the server state, the per-client state store (optimizer moments,
-projectors, weight copies), the metrics records so far, the RNG states and the partition, all as
-nested Python values whose tensors go into one safetensors file and whose structure goes into JSON.
+projectors, weight copies) where the engine holds it, the metrics records so far, the RNG states and
+the partition, all as nested Python values whose tensors go into one safetensors file and whose
+structure goes into JSON. Under Flower the client states stay on the nodes; the checkpoint then
+names the clients that hold one (`clients_on_nodes`), so a resume can tell whether it would be exact.
 
 Layout of a checkpoint folder (one per method):
   state-<round>.safetensors   the tensors of the checkpoint taken after <round> rounds
@@ -54,6 +56,7 @@ class Checkpoint:
     partition: list[torch.Tensor]
     rng: dict[str, Any] = field(default_factory=dict)
     fingerprint: str = ""  # identifies the config that produced it
+    clients_on_nodes: list[int] = field(default_factory=list)  # clients whose state is on their own node, not here
 
 
 # ---------------------------------------------------------------- nested values <-> JSON + tensors
@@ -194,7 +197,7 @@ def save_checkpoint(folder: str | Path, ckpt: Checkpoint) -> Path:
     crash_point("tensors-written", ckpt.round)
     pointer = {"format": FORMAT, "round": ckpt.round, "fingerprint": ckpt.fingerprint, "tensors_file": name,
                "tensors_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-               "structure": structure, "records": ckpt.records}  # fmt: skip
+               "structure": structure, "records": ckpt.records, "clients_on_nodes": list(ckpt.clients_on_nodes)}  # fmt: skip
     atomic_write_text(folder / POINTER, json.dumps(pointer))
     crash_point("pointer-written", ckpt.round)
     for stale in folder.iterdir():  # older tensors files and temp files of killed writes
@@ -209,6 +212,15 @@ def checkpoint_round(folder: str | Path) -> int:
         return int(json.loads((Path(folder) / POINTER).read_text())["round"])
     except (OSError, ValueError, KeyError, TypeError):
         return 0
+
+
+def checkpoint_clients_on_nodes(folder: str | Path) -> list[int]:
+    """The clients whose state the checkpoint in `folder` left on their nodes ([] when none or unreadable);
+    read from the pointer alone, without loading the tensors."""
+    try:
+        return [int(c) for c in json.loads((Path(folder) / POINTER).read_text()).get("clients_on_nodes", [])]
+    except (OSError, ValueError, AttributeError, TypeError):
+        return []
 
 
 def load_checkpoint(folder: str | Path) -> Checkpoint | None:
@@ -233,6 +245,7 @@ def load_checkpoint(folder: str | Path) -> Checkpoint | None:
             partition=decode(structure["partition"], tensors),
             rng=decode(structure["rng"], tensors),
             fingerprint=str(pointer.get("fingerprint", "")),
+            clients_on_nodes=[int(c) for c in pointer.get("clients_on_nodes", [])],
         )
     except CheckpointError as err:
         raise CheckpointError(f"checkpoint {path}: {err}") from None

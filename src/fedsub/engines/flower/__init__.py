@@ -16,14 +16,14 @@ def require_flower() -> None:
         raise ConfigError("field engine: 'flower' needs Flower; pip install 'fedsub[flower]' (flwr==1.41.0), or set engine: simulation") from None
 
 
-def flower_engine(cfg: ExperimentConfig, spec: MethodSpec, data, method_dir: Path):
-    """The engine object `fedsub.run` drives for one method: the in-process grid, or a submission to
-    the SuperLink at flower.superlink. Both have the simulator's `run(on_round, on_client)`."""
+def flower_engine(cfg: ExperimentConfig, spec: MethodSpec, data, method_dir: Path, resume: bool = False):
+    """The engine (fedsub.engines.engine.Engine) for one method: the in-process grid, or a
+    submission to the SuperLink at flower.superlink."""
     require_flower()
     if cfg.flower.superlink:
         from fedsub.engines.flower.deploy import FlowerDeployment
 
-        return FlowerDeployment(cfg, spec, method_dir)
+        return FlowerDeployment(cfg, spec, method_dir, resume)
     from fedsub.engines.flower.engine import FlowerLocal
 
-    return FlowerLocal(cfg, spec, data, method_dir)
+    return FlowerLocal(cfg, spec, data, method_dir, resume)

@@ -17,15 +17,14 @@ from pathlib import Path
 from flwr.app import Context, Message
 
 from fedsub.config import ConfigError, ExperimentConfig, MethodSpec
-from fedsub.core.registry import build_method
 from fedsub.core.types import ClientContext, TrainSettings
 from fedsub.core.workspace import Workspace
 from fedsub.engines.failures import finite_train_loss
-from fedsub.engines.flower.records import META, load_client_state, record_to_payload, save_client_state, update_to_record
+from fedsub.engines.flower.records import META, holds_client_state, load_client_state, record_to_payload, save_client_state, update_to_record
 from fedsub.engines.flower.server import config_from_text, method_spec, query_reply
-from fedsub.engines.simulation import FederatedData, build_workspace, client_seed, prepare_data, train_settings
+from fedsub.engines.setup import FederatedData, client_seed, prepare_data, set_up_method
 
-CONFIG_KEY, METHOD_KEY, OUT_KEY = "fedsub-config", "fedsub-method", "fedsub-out"
+CONFIG_KEY, METHOD_KEY, OUT_KEY, RESUME_KEY = "fedsub-config", "fedsub-method", "fedsub-out", "fedsub-resume"
 
 
 @dataclass
@@ -52,9 +51,8 @@ def runtime_for(run_config: dict, data: FederatedData | None = None) -> NodeRunt
         if data is None:
             with tempfile.TemporaryDirectory() as scratch:  # the partition report is the server's business
                 data = prepare_data(cfg, Path(scratch))
-        method = build_method(spec.name, spec.options, run_seed=cfg.seed)
-        workspace = build_workspace(cfg, method, data)
-        _RUNTIMES[key] = NodeRuntime(cfg, spec, data, method, workspace, train_settings(cfg, spec))
+        setup = set_up_method(cfg, spec, data)
+        _RUNTIMES[key] = NodeRuntime(cfg, spec, data, setup.method, setup.workspace, setup.settings)
     return _RUNTIMES[key]
 
 
@@ -102,4 +100,5 @@ def client_reply(message: Message, context: Context, warmup: bool) -> Message:
         save_client_state(context.state, client.state)
     content = update_to_record(update)
     content.config_records[META]["seconds_train"] = seconds
+    content.config_records[META]["holds_state"] = holds_client_state(context.state)  # the server's checkpoint lists such clients
     return Message(content, reply_to=message)

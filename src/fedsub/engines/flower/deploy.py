@@ -24,8 +24,9 @@ from typing import Callable
 import tomli_w
 
 from fedsub.config import ConfigError, ExperimentConfig, MethodSpec
-from fedsub.engines.flower.client import CONFIG_KEY, METHOD_KEY, OUT_KEY
-from fedsub.engines.flower.server import run_config_text
+from fedsub.core.checkpoint import checkpoint_clients_on_nodes, checkpoint_round
+from fedsub.engines.flower.client import CONFIG_KEY, METHOD_KEY, OUT_KEY, RESUME_KEY
+from fedsub.engines.flower.server import refuse_node_state, run_config_text
 
 CONNECTION = "fedsub"
 POLL_SECONDS = 1.0
@@ -45,7 +46,7 @@ def flwr_executable() -> str:
     return found
 
 
-def write_app(app_dir: Path, run_config: dict[str, str]) -> Path:
+def write_app(app_dir: Path, run_config: dict[str, str | bool]) -> Path:
     """A minimal Flower App whose components are fedsub's (imported from this environment)."""
     app_dir.mkdir(parents=True, exist_ok=True)
     project = {
@@ -93,22 +94,31 @@ def one_line(text: str) -> str:
 
 
 class FlowerDeployment:
-    """One method's run on a SuperLink; `run()` returns its records like the simulator's."""
+    """One method's run on a SuperLink; `run()` returns its records like the simulator's.
 
-    writes_final_model = True  # the ServerApp saves final_model.safetensors itself
+    With `resume` the ServerApp continues from its checkpoint in the method directory (refused here,
+    before submitting, when that checkpoint left client state on the nodes: a new run starts them empty)."""
 
-    def __init__(self, cfg: ExperimentConfig, spec: MethodSpec, method_dir: Path):
-        self.cfg, self.spec, self.method_dir = cfg, spec, Path(method_dir).resolve()
+    def __init__(self, cfg: ExperimentConfig, spec: MethodSpec, method_dir: Path, resume: bool = False):
+        self.cfg, self.spec, self.method_dir, self.resume = cfg, spec, Path(method_dir).resolve(), resume
+        self.checkpoint_dir = self.method_dir / "checkpoint"  # written by the ServerApp (on loopback: this machine)
         self.run_id: int | None = None
 
     def run(self, on_round: Callable[[dict], None] | None = None, on_client: Callable[[], None] | None = None) -> list[dict]:
-        run_config = {CONFIG_KEY: run_config_text(self.cfg), METHOD_KEY: self.spec.key, OUT_KEY: str(self.method_dir.parent)}
+        done = 0
+        if self.resume:
+            refuse_node_state(checkpoint_clients_on_nodes(self.checkpoint_dir), self.checkpoint_dir, self.spec.key)
+            done = checkpoint_round(self.checkpoint_dir)
+        run_config = {CONFIG_KEY: run_config_text(self.cfg), METHOD_KEY: self.spec.key, OUT_KEY: str(self.method_dir.parent), RESUME_KEY: self.resume}
         with tempfile.TemporaryDirectory(prefix="fedsub-flower-") as scratch:
             home = write_connection(Path(scratch) / "flwr-home", self.cfg)
             app = write_app(Path(scratch) / "app", run_config)
             self.run_id = self.submit(app, home)
-            self.follow(home, on_round)
+            self.follow(home, on_round, seen=done)
         return read_records(self.method_dir / "metrics.jsonl")
+
+    def save_final_model(self, label_names: list[str]) -> None:
+        pass  # the ServerApp saved final_model.safetensors itself, where it ran
 
     def submit(self, app: Path, home: Path) -> int:
         reply = flwr_json(["run", str(app), CONNECTION], home)
@@ -116,11 +126,11 @@ class FlowerDeployment:
             raise FlowerRunFailed(f"field flower.superlink: submitting to {self.cfg.flower.superlink} failed: {one_line(reply.get('error-message', reply))}")
         return int(reply["run-id"])
 
-    def follow(self, home: Path, on_round: Callable[[dict], None] | None) -> None:
-        """Report rounds as metrics.jsonl grows (checked every POLL_SECONDS), until the run's status
-        is finished. Each status check starts a `flwr` process (~1 s of CPU), so it runs only every
-        STATUS_SECONDS, and at once when the last round is in."""
-        seen, deadline = 0, time.monotonic() + (self.cfg.flower.run_timeout or float("inf"))
+    def follow(self, home: Path, on_round: Callable[[dict], None] | None, seen: int = 0) -> None:
+        """Report rounds as metrics.jsonl grows past `seen` lines (checked every POLL_SECONDS), until
+        the run's status is finished. Each status check starts a `flwr` process (~1 s of CPU), so it
+        runs only every STATUS_SECONDS, and at once when the last round is in."""
+        deadline = time.monotonic() + (self.cfg.flower.run_timeout or float("inf"))
         next_status, status = 0.0, "unknown"
         while True:
             records = read_records(self.method_dir / "metrics.jsonl")

@@ -90,9 +90,16 @@ def save_client_state(context_state: RecordDict, state: dict[str, Any]) -> None:
     Its shape is the method's business (FedFTG keeps a whole optimizer state), so it is stored as one
     torch.save blob: it never leaves the node, only the node's own process reads it back.
     """
+    if not state:  # nothing to keep (fedit & co.): the node then says it holds no state
+        context_state.pop(STATE_KEY, None)
+        return
     buffer = io.BytesIO()
     torch.save(state, buffer)
     context_state[STATE_KEY] = ConfigRecord({"state": buffer.getvalue()})
+
+
+def holds_client_state(context_state: RecordDict) -> bool:
+    return STATE_KEY in context_state
 
 
 def load_client_state(context_state: RecordDict) -> dict[str, Any]:

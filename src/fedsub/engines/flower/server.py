@@ -1,16 +1,24 @@
-"""The generic ServerApp main loop: the simulator's round, with messages instead of function calls.
+"""The ServerApp side: the round loop of `fedsub.engines.rounds`, its clients reached by Messages.
 
-sample -> configure -> send to the nodes holding those partitions -> aggregate the replies that came
-back in time -> evaluate -> log. The round ends in the simulator's own `finish_round` (validation,
-aggregation, evaluation, the record), so the same config and seed give the same metrics.jsonl (timing
-fields aside; tested). A client with no node, no reply within flower.round_timeout or an error is
-`dropped` with the reason; a round with fewer usable replies than `failures.min_clients` is `skipped`
-and leaves the global state as it was.
+sample -> configure -> send to the nodes holding those partitions -> screen the replies that came back
+in time -> aggregate -> evaluate -> checkpoint -> log, all in the shared RoundLoop, so the same config
+and seed give the simulator's metrics.jsonl (timing fields aside; tested). `FlowerClients` is the
+engine's whole part: discovery (which node holds which partition), Messages out, replies in. A client
+with no node, no reply within flower.round_timeout or an error is `dropped` with the reason; a round
+with fewer usable replies than `failures.min_clients` is `skipped` and leaves the global state as it
+was.
+
+Resume: the checkpoint holds the server state, the records and the RNGs. Client state stays on the
+nodes (`context.state`), and a resumed run is a new Flower run whose nodes start empty (flwr 1.41
+gives every run without a series id a fresh Context: flwr/supernode/start_client_internal.py; the
+in-process grid builds new Contexts). So a resume is exact when no client held state at the
+checkpoint (every LoRA method, fedavg_full, fedgalore with dense downlink and synced moments), and
+refused in one line when one did (fedftg, fedgalore's factored downlink or `sync: none`): nodes
+report in each reply whether they hold state, and the checkpoint lists those clients.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -19,38 +27,29 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedsub.config import ExperimentConfig, MethodSpec
-from fedsub.core.types import Payload
-from fedsub.engines.failures import ClientOutcome, reply_outcome, simulated_fault
+from fedsub.core.checkpoint import CheckpointError
+from fedsub.engines.failures import ClientOutcome, reply_outcome
+from fedsub.engines.final_model import save_final_model
 from fedsub.engines.flower.records import META, payload_to_record, record_to_update
-from fedsub.engines.simulation import FederatedData, Simulation, sample_clients
+from fedsub.engines.rounds import ClientStates, Exchange, RoundLoop
+from fedsub.engines.setup import FederatedData, reset_peak_rss, set_up_method
 
-QUERY, TRAIN, WARMUP = "query", "train", "train.warmup"
+QUERY = "query"
 
 
-class FlowerServer(Simulation):
-    """The server side of one method's run. Reuses the simulator's set-up (method, workspace for
-    evaluation, initial state) and its evaluation; the clients are Flower nodes reached via `grid`."""
+class FlowerClients:
+    """The clients of a ServerApp: Flower nodes reached through `grid`, one per partition."""
 
-    def __init__(self, cfg: ExperimentConfig, spec: MethodSpec, data: FederatedData, out_dir: Path):
-        super().__init__(cfg, spec, data, out_dir)
+    def __init__(self, grid: Grid, cfg: ExperimentConfig, method_key: str):
+        self.grid, self.cfg, self.method_key = grid, cfg, method_key
         self.nodes: dict[int, int] = {}  # partition-id (fedsub client id) -> Flower node id
-
-    def run_with_grid(self, grid: Grid, on_round: Callable[[dict], None] | None = None) -> list[dict]:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.discover(grid, wait=self.cfg.flower.startup_timeout)
-        records = []
-        with open(self.out_dir / "metrics.jsonl", "w") as log:
-            for round_index in range(self.cfg.federation.rounds):
-                record = self.flower_round(grid, round_index)
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-                records.append(record)
-                if on_round:
-                    on_round(record)
-        return records
+        self.holding_state: set[int] = set()  # clients whose node said it holds state for them
 
     # ------------------------------------------------------------------ nodes
-    def discover(self, grid: Grid, wait: float = 0.0) -> None:
+    def connect(self) -> None:
+        self.discover(wait=self.cfg.flower.startup_timeout)
+
+    def discover(self, wait: float = 0.0) -> None:
         """Ask every node not yet known which partition it holds (its node config's partition-id).
 
         Waits up to `wait` seconds for all num_clients partitions to show up: SuperNodes connect at
@@ -59,12 +58,12 @@ class FlowerServer(Simulation):
         deadline = time.monotonic() + wait
         wanted = self.cfg.federation.num_clients
         while True:
-            live = set(grid.get_node_ids())
+            live = set(self.grid.get_node_ids())
             self.nodes = {c: n for c, n in self.nodes.items() if n in live}
             unknown = sorted(live - set(self.nodes.values()))
             if unknown:
                 messages = [Message(RecordDict(), node, QUERY, ttl=self.cfg.flower.round_timeout, group_id="discover") for node in unknown]
-                for reply in grid.send_and_receive(messages, timeout=self.cfg.flower.round_timeout):
+                for reply in self.grid.send_and_receive(messages, timeout=self.cfg.flower.round_timeout):
                     if not reply.has_error():
                         partition = int(reply.content.config_records[META]["partition_id"])
                         self.nodes[partition] = reply.metadata.src_node_id
@@ -72,65 +71,85 @@ class FlowerServer(Simulation):
                 return
             time.sleep(0.5)
 
-    # ------------------------------------------------------------------ one round
-    def flower_round(self, grid: Grid, round_index: int) -> dict:
-        fed = self.cfg.federation
-        start = time.perf_counter()
-        clients = sample_clients(self.cfg.seed, round_index, fed.num_clients, fed.clients_per_round)
-        live = set(grid.get_node_ids())
+    def unreachable(self, clients: list[int]) -> dict[int, str]:
+        live = set(self.grid.get_node_ids())
         if any(self.nodes.get(c) not in live for c in clients):
-            self.discover(grid)  # a node may have left, or (re)joined under a new node id
-        warmup = None
-        warming = [c for c in clients if self.method.configure_warmup(self.state, c) is not None]
-        if warming:
-            outcomes, sent, _ = self.exchange(grid, round_index, warming, self.method.configure_warmup, WARMUP)
-            warmup = self.finish_warmup(outcomes, sent)
-        outcomes, sent, bytes_down = self.exchange(grid, round_index, clients)
-        return self.finish_round(round_index, start, clients, outcomes, sent, bytes_down, warmup)
+            self.discover()  # a node may have left, or (re)joined under a new node id
+        return {c: f"no node with partition-id {c} is connected" for c in clients if c not in self.nodes}
 
-    def exchange(self, grid: Grid, round_index: int, clients: list[int], configure: Callable[[Any, int], Payload] | None = None,
-                 message_type: str = TRAIN) -> tuple[list[ClientOutcome], dict[int, Payload], int]:
-        """Send each sampled client its payload (``configure``: the method's configure_train, or
-        configure_warmup for a warm-up), wait at most flower.round_timeout for the replies.
+    # ------------------------------------------------------------------ one exchange
+    def exchange(self, exchange: Exchange, on_client: Callable[[], None] | None = None) -> dict[int, ClientOutcome]:
+        """Send each payload to its client's node, wait at most flower.round_timeout for the replies.
 
-        Returns one outcome per sampled client in client order (an update, or why there is none: no
-        node, no reply in time, an error on the node), the payloads sent and their bytes.
+        One outcome per payload: an update, or why there is none (a simulated dropout got the payload
+        and never answers, as in the simulator; no reply in time; an error on the node).
         """
-        configure = configure or self.method.configure_train
-        messages, sent, missing, bytes_down = {}, {}, {}, 0
-        faults = {c: simulated_fault(self.cfg.failures, self.cfg.seed, round_index, c) for c in clients}
-        for client_id in clients:
-            if client_id not in self.nodes:
-                missing[client_id] = f"no node with partition-id {client_id} is connected"
+        timeout = self.cfg.flower.round_timeout
+        messages, outcomes = {}, {}
+        for client_id, payload in exchange.payloads.items():
+            if exchange.faults[client_id] == "dropout":
+                outcomes[client_id] = ClientOutcome(client_id, None, "dropout")
                 continue
-            sent[client_id] = configure(self.state, client_id)
-            bytes_down += sent[client_id].nbytes()
-            if faults[client_id] == "dropout":  # simulated, as in the simulator: it got the payload, never answers
-                missing[client_id] = "dropout"
-                continue
-            content = payload_to_record(sent[client_id], {"round": round_index, "client_id": client_id})
-            messages[client_id] = Message(content, self.nodes[client_id], message_type, ttl=self.cfg.flower.round_timeout, group_id=str(round_index + 1))
+            content = payload_to_record(payload, {"round": exchange.round, "client_id": client_id})
+            messages[client_id] = Message(content, self.nodes[client_id], exchange.kind, ttl=timeout, group_id=str(exchange.round + 1))
         tic = time.perf_counter()
-        replies = grid.send_and_receive(list(messages.values()), timeout=self.cfg.flower.round_timeout)
+        replies = self.grid.send_and_receive(list(messages.values()), timeout=timeout)
         waited = time.perf_counter() - tic
         by_node = {reply.metadata.src_node_id: reply for reply in replies}
         for client_id in messages:
             reply = by_node.get(self.nodes[client_id])
             if reply is None:
-                missing[client_id] = f"no reply after {waited:.0f}s (flower.round_timeout={self.cfg.flower.round_timeout}s)"
+                outcomes[client_id] = ClientOutcome(client_id, None, f"no reply after {waited:.0f}s (flower.round_timeout={timeout}s)")
             elif reply.has_error():
-                missing[client_id] = f"error {reply.error.code}: {first_line(reply.error.reason)}"
-        outcomes = [
-            ClientOutcome(c, None, missing[c]) if c in missing else self.received(by_node[self.nodes[c]], faults[c])
-            for c in clients
-        ]  # fmt: skip
-        return outcomes, sent, bytes_down
+                outcomes[client_id] = ClientOutcome(client_id, None, f"error {reply.error.code}: {first_line(reply.error.reason)}")
+            else:
+                outcomes[client_id] = self.received(reply, exchange.faults[client_id])
+        return outcomes
 
     def received(self, reply: Message, fault: str | None) -> ClientOutcome:
         """A reply in time; a simulated straggler's or one over failures.deadline_s is dropped, as in the simulator."""
         update = record_to_update(reply.content)
-        seconds = float(reply.content.config_records[META]["seconds_train"])
-        return reply_outcome(self.cfg.failures, update.client_id, update, seconds, fault)
+        meta = reply.content.config_records[META]
+        if meta.get("holds_state", False):
+            self.holding_state.add(update.client_id)
+        return reply_outcome(self.cfg.failures, update.client_id, update, float(meta["seconds_train"]), fault)
+
+    # ------------------------------------------------------------------ checkpoint
+    def saved_states(self) -> ClientStates:
+        return ClientStates(on_nodes=sorted(self.holding_state))
+
+    def restore_states(self, saved: ClientStates, where: Path) -> None:
+        refuse_node_state(saved.on_nodes, where, self.method_key)
+
+
+def refuse_node_state(on_nodes: list[int], where: Path, method_key: str) -> None:
+    """A resumed Flower run starts its nodes empty: exact only if no client held state at the checkpoint."""
+    if on_nodes:
+        raise CheckpointError(
+            f"--resume: checkpoint {where}: {method_key} keeps client state on the Flower nodes (clients {', '.join(map(str, on_nodes))}), "
+            f"which a resumed Flower run starts without; delete {where} to rerun {method_key} from round 1, or use engine: simulation"
+        )
+
+
+class FlowerServer:
+    """The server side of one method's Flower run: the method, a workspace for evaluation, the
+    RoundLoop. The clients are Flower nodes, reached through the grid `run_with_grid` is given."""
+
+    def __init__(self, cfg: ExperimentConfig, spec: MethodSpec, data: FederatedData, out_dir: Path, resume: bool = False):
+        self.cfg, self.spec, self.data, self.out_dir, self.resume = cfg, spec, data, out_dir, resume
+        reset_peak_rss()
+        self.loop = RoundLoop(cfg, spec, data, set_up_method(cfg, spec, data), out_dir)
+        self.checkpoint_dir = self.loop.checkpoint_dir
+
+    def run_with_grid(self, grid: Grid, on_round: Callable[[dict], None] | None = None) -> list[dict]:
+        return self.loop.run(FlowerClients(grid, self.cfg, self.spec.key), on_round, resume=self.resume)
+
+    def save_final_model(self, label_names: list[str]) -> None:
+        save_final_model(self.loop, self.out_dir, label_names)
+
+    @property
+    def state(self):
+        return self.loop.state
 
 
 def first_line(text: str | None) -> str:

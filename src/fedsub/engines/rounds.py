@@ -1,0 +1,269 @@
+"""The one round loop every engine drives: the server side of a method's run, written once.
+
+sample -> warm-up (if the method asks) -> configure -> exchange -> screen -> aggregate -> evaluate ->
+checkpoint -> log. An engine supplies only `Clients`: how a round's payloads reach the clients and
+their replies come back (function calls on one shared model in the simulator, Messages to ClientApps
+under Flower). Client sampling, simulated faults and each client's seed are pure functions of
+(seed, round, client), and a checkpoint holds everything else the server carries (state, records,
+RNGs, and the client states the engine holds), so a run resumed from its checkpoint writes the
+metrics.jsonl of a run never interrupted, on either engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+
+from fedsub.config import ExperimentConfig, MethodSpec, config_to_dict, method_to_dict
+from fedsub.core.checkpoint import Checkpoint, CheckpointError, load_checkpoint, restore_rng, rng_state, save_checkpoint
+from fedsub.core.io import atomic_write_text
+from fedsub.core.tensors import normalized_weights
+from fedsub.core.types import ClientUpdate, Payload, ServerState
+from fedsub.core.validation import payload_bytes
+from fedsub.engines.failures import ClientOutcome, screen_outcomes, simulated_fault, skip_reason
+from fedsub.engines.setup import FederatedData, MethodSetup, peak_rss_mb, sample_clients
+
+TIMING_KEYS = ("seconds_train", "seconds_aggregate", "seconds_eval", "seconds_round", "peak_rss_mb", "seconds_warmup")
+TRAIN, WARMUP = "train", "train.warmup"  # the kinds of exchange (Flower's message types)
+
+RoundFn = Callable[[int, Callable[[], None] | None], dict]
+
+
+@dataclass
+class Exchange:
+    """One exchange of a round: what each reachable client is sent, and the fault simulated for it."""
+
+    round: int
+    kind: str  # TRAIN or WARMUP
+    payloads: dict[int, Payload]
+    faults: dict[int, str | None]
+
+
+@dataclass
+class ClientStates:
+    """The clients' part of a checkpoint: the states the engine holds (the simulator's store), and
+    the clients whose state stays on their own nodes (Flower's context.state), which it cannot hold."""
+
+    held: dict[int, dict[str, Any]] = field(default_factory=dict)
+    on_nodes: list[int] = field(default_factory=list)
+
+
+class Clients(Protocol):
+    """The engine's part of a round: reaching the clients. Everything else is the RoundLoop's."""
+
+    def connect(self) -> None:
+        """Before the first round (Flower: wait for the nodes, learn which partition each holds)."""
+
+    def unreachable(self, clients: list[int]) -> dict[int, str]:
+        """The sampled clients that cannot be sent anything this round, each with the reason."""
+
+    def exchange(self, exchange: Exchange, on_client: Callable[[], None] | None = None) -> dict[int, ClientOutcome]:
+        """Deliver every payload, collect the replies: one outcome per payload (an update, or why none)."""
+
+    def saved_states(self) -> ClientStates:
+        """What a checkpoint keeps of the clients."""
+
+    def restore_states(self, saved: ClientStates, where: Path) -> None:
+        """Put the clients back as `saved` says; CheckpointError (naming `where`) if they cannot be."""
+
+
+class RoundLoop:
+    """The server of one method's run: its state, its records, its checkpoint, whatever the engine.
+
+    `run(clients)` appends one JSON line per round to `<out_dir>/metrics.jsonl`. With `resume`, it
+    continues from the checkpoint in `<out_dir>/checkpoint` (if any): state, client states, RNGs and
+    the records so far come from there, metrics.jsonl is rewritten from those records (dropping lines
+    of rounds after the checkpoint) and the remaining rounds run.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, spec: MethodSpec, data: FederatedData, setup: MethodSetup, out_dir: Path):
+        self.cfg, self.spec, self.data, self.out_dir = cfg, spec, data, out_dir
+        self.method, self.workspace = setup.method, setup.workspace
+        self.state: ServerState = self.method.init(self.workspace)
+        self.checkpoint_dir = out_dir / "checkpoint"
+
+    def run(self, clients: Clients, on_round: Callable[[dict], None] | None = None, on_client: Callable[[], None] | None = None,
+            resume: bool = False, play_round: RoundFn | None = None) -> list[dict]:  # fmt: skip
+        """All rounds left. `play_round(index, on_client)` plays one (default: `run_round` with
+        `clients`); the simulator passes its own method, so a test can interrupt it at any round."""
+        play_round = play_round or (lambda index, progress: self.run_round(clients, index, progress))
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        records = self.restore(clients) if resume else []  # before connecting: a refusal needs no nodes
+        metrics = self.out_dir / "metrics.jsonl"
+        atomic_write_text(metrics, "".join(json.dumps(r) + "\n" for r in records))
+        clients.connect()
+        with open(metrics, "a") as log:
+            for round_index in range(len(records), self.cfg.federation.rounds):
+                record = play_round(round_index, on_client)
+                records.append(record)
+                self.maybe_checkpoint(clients, round_index, records)  # before the log line: a kill between the two loses nothing
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                if on_round:
+                    on_round(record)
+        return records
+
+    def run_round(self, clients: Clients, round_index: int, on_client: Callable[[], None] | None = None) -> dict:
+        fed = self.cfg.federation
+        start = time.perf_counter()
+        sampled = sample_clients(self.cfg.seed, round_index, fed.num_clients, fed.clients_per_round)
+        away = clients.unreachable(sampled)
+        warmup = self.warmup(clients, round_index, sampled, away)
+        sent = {c: self.method.configure_train(self.state, c) for c in sampled if c not in away}
+        outcomes = self.exchange(clients, round_index, TRAIN, sent, sampled, away, on_client)
+        return self.finish_round(round_index, start, sampled, outcomes, sent, warmup)
+
+    def exchange(self, clients: Clients, round_index: int, kind: str, sent: dict[int, Payload], sampled: list[int],
+                 away: dict[int, str], on_client: Callable[[], None] | None = None) -> list[ClientOutcome]:  # fmt: skip
+        """Send `sent` with the configured simulated faults; one outcome per client of `sampled`, in
+        that order (an unreachable client's says why)."""
+        faults = {c: simulated_fault(self.cfg.failures, self.cfg.seed, round_index, c) for c in sent}
+        replies = clients.exchange(Exchange(round_index, kind, sent, faults), on_client)
+        return [replies[c] if c in replies else ClientOutcome(c, None, away[c]) for c in sampled]
+
+    def warmup(self, clients: Clients, round_index: int, sampled: list[int], away: dict[int, str] | None = None) -> dict | None:
+        """The method's warm-up exchange before this round's training, if it asks for one."""
+        away = away or {}
+        asked = {c: p for c in sampled if (p := self.method.configure_warmup(self.state, c)) is not None}
+        if not asked:
+            return None
+        sent = {c: p for c, p in asked.items() if c not in away}
+        outcomes = self.exchange(clients, round_index, WARMUP, sent, list(asked), away)
+        return self.finish_warmup(outcomes, sent)
+
+    def finish_warmup(self, outcomes: list[ClientOutcome], sent: dict[int, Payload]) -> dict:
+        """Screen and aggregate the warm-up replies; what the round's record adds."""
+        tic = time.perf_counter()
+        accepted, dropped, rejected = screen_outcomes(outcomes, sent, self.method, self.state, None)  # a sketch is no change: no max_norm
+        self.state, metrics = self.method.aggregate_warmup(self.state, accepted)
+        return {
+            "bytes_up": sum(payload_bytes(o.update.payload) for o in outcomes if o.update is not None),
+            "bytes_down": sum(p.nbytes() for p in sent.values()),
+            "dropped": [{**d, "reason": f"warm-up: {d['reason']}"} for d in dropped],
+            "rejected": [{**r, "reason": f"warm-up: {r['reason']}"} for r in rejected],
+            "metrics": metrics,
+            "seconds": sum(o.seconds for o in outcomes) + time.perf_counter() - tic,
+        }
+
+    def finish_round(self, round_index: int, start: float, clients: list[int], outcomes: list[ClientOutcome],
+                     sent: dict[int, Payload], warmup: dict | None = None) -> dict:  # fmt: skip
+        """Screen the replies, aggregate (unless too few are left), evaluate, and build the round's
+        record. A warm-up's bytes, failures and metrics are added to the round's."""
+        accepted, dropped, rejected = screen_outcomes(outcomes, sent, self.method, self.state, self.cfg.validation.max_norm)
+        skipped = skip_reason(self.cfg.failures, len(accepted))
+        tic = time.perf_counter()
+        method_metrics = {}
+        if skipped is None:
+            self.state, method_metrics = self.method.aggregate_train(self.state, accepted)
+        seconds_aggregate = time.perf_counter() - tic
+        evaluation, seconds_eval = self.maybe_evaluate(round_index)
+        warm = warmup or {"bytes_up": 0, "bytes_down": 0, "dropped": [], "rejected": [], "metrics": {}}
+        return {
+            "round": round_index + 1,
+            "method": self.spec.key,
+            **evaluation,
+            "train_loss": mean_train_loss(accepted),
+            "clients": clients,
+            "bytes_up": warm["bytes_up"] + sum(payload_bytes(o.update.payload) for o in outcomes if o.update is not None),
+            "bytes_down": warm["bytes_down"] + sum(p.nbytes() for p in sent.values()),
+            "aggregated": [u.client_id for u in accepted] if skipped is None else [],
+            "dropped": warm["dropped"] + dropped,
+            "rejected": warm["rejected"] + rejected,
+            "skipped": skipped,
+            **warm["metrics"],
+            **method_metrics,
+            "seconds_train": sum(o.seconds for o in outcomes),
+            "seconds_aggregate": seconds_aggregate,
+            "seconds_eval": seconds_eval,
+            **({"seconds_warmup": warmup["seconds"]} if warmup else {}),
+            "seconds_round": time.perf_counter() - start,
+            "peak_rss_mb": peak_rss_mb(),
+        }
+
+    def maybe_evaluate(self, round_index: int) -> tuple[dict[str, float | None], float]:
+        fed = self.cfg.federation
+        if (round_index + 1) % fed.eval_every and round_index + 1 != fed.rounds:
+            return dict.fromkeys(metric_keys(self.data.task)), 0.0
+        tic = time.perf_counter()
+        self.method.load_global(self.workspace, self.state)
+        metrics = self.workspace.evaluate(self.cfg.train.eval_batch_size)
+        return metrics, time.perf_counter() - tic
+
+    # ---------------------------------------------------------------- checkpoint and resume
+    def fingerprint(self) -> str:
+        """Identifies what a checkpoint is valid for: the config (less its bookkeeping) and the method."""
+        config = {k: v for k, v in config_to_dict(self.cfg).items() if k not in ("name", "methods", "checkpoint")}
+        text = json.dumps({"config": config, "method": method_to_dict(self.spec)}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def maybe_checkpoint(self, clients: Clients, round_index: int, records: list[dict]) -> None:
+        every, done = self.cfg.checkpoint.every, round_index + 1
+        if every == 0 or (done % every and done != self.cfg.federation.rounds):
+            return
+        saved = clients.saved_states()
+        ckpt = Checkpoint(done, self.state, saved.held, records, self.data.parts, rng_state(), self.fingerprint(), saved.on_nodes)
+        save_checkpoint(self.checkpoint_dir, ckpt)
+
+    def restore(self, clients: Clients) -> list[dict]:
+        """Load the checkpoint (if any) into this run and its clients; the records so far."""
+        ckpt = load_checkpoint(self.checkpoint_dir)
+        if ckpt is None:
+            return []
+        where = self.checkpoint_dir
+        if ckpt.fingerprint != self.fingerprint():
+            raise CheckpointError(f"checkpoint {where} was written by another config or method; resume with the run's own config.yaml, or delete {where}")
+        if len(ckpt.partition) != len(self.data.parts) or not all(torch.equal(a, b) for a, b in zip(ckpt.partition, self.data.parts)):
+            raise CheckpointError(f"checkpoint {where}: the data or its partition changed since it was written; restore the data file, or delete {where}")
+        if ckpt.round != len(ckpt.records) or ckpt.round > self.cfg.federation.rounds:
+            raise CheckpointError(f"checkpoint {where}: {len(ckpt.records)} records for round {ckpt.round}; delete {where}")
+        clients.restore_states(ClientStates(ckpt.clients, ckpt.clients_on_nodes), where)
+        self.state = ckpt.server
+        restore_rng(ckpt.rng)
+        return ckpt.records
+
+
+def mean_train_loss(updates: list[ClientUpdate]) -> float | None:
+    """Clients' mean train loss weighted by examples (None when no update was usable)."""
+    if not updates:
+        return None
+    weights = normalized_weights([u.num_examples for u in updates])
+    return float(sum(w * u.metrics["train_loss"] for w, u in zip(weights, updates)))
+
+
+def metric_keys(task) -> tuple[str, ...]:
+    return tuple(getattr(task, "metric_keys", ("test_loss", "accuracy", "macro_f1")))
+
+
+def summarize(records: list[dict], method: str) -> dict[str, Any]:
+    """Final and best metrics, bytes and seconds per round, peak memory of one method's run.
+
+    Generation runs (no accuracy) add final_/best_ rougeL and bleu4 and the final perplexity."""
+    evaluated = [r for r in records if r.get("test_loss") is not None]
+    final = evaluated[-1] if evaluated else {}
+    extra = {}
+    for key in ("rougeL", "bleu4", "perplexity"):
+        if final.get(key) is not None:
+            extra[f"final_{key}"] = final[key]
+            if key != "perplexity":
+                extra[f"best_{key}"] = max(r[key] for r in evaluated)
+    return {
+        "method": method,
+        "rounds": len(records),
+        "final_accuracy": final.get("accuracy"),
+        "best_accuracy": max((r["accuracy"] for r in evaluated if r.get("accuracy") is not None), default=None),
+        "final_macro_f1": final.get("macro_f1"),
+        "best_macro_f1": max((r["macro_f1"] for r in evaluated if r.get("macro_f1") is not None), default=None),
+        "final_test_loss": final.get("test_loss"),
+        "bytes_up_per_round": float(np.mean([r["bytes_up"] for r in records])),
+        "bytes_down_per_round": float(np.mean([r["bytes_down"] for r in records])),
+        "seconds_per_round": float(np.median([r["seconds_round"] for r in records])),
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in records),
+        **extra,
+    }
