@@ -23,8 +23,9 @@ from pathlib import Path
 from common import add_device_args, check_device, emit, machine_info, partial_path
 
 from fedsub.compare import select_methods
-from fedsub.config import ConfigError, load_config
+from fedsub.config import load_config
 from fedsub.core.io import atomic_write_text
+from fedsub.errors import ConfigError
 from fedsub.report import read_metrics
 from fedsub.run import run_experiment
 

@@ -1,6 +1,7 @@
 import pytest
 
-from fedsub.config import ConfigError, config_to_dict, load_config, validate_config
+from fedsub.config import config_to_dict, load_config, validate_config
+from fedsub.errors import ConfigError
 
 
 def write(tmp_path, text):

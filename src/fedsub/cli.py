@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from fedsub.config import ConfigError
+from fedsub.errors import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:

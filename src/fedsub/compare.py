@@ -14,7 +14,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from fedsub.config import ConfigError, ExperimentConfig, MethodSpec, config_to_dict, load_config, validate_config
+from fedsub.config import ExperimentConfig, MethodSpec, config_to_dict, load_config, validate_config
+from fedsub.errors import ConfigError
 from fedsub.results import ALPHA_SCHEMES
 from fedsub.run import is_finished, merge_methods, progress_bars, run_into
 

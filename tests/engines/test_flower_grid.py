@@ -90,7 +90,7 @@ def test_round_below_min_clients_is_skipped_with_the_reason(tiny_data, tmp_path)
 
 
 def test_flower_superlink_must_be_host_port():
-    from fedsub.config import ConfigError
+    from fedsub.errors import ConfigError
     from fedsub_fixtures import tiny_config
 
     with pytest.raises(ConfigError, match="field flower.superlink: 'localhost' is not host:port; give the SuperLink's address"):

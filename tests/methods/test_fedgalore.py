@@ -375,7 +375,8 @@ def test_warmup_sketch_gives_round_one_an_informed_projector_and_counts_its_byte
 
 # ------------------------------------------------------------------ AJIVE rules (issue 15)
 def test_ajive_rule_options_are_validated_in_one_line_naming_the_fields():
-    from fedsub.config import ConfigError, validate_config
+    from fedsub.config import validate_config
+    from fedsub.errors import ConfigError
 
     def error_of(**options):
         with pytest.raises(ConfigError) as info:

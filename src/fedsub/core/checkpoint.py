@@ -30,19 +30,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedsub.config import ConfigError
 from fedsub.core.io import atomic_write_text, atomic_writer
 from fedsub.core.types import ServerState
+from fedsub.errors import CheckpointError
 
 FORMAT = "fedsub-checkpoint-1"
 POINTER = "checkpoint.json"
 # Test hook: "STAGE:ROUND" kills the process with SIGKILL at STAGE of the checkpoint after ROUND rounds.
 # Stages: tensors-half (half the tensors file written), tensors-written, pointer-written.
 CRASH_ENV = "FEDSUB_CRASH_AT"
-
-
-class CheckpointError(ConfigError):
-    """A checkpoint that cannot be read (corrupt, truncated, from another config): exit 2."""
 
 
 @dataclass

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fedsub.config import ConfigError
 from fedsub.data.source import Source
+from fedsub.errors import ConfigError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_HINT = "apt-get install --no-install-recommends dataset-fashion-mnist"

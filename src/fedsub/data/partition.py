@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Callable
 import datasets
 import numpy as np
 
-from fedsub.config import ConfigError, PartitionConfig
+from fedsub.config import PartitionConfig
 from fedsub.data.seeding import derive_rng, derive_seed
+from fedsub.errors import ConfigError
 
 if TYPE_CHECKING:  # flwr_datasets is imported where used: it adds ~3 s to `import fedsub.data`
     from flwr_datasets.partitioner import Partitioner

@@ -38,7 +38,7 @@ def add_lora(workspace: Workspace, options: LoraOptions, seed: int | None = None
     """
     from peft import LoraConfig, get_peft_model
 
-    from fedsub.config import ConfigError
+    from fedsub.errors import ConfigError
 
     modules = dict(workspace.model.named_modules())
     convs = [t for t in workspace.target_modules if isinstance(modules.get(t), torch.nn.Conv2d)]

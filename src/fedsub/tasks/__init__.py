@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedsub.config import ConfigError, ExperimentConfig
+from fedsub.config import ExperimentConfig
+from fedsub.errors import ConfigError
 
 INPUTS = {"classification": "text", "generation": "text", "multiple_choice": "text", "image_classification": "image"}
 

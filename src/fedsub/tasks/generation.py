@@ -74,7 +74,7 @@ class GenerationTask:
 
     def encode_dataset(self, dataset) -> LMEncoded:
         if self.response_column not in dataset.column_names:
-            from fedsub.config import ConfigError
+            from fedsub.errors import ConfigError
 
             raise ConfigError(f"field task.response_column: no column {self.response_column!r}; columns are: {', '.join(dataset.column_names)}")
         return self.encode(dataset[self.input_column], [str(r) for r in dataset[self.response_column]])

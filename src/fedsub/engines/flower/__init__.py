@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedsub.config import ConfigError, ExperimentConfig, MethodSpec
+from fedsub.config import ExperimentConfig, MethodSpec
+from fedsub.errors import ConfigError
 
 
 def require_flower() -> None:

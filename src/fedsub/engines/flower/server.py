@@ -27,12 +27,12 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedsub.config import ExperimentConfig, MethodSpec
-from fedsub.core.checkpoint import CheckpointError
 from fedsub.engines.failures import ClientOutcome, reply_outcome
 from fedsub.engines.final_model import save_final_model
 from fedsub.engines.flower.records import META, payload_to_record, record_to_update
 from fedsub.engines.rounds import ClientStates, Exchange, RoundLoop
 from fedsub.engines.setup import FederatedData, reset_peak_rss, set_up_method
+from fedsub.errors import CheckpointError
 
 QUERY = "query"
 
