@@ -53,15 +53,21 @@ def add_grid_commands(sub) -> None:
     export.add_argument("--out", type=Path, required=True, help="folder to write (must be new or empty)")
 
 
+def load_experiment(path: str | Path, overrides: list[str]):
+    """The config, its methods' options checked too: a bad one fails here, before any data is read."""
+    from fedsub.config import check_method_options, load_config
+
+    return check_method_options(load_config(path, overrides), source=str(path))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from fedsub.config import load_config
     from fedsub.run import run_experiment
 
     if args.resume is not None:
         return resume_run(args)
     if args.config is None:
         raise ConfigError("run: pass a YAML config (see configs/), or --resume DIR to continue a run")
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_experiment(args.config, args.overrides)
     out = args.out or Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_tensorboard_flag(args)
     run_experiment(cfg, out, quiet=args.quiet, overwrite=args.overwrite, tensorboard=args.tensorboard)
@@ -70,12 +76,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def resume_run(args: argparse.Namespace) -> int:
     """`fedsub run --resume DIR [CONFIG]`: the run's own config unless one is given (it must match)."""
-    from fedsub.config import load_config
     from fedsub.run import resume_dir, run_experiment
 
     if args.out is not None or args.overwrite:
         raise ConfigError("--resume DIR continues the run in DIR; drop --out / --overwrite")
-    cfg = load_config(args.config or resume_dir(args.resume) / "config.yaml", args.overrides)
+    cfg = load_experiment(args.config or resume_dir(args.resume) / "config.yaml", args.overrides)
     check_tensorboard_flag(args)
     run_experiment(cfg, args.resume, quiet=args.quiet, tensorboard=args.tensorboard, resume=True)
     return 0
@@ -90,10 +95,9 @@ def check_tensorboard_flag(args: argparse.Namespace) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from fedsub.compare import parse_grid, run_grid
-    from fedsub.config import load_config
     from fedsub.run import make_console
 
-    grid = parse_grid(load_config(args.config, args.overrides), args.methods, args.alphas, args.seeds)
+    grid = parse_grid(load_experiment(args.config, args.overrides), args.methods, args.alphas, args.seeds)
     check_tensorboard_flag(args)
     run_grid(grid, args.out or Path("runs") / f"{grid.cfg.name}-compare", make_console(args.quiet), tensorboard=args.tensorboard)
     return 0

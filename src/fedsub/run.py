@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fedsub.config import ExperimentConfig, MethodSpec, config_to_dict, load_config, method_to_dict
+from fedsub.config import ExperimentConfig, MethodSpec, check_method_options, config_to_dict, load_config, method_to_dict
 from fedsub.core.checkpoint import checkpoint_round
 from fedsub.core.io import atomic_write_text
 from fedsub.engines.engine import make_engine
@@ -70,6 +70,7 @@ def run_experiment(
     resume: bool = False,
 ) -> list[dict[str, Any]]:
     """Run `cfg` into a new (or, with overwrite, emptied) `out`; with resume, continue the run in `out`."""
+    check_method_options(cfg)  # a bad method option fails before the run directory is touched
     console = console or make_console(quiet)
     created = not Path(out).exists()
     run_dir = resume_dir(Path(out)) if resume else prepare_run_dir(Path(out), overwrite)
