@@ -29,9 +29,11 @@ from typing import Any
 import torch
 
 from fedsub.config import ExperimentConfig, MethodSpec, load_config
+from fedsub.core.registry import build_method
 from fedsub.engines.final_model import FINAL_MODEL, FORMAT_TAG
+from fedsub.engines.setup import FederatedData, build_workspace
 from fedsub.errors import ConfigError
-from fedsub.vision_models import EFFICIENTNET
+from fedsub.models import ModelPlan, plan_model
 
 
 def read_final_model(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -44,12 +46,9 @@ def read_final_model(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
         return {name: handle.get_tensor(name) for name in handle.keys()}, metadata
 
 
-def rebuild_global_model(cfg: ExperimentConfig, spec: MethodSpec, tensors: dict[str, torch.Tensor], label_names: list[str]):
+def rebuild_global_model(cfg: ExperimentConfig, plan: ModelPlan, spec: MethodSpec, tensors: dict[str, torch.Tensor], label_names: list[str]):
     """The starting model of the run (seeded base + prepare_model) with the saved tensors written in."""
-    from fedsub.core.registry import build_method
-    from fedsub.engines.setup import FederatedData, build_workspace
-
-    labels_only = FederatedData(None, None, None, [], label_names, {})  # the model needs only the labels
+    labels_only = FederatedData(None, None, None, [], label_names, {}, plan)  # the model needs only the labels and its plan
     workspace = build_workspace(cfg.model_copy(update={"device": "cpu"}), build_method(spec.name, spec.options), labels_only)
     workspace.write(tensors)
     workspace.model.eval()
@@ -80,11 +79,12 @@ def export_model(run_dir: Path, out: Path, fmt: str, key: str | None = None) -> 
         raise ConfigError(f"{path} not found: method {spec.key} is unfinished or was run before fedsub saved final models; re-run it")
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"--out {out} exists and is not empty; choose another folder")
-    if cfg.model.name == EFFICIENTNET:
+    plan = plan_model(cfg)
+    if plan.path is None:
         raise ConfigError(f"fedsub export: {cfg.model.name} is not a Hugging Face model and has no HF folder format; its final weights are {path} (safetensors)")
     tensors, metadata = read_final_model(path)
     label_names = json.loads(metadata["label_names"])
-    model = rebuild_global_model(cfg, spec, tensors, label_names)
+    model = rebuild_global_model(cfg, plan, spec, tensors, label_names)
     if fmt == "peft":
         check_peft_exportable(model, tensors, spec)
     else:
@@ -92,16 +92,7 @@ def export_model(run_dir: Path, out: Path, fmt: str, key: str | None = None) -> 
     if cfg.task.kind in ("classification", "image_classification"):  # a causal LM / choice head has no class names
         set_label_names(model, label_names)
     model.save_pretrained(str(out))
-    from fedsub.models import load_tokenizer
-
-    if cfg.task.kind == "image_classification":
-        from transformers import AutoImageProcessor
-
-        from fedsub.models import resolve_model_path
-
-        AutoImageProcessor.from_pretrained(resolve_model_path(cfg.model.name)).save_pretrained(str(out))
-    else:
-        load_tokenizer(cfg.model).save_pretrained(str(out))
+    plan.input_processor().save_pretrained(str(out))  # the tokenizer, or the image processor
     return out
 
 

