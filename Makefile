@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup debian demo test bench clean
+.PHONY: setup debian demo test test-fast bench clean
 
 setup: debian $(STAMP)
 
@@ -37,6 +37,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# the inner loop: everything but the real-weight and multi-process tests (`make test` is what CI runs)
+test-fast: setup
+	$(BIN)/python -m pytest -q -m 'not slow'
 
 # make bench BENCH_ARGS='--device cuda --dtype bfloat16' on a GPU machine
 bench: setup
