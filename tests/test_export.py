@@ -7,10 +7,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from fedsub.cli import main
+from fedsub.app.cli import main
 from fedsub.config import load_config
 from fedsub.engines.setup import prepare_data
-from fedsub.export import FINAL_MODEL
+from fedsub.app.export import FINAL_MODEL
 from fedsub.models import plan_model
 from fedsub_fixtures import write_csv_experiment
 

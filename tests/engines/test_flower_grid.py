@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("flwr")
 
 from fedsub.config import load_config  # noqa: E402
-from fedsub.run import run_experiment  # noqa: E402
+from fedsub.app.run import run_experiment  # noqa: E402
 from fedsub_fixtures import assert_close, strip_timing, write_csv_experiment  # noqa: E402
 
 # fedgalore with factored downlink and AJIVE: client state (held weights, optimizer) across rounds

@@ -53,7 +53,7 @@ def test_is_causal_lm_reads_the_architecture(tmp_path):
 
 def test_a_run_plans_its_model_once_for_all_its_methods(tmp_path, monkeypatch):
     import fedsub.engines.setup as setup
-    from fedsub.run import run_experiment
+    from fedsub.app.run import run_experiment
     from fedsub.config import load_config
 
     plans = []

@@ -2,7 +2,7 @@
 
 It holds what the method changed on top of the rebuilt starting model (the seeded base + the
 method's `prepare_model`): the server's global tensors, every trainable tensor and every LoRA factor.
-`fedsub export` (fedsub.export) reads it back; the engines write it, so it lives below both.
+`fedsub export` (fedsub.app.export) reads it back; the engines write it, so it lives below both.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Plots of a grid of runs (see fedsub.results): one panel per partition alpha.
+"""Plots of a grid of runs (see fedsub.reporting.results): one panel per partition alpha.
 
 - accuracy_rounds.png: test accuracy per round, per method the mean over seeds and a min-max band;
 - accuracy_bytes.png: mean accuracy against cumulative bytes (up + down, mean over seeds), log x;
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fedsub.report import pyplot, read_metrics, save_figure
-from fedsub.results import Cell, alpha_order, groups, is_generation
+from fedsub.reporting.report import pyplot, read_metrics, save_figure
+from fedsub.reporting.cells import Cell, alpha_order, groups, is_generation
 
 TITLES = {"accuracy": "test accuracy", "rougeL": "test ROUGE-L"}
 

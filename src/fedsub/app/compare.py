@@ -14,11 +14,12 @@ from pathlib import Path
 
 from rich.console import Console
 
+from fedsub.app.console import progress_bars
+from fedsub.app.run import is_finished, merge_methods, run_into
 from fedsub.config import ExperimentConfig, MethodSpec, config_to_dict, load_config, validate_config
 from fedsub.errors import ConfigError
-from fedsub.results import ALPHA_SCHEMES
-from fedsub.run import is_finished, merge_methods, progress_bars, run_into
-
+from fedsub.reporting.cells import ALPHA_SCHEMES
+from fedsub.reporting.results import print_results, write_results
 
 
 @dataclass
@@ -82,8 +83,6 @@ def parse_list(flag: str, text: str, kind: type, example: str) -> list:
 
 def run_grid(grid: Grid, out: Path, console: Console, *, tensorboard: bool = False) -> Path:
     """Run every unfinished cell of the grid into `out`, then write its results and plots."""
-    from fedsub.results import print_results, write_results
-
     out = Path(out)
     check_existing_cells(grid, out)
     keys = [m.key for m in grid.cfg.methods]

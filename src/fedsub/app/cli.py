@@ -1,4 +1,9 @@
-"""Command line: `fedsub run|compare|report|export|methods`. Bad input exits 2 with one line, never a traceback."""
+"""Command line: `fedsub run|compare|report|export|methods`. Bad input exits 2 with one line, never a traceback.
+
+Each command imports what it needs when it runs (the late imports below, for start-up time): the
+engines and models cost seconds to import (torch, transformers, peft), which `fedsub report`,
+`fedsub methods` and `--help` do not need.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,11 @@ import sys
 import time
 from pathlib import Path
 
+from fedsub.app.console import make_console
+from fedsub.config import check_method_options, load_config
+from fedsub.core.registry import available_methods
 from fedsub.errors import ConfigError
+from fedsub.reporting.tblog import check_tensorboard
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_grid_commands(sub) -> None:
-    """`fedsub compare`, `fedsub report`, `fedsub export` (fedsub.compare, fedsub.results, fedsub.export)."""
+    """`fedsub compare`, `fedsub report`, `fedsub export` (fedsub.app.compare, fedsub.reporting.results, fedsub.app.export)."""
     compare = sub.add_parser("compare", help="run methods x alphas x seeds (resumable), then tables and plots")
     compare.add_argument("config", help="YAML experiment config listing the methods")
     compare.add_argument("--methods", help="comma-separated method keys of the config (label or name; default: all)")
@@ -55,14 +64,24 @@ def add_grid_commands(sub) -> None:
 
 def load_experiment(path: str | Path, overrides: list[str]):
     """The config, its methods' options checked too: a bad one fails here, before any data is read."""
-    from fedsub.config import check_method_options, load_config
-
     return check_method_options(load_config(path, overrides), source=str(path))
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from fedsub.run import run_experiment
+def quiet_datasets() -> None:
+    """Our own progress bars say what is happening; the datasets library's per-file bars are noise
+    on stderr, and a bad data file gets our one-line error, not its log too. For the commands that
+    read data only: datasets takes ~1.2 s to import here."""
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    import datasets  # late: start-up, see the docstring
 
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fedsub.app.run import run_experiment  # late: start-up, see the module docstring
+
+    quiet_datasets()
     if args.resume is not None:
         return resume_run(args)
     if args.config is None:
@@ -76,7 +95,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def resume_run(args: argparse.Namespace) -> int:
     """`fedsub run --resume DIR [CONFIG]`: the run's own config unless one is given (it must match)."""
-    from fedsub.run import resume_dir, run_experiment
+    from fedsub.app.run import resume_dir, run_experiment  # late: start-up
 
     if args.out is not None or args.overwrite:
         raise ConfigError("--resume DIR continues the run in DIR; drop --out / --overwrite")
@@ -88,15 +107,13 @@ def resume_run(args: argparse.Namespace) -> int:
 
 def check_tensorboard_flag(args: argparse.Namespace) -> None:
     if args.tensorboard:
-        from fedsub.tblog import check_tensorboard
-
         check_tensorboard()
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from fedsub.compare import parse_grid, run_grid
-    from fedsub.run import make_console
+    from fedsub.app.compare import parse_grid, run_grid  # late: start-up
 
+    quiet_datasets()
     grid = parse_grid(load_experiment(args.config, args.overrides), args.methods, args.alphas, args.seeds)
     check_tensorboard_flag(args)
     run_grid(grid, args.out or Path("runs") / f"{grid.cfg.name}-compare", make_console(args.quiet), tensorboard=args.tensorboard)
@@ -104,8 +121,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from fedsub.results import print_results, write_results
-    from fedsub.run import make_console
+    from fedsub.reporting.results import print_results, write_results  # late: start-up (matplotlib, numpy)
 
     if args.out is None and len(args.dirs) > 1:
         raise ConfigError(f"report: {len(args.dirs)} directories given; pass --out for the combined results")
@@ -117,7 +133,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from fedsub.export import export_model
+    from fedsub.app.export import export_model  # late: start-up
 
     out = export_model(args.run_dir, args.out, args.format, args.method)
     print(f"exported ({args.format}) to {out}", file=sys.stderr)
@@ -125,8 +141,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from fedsub.core.registry import available_methods
-
     for name, cls in available_methods().items():
         doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
         print(f"{name:18s} {doc}")
@@ -137,10 +151,10 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_flower(args: argparse.Namespace) -> int:
-    from fedsub.engines.flower import require_flower
+    from fedsub.engines.flower import require_flower  # late: start-up, and flwr is optional
 
     require_flower()
-    from fedsub.engines.flower.certs import write_certificates
+    from fedsub.engines.flower.certs import write_certificates  # late: needs flwr (optional)
 
     paths = write_certificates(args.out, args.nodes)
     print(f"wrote {', '.join(p.name for p in paths)} to {args.out}", file=sys.stderr)
@@ -149,12 +163,6 @@ def cmd_flower(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # Our own progress bars say what is happening; the libraries' per-file bars are noise on stderr.
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    import datasets
-
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # a bad data file gets our one-line error, not its log too
     handler = {"run": cmd_run, "compare": cmd_compare, "report": cmd_report, "export": cmd_export, "methods": cmd_methods, "flower": cmd_flower}[args.command]
     try:
         return handler(args)

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
+from fedsub.app.console import make_console, progress_bars
 from fedsub.config import ExperimentConfig, MethodSpec, check_method_options, config_to_dict, load_config, method_to_dict
 from fedsub.core.checkpoint import checkpoint_round
 from fedsub.core.io import atomic_write_text
@@ -29,7 +29,7 @@ from fedsub.engines.engine import make_engine
 from fedsub.engines.rounds import summarize
 from fedsub.engines.setup import FederatedData, prepare_data
 from fedsub.errors import ConfigError
-from fedsub.report import columns_for, markdown_table, plot_metric, read_metrics, table_rows
+from fedsub.reporting.report import columns_for, markdown_table, plot_metric, read_metrics, table_rows
 
 
 def prepare_run_dir(out: Path, overwrite: bool) -> Path:
@@ -47,16 +47,6 @@ def resume_dir(out: Path) -> Path:
     if not (Path(out) / "config.yaml").is_file():
         raise ConfigError(f"--resume {out}: no config.yaml there, so not a fedsub run directory; pass the directory a run wrote")
     return Path(out)
-
-
-def make_console(quiet: bool = False) -> Console:
-    # Logs (CI, files) get 120 columns so the results table is not cut; terminals keep their width.
-    return Console(stderr=True, quiet=quiet, width=None if sys.stderr.isatty() else 120)
-
-
-def progress_bars(console: Console) -> Progress:
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    return Progress(*columns, console=console, transient=True, disable=console.quiet)
 
 
 def run_experiment(
@@ -227,7 +217,7 @@ def run_method(
 
 
 def open_board(method_dir: Path):
-    from fedsub.tblog import RoundBoard
+    from fedsub.reporting.tblog import RoundBoard
 
     return RoundBoard(method_dir / "tensorboard")
 
