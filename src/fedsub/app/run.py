@@ -30,6 +30,7 @@ from fedsub.engines.rounds import summarize
 from fedsub.engines.setup import FederatedData, prepare_data
 from fedsub.errors import ConfigError
 from fedsub.reporting.report import columns_for, markdown_table, plot_metric, read_metrics, table_rows
+from fedsub.reporting.tblog import RoundBoard
 
 
 def prepare_run_dir(out: Path, overwrite: bool) -> Path:
@@ -216,9 +217,7 @@ def run_method(
     return summary
 
 
-def open_board(method_dir: Path):
-    from fedsub.reporting.tblog import RoundBoard
-
+def open_board(method_dir: Path) -> RoundBoard:
     return RoundBoard(method_dir / "tensorboard")
 
 

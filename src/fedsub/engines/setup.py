@@ -47,10 +47,10 @@ class MethodSetup:
 
 def prepare_data(cfg: ExperimentConfig, run_dir: Path) -> FederatedData:
     """Decide the model, load and split the data, partition it over the clients (report saved), encode once."""
-    # late: data loading and the tasks import datasets and scikit-learn (~1.5 s and ~1.9 s here),
-    # which `fedsub export` and `fedsub report` (they import this module) never need
-    from fedsub.data import load_splits, partition, save_partition_report
-    from fedsub.tasks import build_task, check_input
+    # data loading and the tasks import datasets and scikit-learn (~1.5 s and ~1.9 s here), which
+    # `fedsub export` and `fedsub report` (they import this module) never need
+    from fedsub.data import load_splits, partition, save_partition_report  # late: start-up, see above
+    from fedsub.tasks import build_task, check_input  # late: start-up, see above
 
     plan = plan_model(cfg)  # a bad model name fails here, before the data is read
     splits = load_splits(cfg.data, cfg.seed)

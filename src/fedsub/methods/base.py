@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fedsub.core.tensors import weighted_mean
 from fedsub.core.types import ClientContext, ClientUpdate, Payload, ServerState, TrainSettings
 from fedsub.core.workspace import Workspace
+from fedsub.errors import ConfigError
 
 
 class NoOptions(BaseModel):
@@ -37,8 +38,6 @@ def add_lora(workspace: Workspace, options: LoraOptions, seed: int | None = None
     The LoRA A init comes from torch's global RNG, seeded here so every client builds the same A.
     """
     from peft import LoraConfig, get_peft_model
-
-    from fedsub.errors import ConfigError
 
     modules = dict(workspace.model.named_modules())
     convs = [t for t in workspace.target_modules if isinstance(modules.get(t), torch.nn.Conv2d)]

@@ -34,6 +34,7 @@ from fedsub.methods.galore_common import (
     layer_index,
     linear_weight_names,
 )
+from fedsub.models import adaptable  # Linear or dense Conv2d (GaLore reshapes kernels to matrices)
 
 
 class FedFTGOptions(BaseModel):
@@ -61,8 +62,6 @@ def lower_half(indices: list[int]) -> set[int]:
 
 def ftg_modules(workspace: Workspace, options: FedFTGOptions) -> list[str]:
     """The linear modules FedFTG trains: suffix match on ``modules``, inside the chosen blocks."""
-    from fedsub.models import adaptable  # Linear or dense Conv2d (GaLore reshapes kernels to matrices)
-
     heads = tuple(workspace.head_modules)
 
     linears = [n for n, m in workspace.model.named_modules() if adaptable(m) and n.split(".", 1)[0] not in heads]

