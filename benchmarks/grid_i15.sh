@@ -12,7 +12,7 @@ declare -A methods=(
 )
 for part in "$@"; do
   if [ "$part" = vision ]; then
-    benchmarks/run_cells.sh configs/vision.yaml vision-i15 0.5 0,1,2 fedit fedgalore fedavg_full
+    benchmarks/run_cells.sh configs/vision_grid.yaml vision-i15 0.5 0,1,2 fedit fedgalore fedavg_full
   else
     # shellcheck disable=SC2086  # the method list splits on spaces
     for seed in 0 1 2; do benchmarks/run_cells.sh configs/fedgalore_grid.yaml "grid-i15-$part" 0.1,0.5,10 "$seed" ${methods[$part]}; done
