@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", required=True, help="results/grid-NAME.json")
     parser.add_argument("--ref", default="fedgalore", help="the method the paired differences are taken against")
     parser.add_argument("--methods", help="comma-separated: the methods and row order to report (default: all, as found)")
+    parser.add_argument("--seeds", help="comma-separated: the seeds the grid is planned for (default: the seeds found); "
+                        "seeds not run yet show as `–` and count as missing cells")
+    parser.add_argument("--alphas", help="comma-separated: the alphas the grid is planned for (default: the alphas found)")
     parser.add_argument("--note", default="", help="how the cells ran (code commit, threads, parallel cells)")
     args = parser.parse_args(argv)
     try:
@@ -84,8 +87,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: --ref {args.ref}: no finished cell of that method")
     machine = machine_info("cpu", "float32")
     machine.pop("threads"), machine.pop("load_avg_1m_start")  # the cells ran earlier, under their own settings
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else sorted({c["seed"] for c in cells})
+    alphas = [float(x) for x in args.alphas.split(",")] if args.alphas else sorted({c["alpha"] for c in cells})
     report = {"machine": machine, "grids": [str(g) for g in args.grids], "ref": args.ref, "methods": order,
-              "note": args.note, "cells": cells}  # fmt: skip
+              "seeds": seeds, "alphas": alphas, "note": args.note, "cells": cells}  # fmt: skip
     emit(report, Path(__file__).parent / "results" / f"grid-{args.name}.json")
 
 

@@ -112,8 +112,9 @@ def grid_table(report: dict) -> list[str]:
     """Per alpha: final accuracy per seed, its mean, the paired difference ref − method per seed and its
     mean, bytes and the mean update-space diagnostics (grid_summary.py's JSON)."""
     cells, ref, lines = report["cells"], report["ref"], []
-    seeds = sorted({c["seed"] for c in cells})
-    for alpha in sorted({c["alpha"] for c in cells}):
+    seeds = report.get("seeds") or sorted({c["seed"] for c in cells})
+    alphas = report.get("alphas") or sorted({c["alpha"] for c in cells})
+    for alpha in alphas:
         at = {(c["method"], c["seed"]): c for c in cells if c["alpha"] == alpha}
         header = [f"alpha {alpha:g}", *[f"seed {s}" for s in seeds], "mean", f"{ref} minus it, per seed", "mean diff",
                   "MB up + down / round", "rank of ΔW̄", "cancellation", "V̂ vs mean"]  # fmt: skip
@@ -134,7 +135,7 @@ def grid_table(report: dict) -> list[str]:
                          _fmt(mean_of("diag_rank_mean"), ".1f"), _fmt(mean_of("diag_cancellation_ratio"), ".3f"),
                          _fmt(mean_of("v_hat_rel_diff_mean"), ".3f")])  # fmt: skip
         lines += table(header, rows) + [""]
-    expected = len(report["methods"]) * len(seeds) * len({c["alpha"] for c in cells})
+    expected = len(report["methods"]) * len(seeds) * len(alphas)
     status = "complete" if len(cells) >= expected else f"**partial: {len(cells)} of {expected} cells**"
     note = f" {report['note']}." if report.get("note") else ""
     return [f"Final test accuracy (chance 1/classes); \"diff\" = {ref} minus the method on the same seed (the seed fixes the "
