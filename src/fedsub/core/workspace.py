@@ -12,6 +12,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
+from fedsub.core.seeding import torch_generator
 from fedsub.core.types import ClientContext, Tensors
 
 
@@ -51,7 +52,7 @@ class Workspace:
     # ---- local training and evaluation
     def client_batches(self, client: ClientContext) -> Iterator[torch.Tensor]:
         """Endless mini-batches over the client's examples, reshuffled every pass, seeded by the client."""
-        generator = torch.Generator().manual_seed(client.seed)
+        generator = torch_generator(client.seed)
         indices = client.indices
         if len(indices) == 0:
             raise ValueError(f"client {client.client_id} has no training examples")

@@ -12,9 +12,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import numpy as np
-
 from fedsub.config import FailureConfig
+from fedsub.core.seeding import derive_rng
 from fedsub.core.types import ClientUpdate, Payload, ServerState
 from fedsub.core.validation import expected_update, validate_update
 
@@ -36,7 +35,7 @@ def simulated_fault(cfg: FailureConfig, seed: int, round_index: int, client_id: 
     """'dropout' (the client never answers), 'straggler' (it answers after the deadline) or None."""
     if cfg.dropout_prob == 0 and cfg.straggler_prob == 0:
         return None
-    u_drop, u_late = np.random.default_rng([seed, round_index, client_id, _FAULT_STREAM]).random(2)
+    u_drop, u_late = derive_rng(seed, round_index, client_id, _FAULT_STREAM).random(2)
     if u_drop < cfg.dropout_prob:
         return "dropout"
     if u_late < cfg.straggler_prob:

@@ -17,6 +17,7 @@ import torch
 
 from fedsub.config import ExperimentConfig, MethodSpec
 from fedsub.core.registry import build_method
+from fedsub.core.seeding import derive_rng
 from fedsub.core.types import TrainSettings
 from fedsub.core.workspace import Workspace
 from fedsub.models import head_module_names, target_linear_names
@@ -83,12 +84,8 @@ def sample_clients(seed: int, round_index: int, num_clients: int, per_round: int
     """The clients of a round: a pure function of (seed, round), so resume and replay are exact."""
     if per_round >= num_clients:
         return list(range(num_clients))
-    rng = np.random.default_rng([seed, round_index])
+    rng = derive_rng(seed, round_index)
     return sorted(int(c) for c in rng.choice(num_clients, size=per_round, replace=False))
-
-
-def client_seed(seed: int, round_index: int, client_id: int) -> int:
-    return int(np.random.SeedSequence([seed, round_index, client_id]).generate_state(1)[0])
 
 
 def train_settings(cfg: ExperimentConfig, spec: MethodSpec) -> TrainSettings:

@@ -16,7 +16,8 @@ from fedsub.core.types import ClientContext, Payload, ServerState
 from fedsub.engines.failures import ClientOutcome, run_client
 from fedsub.engines.final_model import save_final_model
 from fedsub.engines.rounds import TRAIN, ClientStates, Exchange, RoundLoop
-from fedsub.engines.setup import FederatedData, MethodSetup, client_seed, reset_peak_rss, set_up_method
+from fedsub.core.seeding import client_seed
+from fedsub.engines.setup import FederatedData, MethodSetup, reset_peak_rss, set_up_method
 
 
 class InProcessClients:

@@ -60,6 +60,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
 from fedsub.core.registry import register
+from fedsub.core.seeding import mix_seed
 from fedsub.core.tensors import normalized_weights, weighted_sum
 from fedsub.core.types import ClientContext, ClientUpdate, Payload, ServerState
 from fedsub.core.validation import TensorSpec, UpdateSpec
@@ -77,7 +78,7 @@ from fedsub.methods.galore_common import (
     linear_weight_names,
 )
 from fedsub.optim.projector import (
-    choose_side, derive_seed, effective_rank, moment_shape, project_back, random_projector, transport_moments,
+    choose_side, effective_rank, moment_shape, project_back, random_projector, transport_moments,
 )  # fmt: skip
 
 _SKETCH_STREAM = 0x5EC7  # separates the sketch's Omega seeds from the projector seeds
@@ -151,7 +152,7 @@ class GradientSketch:
             m, n = p.shape
             right = choose_side(p.shape) == "right"
             k = min(width, n if right else m)
-            self.omega[name] = seeded_gaussian((m if right else n, k), derive_seed(seed, index), device=p.device)
+            self.omega[name] = seeded_gaussian((m if right else n, k), mix_seed(seed, index), device=p.device)
             self.sums[name] = torch.zeros((n if right else m, k), device=p.device)
 
     def accumulate(self) -> None:
@@ -182,7 +183,7 @@ class FedGaLore(FedAvgMethod):
     # ------------------------------------------------------------------ projector schedule
     def random_projectors(self, refresh: int) -> dict[str, Tensor]:
         o = self.options
-        return {n: random_projector(s, o.rank, derive_seed(o.seed, refresh, i)) for i, (n, s) in enumerate(self.shapes.items())}
+        return {n: random_projector(s, o.rank, mix_seed(o.seed, refresh, i)) for i, (n, s) in enumerate(self.shapes.items())}
 
     def sketched(self, round_index: int) -> bool:
         """Whether the projector installed at ``round_index`` comes from the sketch (round 0: the
@@ -219,7 +220,7 @@ class FedGaLore(FedAvgMethod):
         """S_k over the first batches of this round's own batch order (no step); up: S_k only."""
         workspace.write({**payload.tensors, **self.base})
         params = workspace.parameters_by_name()
-        sketch = GradientSketch({n: params[n] for n in self.galore_names}, self.sketch_width(), derive_seed(self.options.seed, _WARMUP_STREAM))
+        sketch = GradientSketch({n: params[n] for n in self.galore_names}, self.sketch_width(), mix_seed(self.options.seed, _WARMUP_STREAM))
         torch.manual_seed(client.seed)
         workspace.model.train()
         batches, total = workspace.client_batches(client), 0.0
@@ -298,7 +299,7 @@ class FedGaLore(FedAvgMethod):
         self.start_state(optimizer, named, payload, client)
         sketch = None
         if payload.scalars["sketch"]:
-            sketch = GradientSketch(named, self.sketch_width(), derive_seed(o.seed, _SKETCH_STREAM, client.round))
+            sketch = GradientSketch(named, self.sketch_width(), mix_seed(o.seed, _SKETCH_STREAM, client.round))
         metrics = workspace.train_local(client, optimizer, after_backward=sketch.accumulate if sketch else None)
         if o.sync == "none":
             client.state.update(optimizer=export_state(optimizer), refresh=int(payload.scalars["refresh"]))

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fedsub.core.registry import register
+from fedsub.core.seeding import derive_rng
 from fedsub.core.tensors import normalized_weights
 from fedsub.core.types import ClientContext, ClientUpdate, Payload, ServerState
 from fedsub.core.workspace import Workspace
@@ -84,7 +84,7 @@ def client_rank(options: HeteroRankOptions, client_id: int) -> int:
         return options.rank
     if isinstance(spec, list):
         return spec[client_id % len(spec)]
-    rng = np.random.default_rng([spec.seed, client_id])
+    rng = derive_rng(spec.seed, client_id)
     return int(rng.choice(spec.choices, p=spec.probs))
 
 

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from fedsub.core.registry import register
+from fedsub.core.seeding import derive_seed
 from fedsub.core.tensors import normalized_weights
 from fedsub.core.types import ClientContext, ClientUpdate, Payload, ServerState
 from fedsub.core.validation import TensorSpec, UpdateSpec, spec_of
@@ -49,7 +49,7 @@ def fresh_factors(layers: dict[str, LoraKeys], shapes: dict[str, tuple[int, int]
     out = {}
     for index, prefix in enumerate(layers):
         d_out, d_in = shapes[prefix]
-        layer_seed = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+        layer_seed = derive_seed(seed, index)
         out[prefix] = (torch.zeros(d_out, rank), fresh_lora_a(rank, d_in, layer_seed))
     return out
 

@@ -19,6 +19,8 @@ from typing import Iterable, Literal, Sequence
 import torch
 from torch import Tensor
 
+from fedsub.core.seeding import torch_generator
+
 Factors = tuple[Tensor, Tensor]  # (B, A) with ΔW = (scale) * B @ A
 Split = Literal["symmetric", "orthonormal_a", "orthonormal_b"]
 
@@ -215,7 +217,7 @@ def merge_update(weight: Tensor, b_stack: Tensor, a_stack: Tensor, scale: float)
 def fresh_lora_a(rows: int, cols: int, seed: int) -> Tensor:
     """A new LoRA A as PEFT initialises it (kaiming_uniform with a = √5, i.e. U(-1/√d_in, 1/√d_in)),
     from a CPU generator so a seed gives the same A on every device (FLoRA's fresh adapters)."""
-    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    gen = torch_generator(seed)
     bound = 1.0 / math.sqrt(cols)
     return (torch.rand(rows, cols, generator=gen, dtype=torch.float64) * 2 - 1).mul_(bound).float()
 
