@@ -7,15 +7,7 @@ import torch
 
 from fedsub.core.registry import build_method
 from fedsub.core.types import ClientUpdate, Payload, ServerState
-from fedsub.methods.diagnostics import (
-    basis_overlap,
-    column_basis,
-    dense_diagnostics,
-    factored_diagnostics,
-    lora_diagnostics,
-    numerical_rank,
-    update_gram,
-)
+from fedsub.diagnostics.maths import basis_overlap, column_basis, dense_diagnostics, factored_diagnostics, lora_diagnostics, numerical_rank, update_gram
 from fedsub.engines.simulation import Simulation
 from fedsub_fixtures import tiny_config
 

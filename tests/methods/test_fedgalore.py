@@ -8,8 +8,8 @@ from fedsub.core.registry import build_method
 from fedsub.core.types import ClientUpdate, Payload, ServerState
 from fedsub.engines.setup import build_workspace
 from fedsub.engines.simulation import Simulation
-from fedsub.methods.galore_common import galore_optimizer
 from fedsub.optim import GaLoreAdamW
+from fedsub.optim.galore_model import galore_optimizer
 from fedsub.optim.projector import choose_side, project_back
 from fedsub_fixtures import tiny_config
 

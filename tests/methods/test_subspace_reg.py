@@ -11,7 +11,8 @@ from fedsub.core.registry import build_method
 from fedsub.core.tensors import max_abs_diff
 from fedsub.core.types import ClientUpdate, Payload, ServerState
 from fedsub.engines.simulation import Simulation
-from fedsub.methods.lora_math import lora_layers, subspace_penalty
+from fedsub.lora.maths import subspace_penalty
+from fedsub.lora.names import lora_layers
 from fedsub_fixtures import tiny_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

@@ -7,64 +7,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
+from fedsub.core.fedavg import NoOptions, adamw  # noqa: F401  (until the methods compose)
 from fedsub.core.tensors import weighted_mean
-from fedsub.core.types import ClientContext, ClientUpdate, Payload, ServerState, TrainSettings
+from fedsub.core.types import ClientContext, ClientUpdate, Payload, ServerState
 from fedsub.core.workspace import Workspace
-
-
-class NoOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class LoraOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    rank: int = Field(8, gt=0, description="LoRA rank r")
-    lora_alpha: float = Field(16.0, gt=0, description="LoRA scale s = lora_alpha / r")
-    lora_dropout: float = Field(0.0, ge=0, lt=1)
-    diagnostics: bool = Field(True, description="subspace diagnostics every round (diag_* metrics, see methods/diagnostics.py)")
-
-
-def adamw(params, train: TrainSettings) -> torch.optim.AdamW:
-    return torch.optim.AdamW(list(params), lr=train.lr, weight_decay=train.weight_decay)
-
-
-def add_lora(workspace: Workspace, options: LoraOptions, seed: int | None = None) -> None:
-    """Wrap the workspace model with PEFT LoRA on its target modules; the head is trained densely.
-
-    The LoRA A init comes from torch's global RNG, seeded here so every client builds the same A.
-    """
-    from peft import LoraConfig, get_peft_model
-
-    from fedsub.config import ConfigError
-
-    modules = dict(workspace.model.named_modules())
-    convs = [t for t in workspace.target_modules if isinstance(modules.get(t), torch.nn.Conv2d)]
-    if convs:  # the server maths (stacking, SVD, diagnostics) take factors as matrices
-        raise ConfigError(f"field model.target_modules: LoRA methods adapt linear layers, not the Conv2d {convs[0]!r}; target linear / pointwise layers or use fedgalore, fedftg or fedavg_full")
-    if seed is not None:
-        torch.manual_seed(seed)
-    config = LoraConfig(
-        r=options.rank,
-        lora_alpha=options.lora_alpha,
-        lora_dropout=options.lora_dropout,
-        target_modules=workspace.target_modules,
-        modules_to_save=workspace.head_modules,
-    )
-    workspace.model = get_peft_model(workspace.model, config)
-
-
-def freeze_lora_a(workspace: Workspace) -> None:
-    """Freeze every LoRA A: not trained, so (what is trained is what is sent) never uploaded."""
-    for name, param in workspace.model.named_parameters():
-        if ".lora_A." in name:
-            param.requires_grad_(False)
-
-
-def lora_scale(options: LoraOptions) -> float:
-    return options.lora_alpha / options.rank
+from fedsub.lora.adapters import LoraOptions, add_lora, freeze_lora_a, lora_scale  # noqa: F401  (until the methods compose)
 
 
 class FedAvgMethod:
@@ -117,7 +66,7 @@ class FedAvgMethod:
         """Metrics of one aggregation (a hook): LoRA methods report the subspace diagnostics."""
         if not getattr(self.options, "diagnostics", False):
             return {}
-        from fedsub.methods.diagnostics import fedavg_diagnostics  # late: diagnostics imports lora maths
+        from fedsub.diagnostics.rounds import fedavg_diagnostics  # late: diagnostics imports lora maths
 
         return fedavg_diagnostics(self.options, state, new, updates)
 

@@ -1,7 +1,7 @@
 """fedavg_full: full fine-tuning of the target modules (and head), FedAvg of the weights.
 
 The upper reference every LoRA method is compared to (docs/methods.md, Baselines). Metrics: the diag_*
-update diagnostics of the target modules' weight matrices (methods/diagnostics.py,
+update diagnostics of the target modules' weight matrices (fedsub/diagnostics/maths.py,
 ``dense_diagnostics``; no truncation energy: there is no rank).
 """
 
@@ -19,7 +19,7 @@ from fedsub.methods.base import FedAvgMethod
 
 class FedAvgFullOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    diagnostics: bool = Field(True, description="update diagnostics every round (diag_* metrics, see methods/diagnostics.py)")
+    diagnostics: bool = Field(True, description="update diagnostics every round (diag_* metrics, see fedsub/diagnostics)")
 
 
 @register("fedavg_full")
@@ -36,6 +36,6 @@ class FedAvgFull(FedAvgMethod):
                 self.matrix_names.append(name)
 
     def round_metrics(self, state: ServerState, new: ServerState, updates: Sequence[ClientUpdate]) -> dict[str, float]:
-        from fedsub.methods.diagnostics import dense_round_diagnostics  # late, as in base
+        from fedsub.diagnostics.rounds import dense_round_diagnostics  # late, as in base
 
         return dense_round_diagnostics(state, updates, self.matrix_names, None) if self.options.diagnostics else {}

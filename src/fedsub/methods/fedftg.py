@@ -11,7 +11,7 @@ rounds (``client.state``), as in the paper; ``reset_each_round`` starts every ro
 
 Bytes: down and up are the dense trained weights and the head (the paper's protocol).
 
-Metrics: the diag_* update diagnostics of the GaLore-managed matrices (methods/diagnostics.py,
+Metrics: the diag_* update diagnostics of the GaLore-managed matrices (fedsub/diagnostics/maths.py,
 ``dense_diagnostics``), truncation energy at ``rank``.
 """
 
@@ -25,15 +25,7 @@ from fedsub.core.registry import register
 from fedsub.core.types import ClientContext, ClientUpdate, Payload, ServerState
 from fedsub.core.workspace import Workspace
 from fedsub.methods.base import FedAvgMethod
-from fedsub.methods.galore_common import (
-    export_state,
-    freeze_all_but,
-    galore_optimizer,
-    head_parameter_names,
-    import_state,
-    layer_index,
-    linear_weight_names,
-)
+from fedsub.optim.galore_model import export_state, freeze_all_but, galore_optimizer, head_parameter_names, import_state, layer_index, linear_weight_names
 
 
 class FedFTGOptions(BaseModel):
@@ -50,7 +42,7 @@ class FedFTGOptions(BaseModel):
     reset_each_round: bool = Field(False, description="start each round with a fresh optimizer instead of the kept one")
     seed: int | None = Field(None, description="seed of random / rsvd projectors; None = the run seed")
     head_lr: float | None = Field(None, gt=0, description="lr of the densely trained head; None = the run's train.lr")
-    diagnostics: bool = Field(True, description="update diagnostics every round (diag_* metrics, see methods/diagnostics.py)")
+    diagnostics: bool = Field(True, description="update diagnostics every round (diag_* metrics, see fedsub/diagnostics)")
 
 
 def lower_half(indices: list[int]) -> set[int]:
@@ -106,6 +98,6 @@ class FedFTG(FedAvgMethod):
 
     def round_metrics(self, state: ServerState, new: ServerState, updates: Sequence[ClientUpdate]) -> dict[str, float]:
         """diag_* of the round's dense updates of the GaLore-managed matrices (the head left out)."""
-        from fedsub.methods.diagnostics import dense_round_diagnostics  # late, as in base
+        from fedsub.diagnostics.rounds import dense_round_diagnostics  # late, as in base
 
         return dense_round_diagnostics(state, updates, self.galore_names, self.options.rank) if self.options.diagnostics else {}

@@ -69,14 +69,7 @@ from fedsub.linalg.svd import seeded_gaussian
 from fedsub.methods import fedgalore_downlink as downlink
 from fedsub.methods import fedgalore_sync as moment_sync
 from fedsub.methods.base import FedAvgMethod
-from fedsub.methods.galore_common import (
-    export_state,
-    freeze_all_but,
-    galore_optimizer,
-    head_parameter_names,
-    import_state,
-    linear_weight_names,
-)
+from fedsub.optim.galore_model import export_state, freeze_all_but, galore_optimizer, head_parameter_names, import_state, linear_weight_names
 from fedsub.optim.projector import (
     choose_side, effective_rank, moment_shape, project_back, random_projector, transport_moments,
 )  # fmt: skip
@@ -112,7 +105,7 @@ class FedGaLoreOptions(BaseModel):
     warmup_batches: int = Field(1, ge=0, description="sketch sources: batches per round-1 client whose gradient sketch gives round 1 its projector; 0 = round 1 is random")
     downlink: Literal["factored", "dense"] = Field("factored", description="global matrices down as factored deltas or dense")
     downlink_history: int = Field(8, gt=0, description="factored: rounds of deltas the server keeps; clients further behind get dense")
-    diagnostics: bool = Field(True, description="update diagnostics of the R_k every round (diag_* metrics, r-space; see methods/diagnostics.py)")
+    diagnostics: bool = Field(True, description="update diagnostics of the R_k every round (diag_* metrics, r-space; see fedsub/diagnostics)")
 
     @model_validator(mode="after")
     def _coherent_ajive_rules(self) -> "FedGaLoreOptions":
@@ -388,7 +381,7 @@ class FedGaLore(FedAvgMethod):
                      "refresh": state.extra["refresh"], "projectors": projectors if sketched else None}
             extra = downlink.record_delta(extra, delta, [u.client_id for u in updates], self.options.downlink_history)
         if self.options.diagnostics:  # of R_k P, exact in r-space: P is shared and orthonormal
-            from fedsub.methods.diagnostics import factored_diagnostics
+            from fedsub.diagnostics.maths import factored_diagnostics
 
             metrics.update(factored_diagnostics([[u[f"R::{n}"] for u in uploads] for n in self.galore_names], weights))
         return ServerState(state.round + 1, tensors, extra), metrics

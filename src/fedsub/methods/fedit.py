@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from fedsub.core.registry import register
 from fedsub.core.workspace import Workspace
-from fedsub.methods.base import FedAvgMethod, LoraOptions, add_lora
+from fedsub.lora.adapters import LoraOptions, add_lora
+from fedsub.methods.base import FedAvgMethod
 
 
 @register("fedit")

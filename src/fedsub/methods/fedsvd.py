@@ -16,9 +16,12 @@ from fedsub.core.tensors import normalized_weights, weighted_sum
 from fedsub.core.types import ClientUpdate, Payload, ServerState
 from fedsub.core.validation import UpdateSpec, spec_of
 from fedsub.core.workspace import Workspace
-from fedsub.methods.base import FedAvgMethod, LoraOptions, add_lora, freeze_lora_a
-from fedsub.methods.diagnostics import server_factor_diagnostics
-from fedsub.methods.lora_math import LORA_A, average_non_lora, fedsvd_factors, lora_layers
+from fedsub.diagnostics.rounds import server_factor_diagnostics
+from fedsub.lora.adapters import LoraOptions, add_lora, freeze_lora_a
+from fedsub.lora.aggregate import average_non_lora
+from fedsub.lora.maths import fedsvd_factors
+from fedsub.lora.names import LORA_A, lora_layers
+from fedsub.methods.base import FedAvgMethod
 
 
 @register("fedsvd")

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from fedsub.core.registry import register
 from fedsub.core.workspace import Workspace
-from fedsub.methods.base import FedAvgMethod, LoraOptions, add_lora, freeze_lora_a
+from fedsub.lora.adapters import LoraOptions, add_lora, freeze_lora_a
+from fedsub.methods.base import FedAvgMethod
 
 
 @register("ffa_lora")

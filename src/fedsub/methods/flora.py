@@ -13,7 +13,7 @@ download). The uplink is each client's r_k-wide A and B and the head. (The paper
 down and lets clients merge; that needs every client to have merged every earlier round, which
 partial participation breaks, hence the dense downlink of docs/methods.md.)
 
-Fresh A: drawn by each client from its round seed (lora_math.fresh_lora_a, PEFT's init
+Fresh A: drawn by each client from its round seed (fedsub.lora.maths.fresh_lora_a, PEFT's init
 distribution), so no bytes are spent on it and a client's round is reproducible in isolation.
 """
 
@@ -29,19 +29,13 @@ from fedsub.core.tensors import normalized_weights
 from fedsub.core.types import ClientContext, ClientUpdate, Payload, ServerState
 from fedsub.core.validation import TensorSpec, UpdateSpec, spec_of
 from fedsub.core.workspace import Workspace
-from fedsub.methods.base import FedAvgMethod, add_lora, lora_scale
-from fedsub.methods.diagnostics import round_diagnostics
-from fedsub.methods.flexlora import HeteroRankOptions, client_rank, read_factors, train_at_rank, write_factors
-from fedsub.methods.lora_math import (
-    LoraKeys,
-    average_non_lora,
-    client_pairs,
-    fresh_lora_a,
-    lora_layers,
-    merge_update,
-    non_lora,
-    stack_factors,
-)
+from fedsub.diagnostics.rounds import round_diagnostics
+from fedsub.lora.adapters import add_lora, lora_scale
+from fedsub.lora.aggregate import average_non_lora, client_pairs
+from fedsub.lora.maths import fresh_lora_a, merge_update, stack_factors
+from fedsub.lora.names import LoraKeys, lora_layers, non_lora
+from fedsub.lora.ranks import HeteroRankOptions, client_rank, read_factors, train_at_rank, write_factors
+from fedsub.methods.base import FedAvgMethod
 
 
 def fresh_factors(layers: dict[str, LoraKeys], shapes: dict[str, tuple[int, int]], rank: int, seed: int) -> dict:

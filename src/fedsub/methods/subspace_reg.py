@@ -1,7 +1,7 @@
 """subspace_reg: Subspace-Constrained Federated LoRA (Senarath, Muralitharan, Asif 2026, arXiv 2606.22724).
 
 Client: task loss + (1/L) Σ_l [μ/2 ‖s B A − ΔW_g‖² + α/2 ‖B − B_g‖² + λ/2 (‖A‖² + ‖B‖²)], with
-(B_g, A_g) the global factors the client received this round, ΔW_g = s B_g A_g (lora_math.
+(B_g, A_g) the global factors the client received this round, ΔW_g = s B_g A_g (fedsub.lora.maths.
 subspace_penalty). The reference is the payload itself: no extra bytes cross the wire.
 Server: ΔW̄ = Σ p_k s B_k A_k, optional clip, rank-r SVD, B_g = U_r (orthonormal columns: the shared
 reference subspace), A_g = S_r V_rᵀ / s, norm-restoring rescale applied to A only so B_g stays
@@ -15,11 +15,13 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
+from fedsub.core.fedavg import adamw
 from fedsub.core.registry import register
 from fedsub.core.types import ClientContext, ClientUpdate, Payload
 from fedsub.core.workspace import Workspace
-from fedsub.methods.base import adamw, lora_scale
-from fedsub.methods.lora_math import Split, lora_layers, subspace_penalty
+from fedsub.lora.adapters import lora_scale
+from fedsub.lora.maths import Split, subspace_penalty
+from fedsub.lora.names import lora_layers
 from fedsub.methods.svd_redistribute import SvdOptions, SvdRedistribute
 
 

@@ -17,9 +17,12 @@ from fedsub.core.registry import register
 from fedsub.core.tensors import normalized_weights
 from fedsub.core.types import ClientUpdate, ServerState
 from fedsub.core.workspace import Workspace
-from fedsub.methods.base import FedAvgMethod, LoraOptions, add_lora, lora_scale
-from fedsub.methods.diagnostics import server_factor_diagnostics
-from fedsub.methods.lora_math import Split, average_non_lora, client_pairs, lora_layers, stack_factors, svd_refactor
+from fedsub.diagnostics.rounds import server_factor_diagnostics
+from fedsub.lora.adapters import LoraOptions, add_lora, lora_scale
+from fedsub.lora.aggregate import average_non_lora, client_pairs
+from fedsub.lora.maths import Split, stack_factors, svd_refactor
+from fedsub.lora.names import lora_layers
+from fedsub.methods.base import FedAvgMethod
 
 
 class SvdOptions(LoraOptions):

@@ -1,0 +1,52 @@
+"""PEFT glue: the LoRA options every LoRA method takes, wrapping a workspace model with LoRA, freezing A."""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedsub.core.workspace import Workspace
+
+
+class LoraOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rank: int = Field(8, gt=0, description="LoRA rank r")
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA scale s = lora_alpha / r")
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    diagnostics: bool = Field(True, description="subspace diagnostics every round (diag_* metrics, see fedsub/diagnostics)")
+
+
+def add_lora(workspace: Workspace, options: LoraOptions, seed: int | None = None) -> None:
+    """Wrap the workspace model with PEFT LoRA on its target modules; the head is trained densely.
+
+    The LoRA A init comes from torch's global RNG, seeded here so every client builds the same A.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    from fedsub.config import ConfigError
+
+    modules = dict(workspace.model.named_modules())
+    convs = [t for t in workspace.target_modules if isinstance(modules.get(t), torch.nn.Conv2d)]
+    if convs:  # the server maths (stacking, SVD, diagnostics) take factors as matrices
+        raise ConfigError(f"field model.target_modules: LoRA methods adapt linear layers, not the Conv2d {convs[0]!r}; target linear / pointwise layers or use fedgalore, fedftg or fedavg_full")
+    if seed is not None:
+        torch.manual_seed(seed)
+    config = LoraConfig(
+        r=options.rank,
+        lora_alpha=options.lora_alpha,
+        lora_dropout=options.lora_dropout,
+        target_modules=workspace.target_modules,
+        modules_to_save=workspace.head_modules,
+    )
+    workspace.model = get_peft_model(workspace.model, config)
+
+
+def freeze_lora_a(workspace: Workspace) -> None:
+    """Freeze every LoRA A: not trained, so (what is trained is what is sent) never uploaded."""
+    for name, param in workspace.model.named_parameters():
+        if ".lora_A." in name:
+            param.requires_grad_(False)
+
+
+def lora_scale(options: LoraOptions) -> float:
+    return options.lora_alpha / options.rank
