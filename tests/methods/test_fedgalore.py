@@ -352,9 +352,9 @@ def test_head_trains_at_the_runs_lr_and_seeds_follow_the_run_seed(tiny_data, tmp
 def test_warmup_sketch_gives_round_one_an_informed_projector_and_counts_its_bytes(tiny_data, tmp_path):
     sim = simulation(tiny_data, tmp_path, options={"rank": 2, "proj_source": "hybrid", "sync": "mean", "warmup_batches": 2})
     random_p = dict(sim.state.extra["projectors"])
-    warm = sim.method.configure_warmup(sim.state, 0)
+    warm = sim.method.warmup.configure(sim.state, 0)
     assert warm.scalars == {"warmup": True} and set(warm.tensors) == set(sim.method.head_names)
-    update = sim.method.client_warmup(sim.workspace, warm, sim.client_context(0, 0))
+    update = sim.method.warmup.client(sim.workspace, warm, sim.client_context(0, 0))
     width = 2 * 2  # r + o, o = r
     assert {n: tuple(t.shape) for n, t in update.payload.tensors.items()} == {
         f"S::{n}": (n_ if m >= n_ else m, width) for n, (m, n_) in sim.method.shapes.items()}  # the projected side x (r + o)
@@ -366,11 +366,11 @@ def test_warmup_sketch_gives_round_one_an_informed_projector_and_counts_its_byte
     head_bytes = sum(sim.state.tensors[n].numel() * 4 for n in sim.method.head_names) * 3
     plain = simulation(tiny_data, tmp_path / "c", options={"rank": 2, "proj_source": "hybrid", "sync": "mean", "warmup_batches": 0})
     plain_record = plain.run_round(0)
-    assert "warmup_sketched" not in plain_record
+    assert "warmup_sketched" not in plain_record and plain.method.warmup is None  # declared absent
     p_bytes = 3 * sum(p.numel() * 4 for p in installed.values())  # the sketched P goes down to each client
     assert record["bytes_down"] == plain_record["bytes_down"] + head_bytes + p_bytes
     assert record["bytes_up"] == plain_record["bytes_up"] + sketch_bytes
-    assert sim.method.configure_warmup(sim.state, 0) is None  # only before round 1
+    assert sim.method.warmup.configure(sim.state, 0) is None  # only before round 1
 
 
 # ------------------------------------------------------------------ AJIVE rules (issue 15)

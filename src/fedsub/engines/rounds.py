@@ -15,6 +15,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -24,6 +25,7 @@ import torch
 from fedsub.config import ExperimentConfig, MethodSpec, config_to_dict, method_to_dict
 from fedsub.core.checkpoint import Checkpoint, CheckpointError, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from fedsub.core.io import atomic_write_text
+from fedsub.core.method import Warmup
 from fedsub.core.tensors import normalized_weights
 from fedsub.core.types import ClientUpdate, Payload, ServerState
 from fedsub.core.validation import payload_bytes
@@ -129,20 +131,24 @@ class RoundLoop:
         return [replies[c] if c in replies else ClientOutcome(c, None, away[c]) for c in sampled]
 
     def warmup(self, clients: Clients, round_index: int, sampled: list[int], away: dict[int, str] | None = None) -> dict | None:
-        """The method's warm-up exchange before this round's training, if it asks for one."""
+        """The method's warm-up exchange before this round's training, if it declares one and asks."""
+        exchange = self.method.warmup
+        if exchange is None:
+            return None
         away = away or {}
-        asked = {c: p for c in sampled if (p := self.method.configure_warmup(self.state, c)) is not None}
+        asked = {c: p for c in sampled if (p := exchange.configure(self.state, c)) is not None}
         if not asked:
             return None
         sent = {c: p for c, p in asked.items() if c not in away}
         outcomes = self.exchange(clients, round_index, WARMUP, sent, list(asked), away)
-        return self.finish_warmup(outcomes, sent)
+        return self.finish_warmup(exchange, outcomes, sent)
 
-    def finish_warmup(self, outcomes: list[ClientOutcome], sent: dict[int, Payload]) -> dict:
+    def finish_warmup(self, exchange: Warmup, outcomes: list[ClientOutcome], sent: dict[int, Payload]) -> dict:
         """Screen and aggregate the warm-up replies; what the round's record adds."""
         tic = time.perf_counter()
-        accepted, dropped, rejected = screen_outcomes(outcomes, sent, self.method, self.state, None)  # a sketch is no change: no max_norm
-        self.state, metrics = self.method.aggregate_warmup(self.state, accepted)
+        expected = partial(exchange.update_spec, self.state)
+        accepted, dropped, rejected = screen_outcomes(outcomes, sent, expected, None)  # a sketch is no change: no max_norm
+        self.state, metrics = exchange.aggregate(self.state, accepted)
         return {
             "bytes_up": sum(payload_bytes(o.update.payload) for o in outcomes if o.update is not None),
             "bytes_down": sum(p.nbytes() for p in sent.values()),
@@ -156,7 +162,8 @@ class RoundLoop:
                      sent: dict[int, Payload], warmup: dict | None = None) -> dict:  # fmt: skip
         """Screen the replies, aggregate (unless too few are left), evaluate, and build the round's
         record. A warm-up's bytes, failures and metrics are added to the round's."""
-        accepted, dropped, rejected = screen_outcomes(outcomes, sent, self.method, self.state, self.cfg.validation.max_norm)
+        expected = partial(self.method.update_spec, self.state)
+        accepted, dropped, rejected = screen_outcomes(outcomes, sent, expected, self.cfg.validation.max_norm)
         skipped = skip_reason(self.cfg.failures, len(accepted))
         tic = time.perf_counter()
         method_metrics = {}
@@ -194,6 +201,8 @@ class RoundLoop:
         tic = time.perf_counter()
         self.method.load_global(self.workspace, self.state)
         metrics = self.workspace.evaluate(self.cfg.train.eval_batch_size)
+        if self.method.global_model_note is not None:  # what the evaluated global model leaves out
+            metrics = {**metrics, "eval_note": self.method.global_model_note}
         return metrics, time.perf_counter() - tic
 
     # ---------------------------------------------------------------- checkpoint and resume

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from fedsub.config import ExperimentConfig, MethodSpec
+from fedsub.core.method import Method
 from fedsub.core.registry import build_method
 from fedsub.core.seeding import derive_rng
 from fedsub.core.types import TrainSettings
@@ -39,7 +40,7 @@ class FederatedData:
 class MethodSetup:
     """One method of a run, ready to train or evaluate: the method, its workspace model, its settings."""
 
-    method: Any  # a fedsub.core.types.Method
+    method: Method
     workspace: Workspace
     settings: TrainSettings
 

@@ -1,11 +1,16 @@
-"""PEFT glue: the LoRA options every LoRA method takes, wrapping a workspace model with LoRA, freezing A."""
+"""PEFT glue: the LoRA options every LoRA method takes, wrapping a workspace model with LoRA, freezing A,
+and the server's copy of factors frozen at their shared init."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from fedsub.core.types import Tensors, server_extra
 from fedsub.core.workspace import Workspace
+from fedsub.lora.names import LORA_A, is_lora
 
 
 class LoraOptions(BaseModel):
@@ -44,9 +49,23 @@ def add_lora(workspace: Workspace, options: LoraOptions, seed: int | None = None
 def freeze_lora_a(workspace: Workspace) -> None:
     """Freeze every LoRA A: not trained, so (what is trained is what is sent) never uploaded."""
     for name, param in workspace.model.named_parameters():
-        if ".lora_A." in name:
+        if LORA_A in name:
             param.requires_grad_(False)
 
 
 def lora_scale(options: LoraOptions) -> float:
     return options.lora_alpha / options.rank
+
+
+@server_extra("lora.frozen")
+@dataclass
+class FrozenFactors:
+    """The server's copy of the LoRA factors its clients keep frozen at their shared seeded init
+    (FFA-LoRA's A): never sent, kept for the diagnostics (`ServerState.extra`)."""
+
+    tensors: Tensors
+
+
+def frozen_factors(workspace: Workspace) -> FrozenFactors:
+    params = workspace.model.named_parameters()
+    return FrozenFactors(workspace.read([n for n, p in params if not p.requires_grad and is_lora(n)]))

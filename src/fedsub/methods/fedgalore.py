@@ -59,16 +59,17 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
+from fedsub.core.method import FactoredUpdates, Metrics
 from fedsub.core.registry import register
 from fedsub.core.seeding import mix_seed
 from fedsub.core.tensors import normalized_weights, weighted_sum
 from fedsub.core.types import ClientContext, ClientUpdate, Payload, ServerState
 from fedsub.core.validation import TensorSpec, UpdateSpec
 from fedsub.core.workspace import Workspace
+from fedsub.diagnostics.rounds import factored_round_diagnostics
 from fedsub.linalg.svd import seeded_gaussian
 from fedsub.methods import fedgalore_downlink as downlink
 from fedsub.methods import fedgalore_sync as moment_sync
-from fedsub.methods.base import FedAvgMethod
 from fedsub.optim.galore_model import export_state, freeze_all_but, galore_optimizer, head_parameter_names, import_state, linear_weight_names
 from fedsub.optim.projector import (
     choose_side, effective_rank, moment_shape, project_back, random_projector, transport_moments,
@@ -155,11 +156,78 @@ class GradientSketch:
             self.sums[name].addmm_(g, self.omega[name])
 
 
+class SketchWarmup:
+    """FedGaLore's warm-up exchange (round 1's projector from a gradient sketch): declared as the
+    method's ``warmup`` when its options ask for it (a sketch source and ``warmup_batches`` > 0)."""
+
+    def __init__(self, method: "FedGaLore"):
+        self.method = method
+
+    def configure(self, state: ServerState, client_id: int) -> Payload | None:
+        """Before the first training round, with a sketch source: ask the round's clients for the
+        gradient sketch of their first ``warmup_batches`` batches at the base weights, so that round
+        1 already trains in an informed subspace (a random rank-8 P keeps ~r / n of the gradient
+        energy: ~2% on MiniLM). Down: the head only (every client holds version 0 of the matrices)."""
+        if state.round != 0 or state.extra["proj_sketched"]:
+            return None
+        return Payload({n: state.tensors[n] for n in self.method.head_names}, {"warmup": True})
+
+    def client(self, workspace: Workspace, payload: Payload, client: ClientContext) -> ClientUpdate:
+        """S_k over the first batches of this round's own batch order (no step); up: S_k only."""
+        workspace.write({**payload.tensors, **self.method.base})
+        params = workspace.parameters_by_name()
+        sketch = GradientSketch({n: params[n] for n in self.method.galore_names}, self.method.sketch_width(), mix_seed(self.method.options.seed, _WARMUP_STREAM))
+        torch.manual_seed(client.seed)
+        workspace.model.train()
+        batches, total = workspace.client_batches(client), 0.0
+        for _ in range(self.method.options.warmup_batches):
+            loss = workspace.task.loss(workspace.model, workspace.train_data.batch(next(batches), workspace.device))
+            loss.backward()
+            sketch.accumulate()
+            workspace.model.zero_grad(set_to_none=True)
+            total += loss.item()
+        upload = {f"S::{n}": t.cpu() for n, t in sketch.sums.items()}
+        return ClientUpdate(client.client_id, Payload(upload), len(client.indices), {"train_loss": total / self.method.options.warmup_batches})
+
+    def aggregate(self, state: ServerState, updates: Sequence[ClientUpdate]) -> tuple[ServerState, Metrics]:
+        """Round 1's projectors from the summed warm-up sketches (random ones stay if none came back)."""
+        if not updates:
+            return state, {"warmup_sketched": 0.0}
+        weights = normalized_weights([u.num_examples for u in updates])
+        s_bar = weighted_sum([u.payload.tensors for u in updates], weights, [f"S::{n}" for n in self.method.galore_names])
+        projectors = {n: sketch_projector(s_bar[f"S::{n}"], self.method.shapes[n], self.method.options.rank) for n in self.method.galore_names}
+        return ServerState(state.round, state.tensors, {**state.extra, "projectors": projectors, "proj_sketched": True}), {"warmup_sketched": 1.0}
+
+    def update_spec(self, state: ServerState, client_id: int, payload: Payload) -> UpdateSpec:
+        """S per matrix (the projected side x the sketch width), nothing else."""
+        width = self.method.sketch_width()
+        spec = {}
+        for name, shape in self.method.shapes.items():
+            m, n = shape
+            side = m if choose_side(shape) == "left" else n
+            spec[f"S::{name}"] = TensorSpec((side, min(width, side)))
+        return spec
+
+
 @register("fedgalore")
-class FedGaLore(FedAvgMethod):
+class FedGaLore:
     """FedGaLore (arXiv 2602.01746) with our specification's switches (docs/methods.md)."""
 
     Options = FedGaLoreOptions
+    diagnostics = FactoredUpdates()
+    global_model_note = None
+    warmup: SketchWarmup | None  # set from the options in __init__
+    client_state: frozenset[str]
+
+    def __init__(self, options: FedGaLoreOptions):
+        self.options = options
+        self.warmup = SketchWarmup(self) if self.sketched(0) else None
+        kept = set()
+        if options.downlink == "factored":
+            kept |= {"global_weights", "global_version"}  # its own copy of the global matrices
+        if options.sync == "none":
+            kept |= {"optimizer", "refresh"}  # its whole GaLore-AdamW state
+        self.client_state = frozenset(kept)
 
     def prepare_model(self, workspace: Workspace) -> None:
         wanted = self.options.modules
@@ -180,7 +248,7 @@ class FedGaLore(FedAvgMethod):
 
     def sketched(self, round_index: int) -> bool:
         """Whether the projector installed at ``round_index`` comes from the sketch (round 0: the
-        warm-up sketch, see `configure_warmup`)."""
+        warm-up sketch, see `SketchWarmup`)."""
         source = self.options.proj_source
         if round_index == 0:
             return source != "random" and self.options.warmup_batches > 0
@@ -198,42 +266,6 @@ class FedGaLore(FedAvgMethod):
         extra = {"projectors": self.random_projectors(0), "refresh": 0, "proj_sketched": False, "v_hat": {}, "v_step": 0.0,
                  "deltas": [], "known": {}}
         return ServerState(0, tensors, extra)
-
-    # ------------------------------------------------------------------ warm-up (round 1 only)
-    def configure_warmup(self, state: ServerState, client_id: int) -> Payload | None:
-        """Before the first training round, with a sketch source: ask the round's clients for the
-        gradient sketch of their first ``warmup_batches`` batches at the base weights, so that round
-        1 already trains in an informed subspace (a random rank-8 P keeps ~r / n of the gradient
-        energy: ~2% on MiniLM). Down: the head only (every client holds version 0 of the matrices)."""
-        if state.round != 0 or state.extra["proj_sketched"] or not self.sketched(0):
-            return None
-        return Payload({n: state.tensors[n] for n in self.head_names}, {"warmup": True})
-
-    def client_warmup(self, workspace: Workspace, payload: Payload, client: ClientContext) -> ClientUpdate:
-        """S_k over the first batches of this round's own batch order (no step); up: S_k only."""
-        workspace.write({**payload.tensors, **self.base})
-        params = workspace.parameters_by_name()
-        sketch = GradientSketch({n: params[n] for n in self.galore_names}, self.sketch_width(), mix_seed(self.options.seed, _WARMUP_STREAM))
-        torch.manual_seed(client.seed)
-        workspace.model.train()
-        batches, total = workspace.client_batches(client), 0.0
-        for _ in range(self.options.warmup_batches):
-            loss = workspace.task.loss(workspace.model, workspace.train_data.batch(next(batches), workspace.device))
-            loss.backward()
-            sketch.accumulate()
-            workspace.model.zero_grad(set_to_none=True)
-            total += loss.item()
-        upload = {f"S::{n}": t.cpu() for n, t in sketch.sums.items()}
-        return ClientUpdate(client.client_id, Payload(upload), len(client.indices), {"train_loss": total / self.options.warmup_batches})
-
-    def aggregate_warmup(self, state: ServerState, updates: Sequence[ClientUpdate]) -> tuple[ServerState, dict[str, float]]:
-        """Round 1's projectors from the summed warm-up sketches (random ones stay if none came back)."""
-        if not updates:
-            return state, {"warmup_sketched": 0.0}
-        weights = normalized_weights([u.num_examples for u in updates])
-        s_bar = weighted_sum([u.payload.tensors for u in updates], weights, [f"S::{n}" for n in self.galore_names])
-        projectors = {n: sketch_projector(s_bar[f"S::{n}"], self.shapes[n], self.options.rank) for n in self.galore_names}
-        return ServerState(state.round, state.tensors, {**state.extra, "projectors": projectors, "proj_sketched": True}), {"warmup_sketched": 1.0}
 
     # ------------------------------------------------------------------ client
     def configure_train(self, state: ServerState, client_id: int) -> Payload:
@@ -348,14 +380,12 @@ class FedGaLore(FedAvgMethod):
     def update_spec(self, state: ServerState, client_id: int, payload: Payload) -> UpdateSpec:
         """The head, and per matrix R and V (r-wide moment shape) and, in a sketch round, S (see `upload`)."""
         o, width = self.options, self.sketch_width()
-        warmup = bool(payload.scalars.get("warmup"))
-        spec = {} if warmup else {n: TensorSpec(tuple(state.tensors[n].shape), state.tensors[n].dtype) for n in self.head_names}
+        spec = {n: TensorSpec(tuple(state.tensors[n].shape), state.tensors[n].dtype) for n in self.head_names}
         for name, shape in self.shapes.items():
-            if not warmup:
-                spec[f"R::{name}"] = TensorSpec(tuple(moment_shape(shape, o.rank)))
-            if not warmup and o.sync in ("ajive", "mean"):
+            spec[f"R::{name}"] = TensorSpec(tuple(moment_shape(shape, o.rank)))
+            if o.sync in ("ajive", "mean"):
                 spec[f"V::{name}"] = TensorSpec(tuple(moment_shape(shape, o.rank)))
-            if warmup or payload.scalars["sketch"]:
+            if payload.scalars["sketch"]:
                 m, n = shape
                 side = m if choose_side(shape) == "left" else n
                 spec[f"S::{name}"] = TensorSpec((side, min(width, side)))
@@ -380,10 +410,8 @@ class FedGaLore(FedAvgMethod):
             delta = {"version": state.round + 1, "decay": c_bar, "r_bar": {n: r_bar[f"R::{n}"] for n in self.galore_names},
                      "refresh": state.extra["refresh"], "projectors": projectors if sketched else None}
             extra = downlink.record_delta(extra, delta, [u.client_id for u in updates], self.options.downlink_history)
-        if self.options.diagnostics:  # of R_k P, exact in r-space: P is shared and orthonormal
-            from fedsub.diagnostics.maths import factored_diagnostics
-
-            metrics.update(factored_diagnostics([[u[f"R::{n}"] for u in uploads] for n in self.galore_names], weights))
+        # the diagnostics of R_k P, exact in r-space: P is shared and orthonormal
+        metrics.update(factored_round_diagnostics(self.options, uploads, weights, [f"R::{n}" for n in self.galore_names]))
         return ServerState(state.round + 1, tensors, extra), metrics
 
     def sync_moments(self, uploads: list[dict], weights: list[float]) -> tuple[dict[str, Tensor], dict[str, float]]:
@@ -413,3 +441,6 @@ class FedGaLore(FedAvgMethod):
             v_hat, extra["v_step"] = {}, 0.0
         sketched = metrics["proj_sketched"] == 1.0
         return {**extra, "projectors": new, "refresh": extra["refresh"] + 1, "proj_sketched": sketched, "v_hat": v_hat}
+
+    def load_global(self, workspace: Workspace, state: ServerState) -> None:
+        workspace.write(state.tensors)

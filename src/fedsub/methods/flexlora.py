@@ -6,41 +6,45 @@ never dense), U S Vᵀ = svd(ΔW̄); client k with rank r_k receives B_k = U[:, 
 A_k = V[:r_k] (its rank-r_k truncated SVD). The truncations are nested, so the server keeps one
 max-rank pair and slices it per client: the payload carries only the client's r_k components.
 
-Heterogeneous ranks on one reused model: LoRA is built once at `rank` (the maximum; the scale is
-s = lora_alpha / rank for every client). A rank-r_k client writes its factors zero-padded to `rank`
-and trains with a gradient mask that zeroes A's rows and B's columns beyond r_k. (Those gradients
-are already zero by bilinearity, dL/dB[:, j] ∝ A[j] = 0; the mask keeps them zero under any extra
-loss.) AdamW with zero gradients moves nothing, so the padding stays exactly zero, and the client
-uploads its first r_k components only. The global model is the max-rank truncation of ΔW̄.
-
-Client ranks (`client_ranks`): null = every client at `rank`; a list = client k gets list[k mod len];
-`{choices: [...], probs: [...], seed: s}` = client k draws once from `choices` with a generator seeded
-by (seed, k), so a client keeps its rank across rounds, as a device keeps its memory budget.
+Heterogeneous ranks on one reused model (`client_ranks`; how a rank-r_k client trains on the
+rank-`rank` LoRA modules and sends only its r_k components: fedsub.lora.ranks). The global model is
+the max-rank truncation of ΔW̄.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
+from fedsub.core.fedavg import trainable_state
+from fedsub.core.method import LoraFactors, Metrics, Source
 from fedsub.core.registry import register
-from fedsub.core.tensors import normalized_weights
-from fedsub.core.types import ClientContext, ClientUpdate, Payload, ServerState
+from fedsub.core.types import ClientContext, ClientUpdate, Payload, ServerState, Tensors
+from fedsub.core.validation import UpdateSpec, spec_of
 from fedsub.core.workspace import Workspace
-from fedsub.diagnostics.rounds import server_factor_diagnostics
+from fedsub.diagnostics.rounds import held_factors, lora_round_diagnostics
 from fedsub.lora.adapters import add_lora, lora_scale
-from fedsub.lora.aggregate import average_non_lora, client_pairs
+from fedsub.lora.aggregate import aggregate_lora, client_pairs
 from fedsub.lora.maths import flexlora_factors, slice_rank, stack_factors
-from fedsub.lora.names import is_lora, lora_layers
+from fedsub.lora.names import LoraKeys, is_lora, lora_layers
 from fedsub.lora.ranks import HeteroRankOptions, client_rank, read_factors, train_at_rank, write_factors
-from fedsub.methods.base import FedAvgMethod
 
 
 @register("flexlora")
-class FlexLoRA(FedAvgMethod):
+class FlexLoRA:
     Options = HeteroRankOptions
+    warmup = None
+    client_state = frozenset()
+    diagnostics = LoraFactors(a=Source.UPLOADED, b=Source.UPLOADED)
+    global_model_note = None
+
+    def __init__(self, options: HeteroRankOptions):
+        self.options = options
 
     def prepare_model(self, workspace: Workspace) -> None:
         add_lora(workspace, self.options)
+
+    def init(self, workspace: Workspace) -> ServerState:
+        return trainable_state(workspace)
 
     def configure_train(self, state: ServerState, client_id: int) -> Payload:
         rank = client_rank(self.options, client_id)
@@ -60,16 +64,22 @@ class FlexLoRA(FedAvgMethod):
         upload = {**workspace.read(heads.keys()), **read_factors(workspace, layers, rank)}
         return ClientUpdate(client.client_id, Payload(upload), len(client.indices), metrics)
 
-    def aggregate_train(self, state: ServerState, updates: Sequence[ClientUpdate]) -> tuple[ServerState, dict[str, float]]:
-        weights = normalized_weights([u.num_examples for u in updates])
-        uploads = [u.payload.tensors for u in updates]
-        tensors = {**state.tensors, **average_non_lora(uploads, weights)}
-        layers = lora_layers(state.tensors)
-        scale = lora_scale(self.options)
-        for keys in layers.values():
+    def update_spec(self, state: ServerState, client_id: int, payload: Payload) -> UpdateSpec:
+        return spec_of(payload.tensors)  # the client's r_k components, as sent
+
+    def aggregate_train(self, state: ServerState, updates: Sequence[ClientUpdate]) -> tuple[ServerState, Metrics]:
+        rank, scale = self.options.rank, lora_scale(self.options)
+
+        def refactor(keys: LoraKeys, uploads: Sequence[Tensors], weights: Sequence[float], start: Tensors) -> Tensors:
             b_stack, a_stack = stack_factors(client_pairs(uploads, keys), weights)
-            [(b, a)] = flexlora_factors(b_stack, a_stack, [self.options.rank], scale)
-            tensors[keys.b] = b.to(state.tensors[keys.b].dtype)
-            tensors[keys.a] = a.to(state.tensors[keys.a].dtype)
-        new = ServerState(state.round + 1, tensors, state.extra)
-        return new, server_factor_diagnostics(self.options, layers, updates, tensors)
+            [(b, a)] = flexlora_factors(b_stack, a_stack, [rank], scale)
+            return {keys.b: b, keys.a: a}
+
+        layers = lora_layers(state.tensors)
+        new = aggregate_lora(state, updates, layers, refactor)
+        if not self.options.diagnostics:
+            return new, {}
+        return new, lora_round_diagnostics(self.options, self.diagnostics, layers, updates, held_factors(layers, [new.tensors]))
+
+    def load_global(self, workspace: Workspace, state: ServerState) -> None:
+        workspace.write(state.tensors)
