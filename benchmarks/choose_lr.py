@@ -47,18 +47,18 @@ def main() -> None:
     if not sweep:
         parser.error("no method labelled <method>_lr<value> with a final_accuracy in " + ", ".join(args.csv))
     for (alpha, seed), methods in sorted(sweep.items()):
+        width = max(len(per_lr) for per_lr in methods.values())  # lrs of the method with the most
         print(f"\nalpha {alpha}, seed {seed}: final (best) validation accuracy per lr; chosen in bold\n")
-        print("| method | " + " | ".join(["lr", "val acc"] * 3) + " | chosen lr |")
-        print("|---|" + "---|" * 7)
+        print("| method | " + " | ".join(["lr", "val acc"] * width) + " | chosen lr |")
+        print("|---|" + "---|" * (2 * width + 1))
         for method, per_lr in methods.items():
             chosen = choose(per_lr)
             cells = []
             for lr in sorted(per_lr):
                 text = f"{per_lr[lr][0]:.4f} ({per_lr[lr][1]:.4f})"
                 cells += [f"{lr:g}", f"**{text}**" if lr == chosen else text]
-            cells += [""] * (6 - len(cells))
-            print(f"| {method} | " + " | ".join(cells[:6]) + f" | {chosen:g} |")
-
+            cells += [""] * (2 * width - len(cells))
+            print(f"| {method} | " + " | ".join(cells) + f" | {chosen:g} |")
 
 if __name__ == "__main__":
     main()

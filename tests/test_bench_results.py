@@ -113,3 +113,17 @@ def test_grid_table_pairs_each_seed_with_the_reference_and_says_when_partial():
     row_b = next(line for line in lines if line.startswith("| b |"))
     # b ran seed 0 only: 0.6 - 0.4 = +0.20 paired; its mean is over what ran; seed 1 shows as not run
     assert row_b == "| b | 0.4000 | – | 0.4000 | +0.20 | **+0.200** | 3.5 | – | – | – |"
+
+
+def test_choose_lr_reads_labelled_sweep_rows_and_breaks_ties_by_best_then_smaller_lr(tmp_path):
+    spec = importlib.util.spec_from_file_location("choose_lr", BENCH / "choose_lr.py")
+    choose_lr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(choose_lr)
+    rows = ["method,alpha,seed,final_accuracy,best_accuracy", "fedit_lr1e-3,0.5,0,0.70,0.72", "fedit_lr2e-3,0.5,0,0.70,0.75",
+            "fedit_lr5e-3,0.5,0,0.70,0.75", "fedgalore,0.5,0,0.9,0.9"]  # fmt: skip
+    (tmp_path / "results.csv").write_text("\n".join(rows) + "\n")
+    sweep = choose_lr.read_sweep([str(tmp_path / "results.csv")])
+    assert list(sweep[("0.5", "0")]) == ["fedit"]  # an unlabelled row is not part of the sweep
+    per_lr = sweep[("0.5", "0")]["fedit"]
+    assert per_lr == {1e-3: (0.70, 0.72), 2e-3: (0.70, 0.75), 5e-3: (0.70, 0.75)}
+    assert choose_lr.choose(per_lr) == 2e-3  # same final: the better best round, then the smaller lr
