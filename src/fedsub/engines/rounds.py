@@ -232,6 +232,9 @@ class RoundLoop:
             raise CheckpointError(f"checkpoint {where}: the data or its partition changed since it was written; restore the data file, or delete {where}")
         if ckpt.round != len(ckpt.records) or ckpt.round > self.cfg.federation.rounds:
             raise CheckpointError(f"checkpoint {where}: {len(ckpt.records)} records for round {ckpt.round}; delete {where}")
+        fresh = self.state.extra  # the method's typed server state, as its init gives it
+        if fresh is not None and type(ckpt.server.extra) is not type(fresh):
+            raise CheckpointError(f"checkpoint {where} holds this method's server state in an older form than its {type(fresh).__name__}; delete {where} to restart it from round 1")
         clients.restore_states(ClientStates(ckpt.clients, ckpt.clients_on_nodes), where)
         self.state = ckpt.server
         restore_rng(ckpt.rng)
