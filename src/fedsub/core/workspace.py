@@ -7,7 +7,7 @@ on what the previous client left behind (tested: client B alone equals client A 
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -15,9 +15,12 @@ from torch import nn
 from fedsub.core.seeding import torch_generator
 from fedsub.core.types import ClientContext, Tensors
 
+if TYPE_CHECKING:
+    from fedsub.tasks.base import EncodedData, Task  # types only: tasks sit above core
+
 
 class Workspace:
-    def __init__(self, model: nn.Module, task, train_data, test_data, device: str = "cpu", head_modules=(), target_modules=()):
+    def __init__(self, model: nn.Module, task: Task, train_data: EncodedData, test_data: EncodedData, device: str = "cpu", head_modules=(), target_modules=()):
         self.model = model.to(device)
         self.task = task
         self.train_data = train_data

@@ -31,6 +31,7 @@ from fedsub.core.types import ClientUpdate, Payload, ServerState
 from fedsub.core.validation import payload_bytes
 from fedsub.engines.failures import ClientOutcome, screen_outcomes, simulated_fault, skip_reason
 from fedsub.engines.setup import FederatedData, MethodSetup, peak_rss_mb, sample_clients
+from fedsub.tasks.base import Task
 
 TIMING_KEYS = ("seconds_train", "seconds_aggregate", "seconds_eval", "seconds_round", "peak_rss_mb", "seconds_warmup")
 TRAIN, WARMUP = "train", "train.warmup"  # the kinds of exchange (Flower's message types)
@@ -249,8 +250,8 @@ def mean_train_loss(updates: list[ClientUpdate]) -> float | None:
     return float(sum(w * u.metrics["train_loss"] for w, u in zip(weights, updates)))
 
 
-def metric_keys(task) -> tuple[str, ...]:
-    return tuple(getattr(task, "metric_keys", ("test_loss", "accuracy", "macro_f1")))
+def metric_keys(task: Task) -> tuple[str, ...]:
+    return tuple(task.metric_keys)
 
 
 def summarize(records: list[dict], method: str) -> dict[str, Any]:

@@ -22,15 +22,16 @@ from fedsub.core.seeding import derive_rng
 from fedsub.core.types import TrainSettings
 from fedsub.core.workspace import Workspace
 from fedsub.models import head_module_names, target_linear_names
+from fedsub.tasks.base import EncodedData, Task
 
 
 @dataclass
 class FederatedData:
     """The encoded global splits, the client partition and the task, shared by every method of a run."""
 
-    task: Any  # a fedsub.tasks task (classification, generation, multiple choice, images)
-    train: Any  # the task's encoded data
-    test: Any
+    task: Task  # classification, generation, multiple choice or images (fedsub.tasks)
+    train: EncodedData
+    test: EncodedData
     parts: list[torch.Tensor]
     label_names: list[str]
     heterogeneity: dict[str, Any]

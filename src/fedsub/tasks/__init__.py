@@ -1,8 +1,6 @@
-"""Tasks: what a model learns and how it is scored, behind one interface the engines and methods use.
-
-A task has ``encode_dataset(dataset) -> data`` (``len(data)``, ``data.batch(index, device)``),
-``loss(model, batch)``, ``evaluate(model, data, batch_size, device) -> metrics``, ``metric`` (the
-headline metric) and ``metric_keys`` (every metric ``evaluate`` returns).
+"""Tasks: what a model learns and how it is scored, behind one interface the engines and methods use
+(the `Task` protocol, fedsub.tasks.base: ``encode_dataset``, ``loss``, ``evaluate``, ``metric``,
+``metric_keys``); `build_task` picks the config's.
 """
 
 from __future__ import annotations
@@ -11,6 +9,7 @@ import torch
 from torch import nn
 
 from fedsub.config import ConfigError, ExperimentConfig
+from fedsub.tasks.base import Task
 
 INPUTS = {"classification": "text", "generation": "text", "multiple_choice": "text", "image_classification": "image"}
 
@@ -24,7 +23,7 @@ def check_input(cfg: ExperimentConfig, input_column: str) -> None:
         raise ConfigError(f"field task.kind: {kind} cannot use {cfg.data.dataset} (its input is {input_column}); use {hint}")
 
 
-def build_task(cfg: ExperimentConfig, input_column: str, num_labels: int):
+def build_task(cfg: ExperimentConfig, input_column: str, num_labels: int) -> Task:
     """The task object of the config (tokenizer / image preprocessing loaded here)."""
     check_input(cfg, input_column)
     kind = cfg.task.kind
