@@ -21,10 +21,11 @@ class LoraOptions(BaseModel):
     diagnostics: bool = Field(True, description="subspace diagnostics every round (diag_* metrics, see fedsub/diagnostics)")
 
 
-def add_lora(workspace: Workspace, options: LoraOptions, seed: int | None = None) -> None:
+def add_lora(workspace: Workspace, options: LoraOptions) -> None:
     """Wrap the workspace model with PEFT LoRA on its target modules; the head is trained densely.
 
-    The LoRA A init comes from torch's global RNG, seeded here so every client builds the same A.
+    The LoRA A init comes from torch's global RNG, which model loading seeded with the run seed just
+    before (fedsub.models), so every process that builds the workspace draws the same A.
     """
     from peft import LoraConfig, get_peft_model
 
@@ -34,8 +35,6 @@ def add_lora(workspace: Workspace, options: LoraOptions, seed: int | None = None
     convs = [t for t in workspace.target_modules if isinstance(modules.get(t), torch.nn.Conv2d)]
     if convs:  # the server maths (stacking, SVD, diagnostics) take factors as matrices
         raise ConfigError(f"field model.target_modules: LoRA methods adapt linear layers, not the Conv2d {convs[0]!r}; target linear / pointwise layers or use fedgalore, fedftg or fedavg_full")
-    if seed is not None:
-        torch.manual_seed(seed)
     config = LoraConfig(
         r=options.rank,
         lora_alpha=options.lora_alpha,
