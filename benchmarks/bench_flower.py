@@ -21,8 +21,8 @@ from pathlib import Path
 from common import emit, machine_info
 
 from fedsub.config import load_config
-from fedsub.report import read_metrics
-from fedsub.run import run_experiment
+from fedsub.reporting.report import read_metrics
+from fedsub.app.run import run_experiment
 
 MODES = ("simulation", "flower-grid", "flower-deployment")
 

@@ -22,11 +22,12 @@ from pathlib import Path
 
 from common import add_device_args, check_device, emit, machine_info, partial_path
 
-from fedsub.compare import select_methods
-from fedsub.config import ConfigError, load_config
+from fedsub.app.compare import select_methods
+from fedsub.config import load_config
 from fedsub.core.io import atomic_write_text
-from fedsub.report import read_metrics
-from fedsub.run import run_experiment
+from fedsub.errors import ConfigError
+from fedsub.reporting.report import read_metrics
+from fedsub.app.run import run_experiment
 
 PARTS = ("seconds_round", "seconds_train", "seconds_aggregate", "seconds_eval", "seconds_ajive")
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from common import add_device_args, check_device, emit, machine_info
 
 from fedsub.config import load_config
-from fedsub.report import read_metrics
-from fedsub.run import run_experiment
+from fedsub.reporting.report import read_metrics
+from fedsub.app.run import run_experiment
 
 
 def overhead(record: dict) -> float:

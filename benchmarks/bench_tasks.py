@@ -30,7 +30,7 @@ def run_cell(task: str, method: str, args: argparse.Namespace) -> dict:
     """One preset x one method in a child process; its summary.json."""
     with tempfile.TemporaryDirectory() as tmp:
         command = [
-            sys.executable, "-m", "fedsub.cli", "run", str(HERE.parent / "configs" / f"{task}.yaml"), "--out", tmp, "--quiet",
+            sys.executable, "-m", "fedsub", "run", str(HERE.parent / "configs" / f"{task}.yaml"), "--out", tmp, "--quiet",
             "--set", f"federation.rounds={args.rounds}", "--set", f"device={args.device}", "--set", f"dtype={args.dtype}",
             "--set", f"methods={method}", *[x for item in args.set for x in ("--set", item)],
         ]  # fmt: skip

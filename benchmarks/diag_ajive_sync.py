@@ -51,7 +51,7 @@ def main() -> None:
     spec = cfg.methods[0]
     spec.lr = 2.0e-4
     if args.signal_rank:
-        spec.options.ajive_signal_rank = args.signal_rank
+        spec.ajive_signal_rank = args.signal_rank  # on the spec: spec.options is re-read from it
     calls: list[dict] = []
     original = moments_module.sync_second_moments
 

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from statistics import mean
 
-from fedsub.report import read_metrics
+from fedsub.reporting.report import read_metrics
 
 COLUMNS = ("diag_rank_mean", "diag_rank_max", "diag_cancellation_ratio", "diag_cos_pairwise")
 HEADER = ["method", "runs", "rounds", "rank mean", "rank max", "cancellation ratio", "pairwise cosine"]

@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 declare -A methods=(
   [a]="fedgalore fedgalore_sync_mean fedgalore_ajive_k1 fedgalore_svd_only fedgalore_random_only fedavg_full"
-  [b]="fedgalore_sync_none fedgalore_sync_reset fedit ffa_lora fedftg flexlora"
+  [b]="fedit fedftg flexlora ffa_lora fedgalore_sync_none fedgalore_sync_reset"
 )
 for part in "$@"; do
   if [ "$part" = vision ]; then

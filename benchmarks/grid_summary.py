@@ -23,7 +23,7 @@ from pathlib import Path
 
 from common import emit, machine_info
 
-from fedsub.report import read_metrics
+from fedsub.reporting.report import read_metrics
 
 CELL = re.compile(r"alpha-(?P<alpha>[^/]+)/seed-(?P<seed>-?\d+)$")
 ROUND_MEANS = ("diag_rank_mean", "diag_cancellation_ratio", "diag_cos_pairwise", "ajive_joint_rank_mean", "v_hat_rel_diff_mean")

@@ -8,7 +8,7 @@ set -euo pipefail
 config=${1:?usage: run_cells.sh CONFIG NAME ALPHAS SEEDS METHOD...} name=${2:?} alphas=${3:?} seeds=${4:?}
 shift 4
 here=$(cd "$(dirname "$0")" && pwd) root=$(cd "$(dirname "$0")/.." && pwd)
-fedsub=(python -c 'from fedsub.cli import main; main()')
+fedsub=(python -c 'from fedsub.app.cli import main; main()')
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 mkdir -p "$root/runs"
 [ -d "$here/results/$name" ] && [ ! -d "$root/runs/$name" ] && cp -r "$here/results/$name" "$root/runs/$name"

@@ -8,8 +8,9 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedsub.cli import main
-from fedsub.config import ConfigError, validate_config
+from fedsub.app.cli import main
+from fedsub.config import validate_config
+from fedsub.errors import ConfigError
 from fedsub_fixtures import one_line_error, write_csv_experiment
 
 

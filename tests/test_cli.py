@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from fedsub.cli import main
+from fedsub.app.cli import main
 from fedsub.engines.rounds import TIMING_KEYS
 from fedsub_fixtures import one_line_error, write_csv_experiment
 
@@ -81,7 +81,7 @@ def test_bad_config_exits_2_with_one_line(csv_config, tmp_path, capsys, override
 
 
 def test_console_script_reports_a_missing_config_without_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "fedsub.cli", "run", str(tmp_path / "nope.yaml")], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "fedsub", "run", str(tmp_path / "nope.yaml")], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"fedsub: error: config file {tmp_path / 'nope.yaml'} not found; pass the path of a YAML file (see configs/)"]
 
@@ -90,3 +90,16 @@ def test_methods_lists_registered_methods_with_options(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
     assert all(m in out for m in METHODS) and "rank = 8" in out
+
+
+def test_the_console_script_entry_point_resolves():
+    """pyproject's `fedsub = "module:function"` names the CLI's main (the installed script calls it)."""
+    import importlib
+    import tomllib
+    from pathlib import Path
+
+    from fedsub.app.cli import main as cli_main
+
+    target = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["scripts"]["fedsub"]
+    module, _, function = target.partition(":")
+    assert getattr(importlib.import_module(module), function) is cli_main

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import yaml
 
-from fedsub.cli import main
+from fedsub.app.cli import main
 from fedsub_fixtures import write_csv_experiment
 
 METHODS = ["fedit", "ffa_lora"]

@@ -1,6 +1,12 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from fedsub.config import ConfigError, config_to_dict, load_config, validate_config
+from fedsub.config import check_method_options, config_to_dict, load_config, validate_config
+from fedsub.errors import ConfigError
 
 
 def write(tmp_path, text):
@@ -11,7 +17,7 @@ def write(tmp_path, text):
 
 def error_of(raw):
     with pytest.raises(ConfigError) as info:
-        validate_config(raw)
+        check_method_options(validate_config(raw))
     message = str(info.value)
     assert "\n" not in message
     return message
@@ -36,8 +42,30 @@ def test_unknown_method_lists_the_known_ones():
 
 
 def test_method_option_errors_name_the_method():
-    assert "field methods[fedit].rnak: unknown key" in error_of({"methods": [{"name": "fedit", "rnak": 4}]})
+    assert "config: field methods[fedit].rnak: unknown key" in error_of({"methods": [{"name": "fedit", "rnak": 4}]})
     assert "methods[fedit].rank" in error_of({"methods": [{"name": "fedit", "rank": 0}]})
+    assert "field methods[ffa_lora].rank" in error_of({"methods": ["fedit", {"name": "ffa_lora", "rank": -1}]})
+
+
+def test_a_bad_option_fails_when_read_naming_the_field():
+    cfg = validate_config({"methods": [{"name": "fedit", "rank": 0}]})  # options are the method's to check
+    with pytest.raises(ConfigError, match=r"^field methods\[fedit\]\.rank: Input should be greater than 0$"):
+        cfg.methods[0].options
+
+
+def test_validating_a_config_imports_no_method_nor_torch():
+    """Options are resolved by the registry when read, importing that method's module only."""
+    code = (
+        "import sys; from fedsub.config import validate_config\n"
+        "cfg = validate_config({'methods': ['fedit', 'fedgalore']})\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('fedsub.methods', 'torch'))))\n"
+        "cfg.methods[0].options\n"
+        "print(sorted(m for m in sys.modules if m.startswith('fedsub.methods.')))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    before, after = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout.splitlines()
+    assert before == "[]"
+    assert "'fedsub.methods.fedit'" in after and "fedgalore" not in after  # fedit's module and what it needs, not GaLore
 
 
 def test_alpha_must_be_positive():

@@ -7,11 +7,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from fedsub.cli import main
+from fedsub.app.cli import main
 from fedsub.config import load_config
 from fedsub.engines.setup import prepare_data
-from fedsub.export import FINAL_MODEL
-from fedsub.models import load_classifier
+from fedsub.app.export import FINAL_MODEL
+from fedsub.models import plan_model
 from fedsub_fixtures import write_csv_experiment
 
 LORA = ["fedit", "ffa_lora", "flexlora"]
@@ -51,7 +51,7 @@ def test_merged_export_reproduces_the_final_test_metrics(finished_run, tmp_path,
     assert model.config.id2label == dict(enumerate(data.label_names))
     record = final_record(run_dir, key)
     assert_reproduces(evaluate(model, data), record)
-    untrained = load_classifier(cfg.model, len(data.label_names), cfg.seed)  # what a broken export would be
+    untrained = plan_model(cfg).load(len(data.label_names), cfg.seed)  # what a broken export would be
     assert evaluate(untrained, data)["test_loss"] != pytest.approx(record["test_loss"], rel=1e-6, abs=0)
 
 
@@ -62,7 +62,7 @@ def test_peft_export_loads_on_the_base_model_and_reproduces_the_final_metrics(fi
     run_dir, cfg, data = finished_run
     assert main(["export", str(run_dir), "--method", key, "--format", "peft", "--out", str(tmp_path / "p")]) == 0
     assert (tmp_path / "p" / "adapter_config.json").is_file()
-    base = load_classifier(cfg.model, len(data.label_names), cfg.seed)  # the tiny base, rebuilt from the seed
+    base = plan_model(cfg).load(len(data.label_names), cfg.seed)  # the tiny base, rebuilt from the seed
     model = PeftModel.from_pretrained(base, tmp_path / "p")
     assert_reproduces(evaluate(model, data), final_record(run_dir, key))
 

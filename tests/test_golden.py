@@ -34,7 +34,7 @@ def test_records_equal_the_golden_file(name, tmp_path):
 
 def test_every_registered_method_has_a_case(capsys):
     """`fedsub methods` lists the registry: a new method needs its golden case."""
-    from fedsub.cli import main
+    from fedsub.app.cli import main
 
     assert main(["methods"]) == 0
     registered = {line.split()[0] for line in capsys.readouterr().out.splitlines() if line and not line[0].isspace()}

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from fedsub.cli import main
+from fedsub.app.cli import main
 
 
 @pytest.fixture(scope="module")

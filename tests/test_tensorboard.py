@@ -5,7 +5,7 @@ import json
 
 import numpy
 
-from fedsub.cli import main
+from fedsub.app.cli import main
 from fedsub_fixtures import write_csv_experiment
 
 
@@ -39,7 +39,7 @@ def test_tensorboard_flag_without_the_package_exits_2_with_one_line(tmp_path, ca
 
 
 def test_generation_metrics_are_filed_under_eval():
-    from fedsub.tblog import scalar_tag
+    from fedsub.reporting.tblog import scalar_tag
 
     assert [scalar_tag(k) for k in ("rougeL", "bleu4", "perplexity", "seconds_ajive", "ajive_joint_rank_mean")] == [
         "eval/rougeL", "eval/bleu4", "eval/perplexity", "seconds/seconds_ajive", "method/ajive_joint_rank_mean"]  # fmt: skip

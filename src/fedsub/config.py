@@ -2,7 +2,8 @@
 
 In the style of torchtune's configs: every field has a default that runs, every error names the
 field and the fix. Method-specific options are validated by the schema the method registers
-(see `fedsub.core.registry`).
+(see `fedsub.core.registry`), when they are first read (`MethodSpec.options`, or
+`check_method_options` right after loading): validating a config imports no method (nor torch).
 """
 
 from __future__ import annotations
@@ -11,12 +12,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-
-class ConfigError(ValueError):
-    """A bad configuration; the message is one line that names the field and the fix."""
-
+from fedsub.core.registry import method_names, method_options, unknown_method
+from fedsub.errors import ConfigError
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -149,20 +148,20 @@ class TaskConfig(Strict):
 
 
 class MethodSpec(Strict):
-    """One method of the run: its registered name, optional train overrides, and its own options."""
+    """One method of the run: its registered name, optional train overrides, and its own options
+    (every other key of the entry, kept as given until `options` reads them)."""
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
     name: str
     label: str | None = Field(None, pattern=r"^[A-Za-z0-9_.+-]+$", description="results name (default: the method name); lets variants of one method share a run")
     lr: float | None = Field(None, gt=0, description="overrides train.lr for this method")
-    _options: Any = PrivateAttr(None)
 
-    @model_validator(mode="after")
-    def _known_method(self) -> "MethodSpec":
-        from fedsub.core.registry import method_options  # late: methods register on import
-
-        self._options = method_options(self.name).model_validate(self.model_extra or {})
-        return self
+    @field_validator("name")
+    @classmethod
+    def _known_method(cls, name: str) -> str:
+        if name not in method_names():  # the registry's names: no method is imported for this
+            raise ValueError(unknown_method(name))
+        return name
 
     @property
     def key(self) -> str:
@@ -171,8 +170,13 @@ class MethodSpec(Strict):
 
     @property
     def options(self) -> BaseModel:
-        """The method's own options, validated by the schema it registered."""
-        return self._options
+        """The method's own options, validated by the schema it registered (this imports the method's
+        module, and only it); ConfigError naming the field (methods[fedit].rank) if they are wrong.
+        A new object on each read: change an option on the spec (spec.rank = 4), not on the result."""
+        try:
+            return method_options(self.name).model_validate(self.model_extra or {})
+        except ValidationError as err:
+            raise ConfigError(describe_error(err, self.model_extra or {}, within=f"methods[{self.name}]")) from None
 
 
 class ExperimentConfig(Strict):
@@ -288,16 +292,29 @@ def _index(node: list, part: str, key: str) -> int:
 
 
 def validate_config(raw: dict[str, Any], source: str = "config") -> ExperimentConfig:
+    """The config's schema, methods' own options aside (see `check_method_options`)."""
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(f"{source}: {describe_error(err, raw)}") from None
 
 
-def describe_error(err: ValidationError, raw: dict[str, Any]) -> str:
-    """The first validation error as 'field a.b: reason' (+ how many more)."""
+def check_method_options(cfg: ExperimentConfig, source: str = "config") -> ExperimentConfig:
+    """Validate every method's own options now (importing those methods' modules, no others): what
+    `fedsub run` does right after loading, so a bad option fails in one line before any data is read."""
+    for spec in cfg.methods:
+        try:
+            spec.options
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
+    return cfg
+
+
+def describe_error(err: ValidationError, raw: dict[str, Any], within: str = "") -> str:
+    """The first validation error as 'field a.b: reason' (+ how many more); `within` prefixes the
+    path of an error in a part of the config (a method's options: methods[fedit])."""
     first = err.errors()[0]
-    path = ".".join(str(p) for p in first["loc"])
+    path = ".".join([within, *(str(p) for p in first["loc"])] if within else [str(p) for p in first["loc"]])
     path = _method_path(path, raw)
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from fedsub.core.checkpoint import Checkpoint, CheckpointError, decode, encode, load_checkpoint, restore_rng, rng_state, save_checkpoint
+from fedsub.core.checkpoint import Checkpoint, decode, encode, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from fedsub.core.io import atomic_write_text
 from fedsub.core.types import ServerState
+from fedsub.errors import CheckpointError
 
 
 def sample_checkpoint(round_done=1):

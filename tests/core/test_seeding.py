@@ -35,7 +35,7 @@ def test_negative_seeds_are_taken_modulo_two_to_the_64():
 def test_a_run_with_a_negative_seed_runs(tmp_path):
     """`--set seed=-1` once passed validation and died in client sampling; now every derivation takes it
     (client sampling, faults, client seeds, GaLore projectors and sketches, AJIVE's draws)."""
-    from fedsub.cli import main
+    from fedsub.app.cli import main
 
     config = write_csv_experiment(tmp_path, ["fedit", {"name": "fedgalore", "rank": 2}])
     assert main(["run", str(config), "--set", "seed=-1", "--set", "federation.rounds=1", "--out", str(tmp_path / "run"), "--quiet"]) == 0

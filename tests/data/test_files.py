@@ -9,9 +9,10 @@ import datasets
 import pandas as pd
 import pytest
 
-from fedsub.config import ConfigError, DataConfig
+from fedsub.config import DataConfig
 from fedsub.data import load_splits
 from fedsub.data.files import encode_labels
+from fedsub.errors import ConfigError
 
 ROWS = [{"sentence": f"sentence number {i}", "category": ["sports", "arts", "news"][i % 3], "topic": f"t{i % 4}"}
         for i in range(60)]

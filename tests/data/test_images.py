@@ -9,9 +9,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from fedsub.config import ConfigError, DataConfig
+from fedsub.config import DataConfig
 from fedsub.data import images, load_splits
 from fedsub.data.images import FASHION_MNIST_CLASSES, read_idx
+from fedsub.errors import ConfigError
 
 HAS_FMNIST = (images.FASHION_MNIST_DIR / "train-labels-idx1-ubyte.gz").is_file()
 

@@ -6,9 +6,10 @@ import datasets
 import numpy as np
 import pytest
 
-from fedsub.config import ConfigError, PartitionConfig
+from fedsub.config import PartitionConfig
 from fedsub.data import partition
 from fedsub.data.partition import _run_flwr, partition_rows
+from fedsub.errors import ConfigError
 
 SCHEMES = ["iid", "dirichlet", "shards", "quantity"]
 N_CLIENTS = 5

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedsub.config import ConfigError
 from fedsub.core.seeding import derive_rng, derive_seed
 from fedsub.data.source import Source, to_dataset
 from fedsub.data.splits import cap_per_class, choose_classes, stratified_split
+from fedsub.errors import ConfigError
 
 
 def _source(labels, names, order_by_size=False) -> Source:

@@ -7,9 +7,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from fedsub.config import ConfigError, DataConfig
+from fedsub.config import DataConfig
 from fedsub.data import load_splits, wordnet
 from fedsub.data.wordnet import LEXNAMES, load_wordnet_supersense, parse_line
+from fedsub.errors import ConfigError
 
 DATA_NOUN = wordnet.WORDNET_DIR / "data.noun"
 pytestmark = pytest.mark.skipif(not DATA_NOUN.is_file(), reason="needs Debian wordnet-base")

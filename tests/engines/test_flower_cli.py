@@ -10,7 +10,7 @@ from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key  # noqa: E402
 
-from fedsub.cli import main  # noqa: E402
+from fedsub.app.cli import main  # noqa: E402
 from fedsub.engines.flower.loopback import free_port  # noqa: E402
 from fedsub_fixtures import write_csv_experiment  # noqa: E402
 

@@ -11,7 +11,7 @@ pytest.importorskip("flwr")
 from fedsub.config import load_config  # noqa: E402
 from fedsub.engines.flower.deploy import CONNECTION, flwr_json, write_connection  # noqa: E402
 from fedsub.engines.flower.loopback import Loopback  # noqa: E402
-from fedsub.run import run_experiment  # noqa: E402
+from fedsub.app.run import run_experiment  # noqa: E402
 from fedsub_fixtures import write_csv_experiment  # noqa: E402
 
 

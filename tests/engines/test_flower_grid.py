@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("flwr")
 
 from fedsub.config import load_config  # noqa: E402
-from fedsub.run import run_experiment  # noqa: E402
+from fedsub.app.run import run_experiment  # noqa: E402
 from fedsub_fixtures import assert_close, strip_timing, write_csv_experiment  # noqa: E402
 
 # fedgalore with factored downlink and AJIVE: client state (held weights, optimizer) across rounds;
@@ -91,7 +91,7 @@ def test_round_below_min_clients_is_skipped_with_the_reason(tiny_data, tmp_path)
 
 
 def test_flower_superlink_must_be_host_port():
-    from fedsub.config import ConfigError
+    from fedsub.errors import ConfigError
     from fedsub_fixtures import tiny_config
 
     with pytest.raises(ConfigError, match="field flower.superlink: 'localhost' is not host:port; give the SuperLink's address"):

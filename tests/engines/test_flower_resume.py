@@ -18,11 +18,12 @@ import pytest
 
 pytest.importorskip("flwr")
 
-from fedsub.cli import main  # noqa: E402
+from fedsub.app.cli import main  # noqa: E402
 from fedsub.config import load_config  # noqa: E402
-from fedsub.core.checkpoint import CRASH_ENV, CheckpointError  # noqa: E402
+from fedsub.core.checkpoint import CRASH_ENV  # noqa: E402
+from fedsub.errors import CheckpointError  # noqa: E402
 from fedsub.engines.rounds import RoundLoop  # noqa: E402
-from fedsub.run import run_experiment  # noqa: E402
+from fedsub.app.run import run_experiment  # noqa: E402
 from fedsub_fixtures import one_line_error, tiny_config, untimed_records, write_csv_experiment  # noqa: E402
 
 STATELESS = ["fedit", {"name": "fedgalore", "rank": 2, "downlink": "dense", "sync": "mean", "proj_refresh_rounds": 2}]

@@ -77,7 +77,7 @@ def test_checkpoint_every_zero_writes_none_and_resume_starts_over(tiny_data, tmp
 
 
 def test_a_checkpoint_of_another_config_is_refused(tiny_data, tmp_path):
-    from fedsub.core.checkpoint import CheckpointError
+    from fedsub.errors import CheckpointError
 
     make(tiny_data, tmp_path / "a", "fedit", rounds=2).run()
     other = make(tiny_data, tmp_path / "a", "fedit", rounds=2, resume=True, train={"local_steps": 2, "batch_size": 4, "lr": 0.5})

@@ -2,7 +2,7 @@
 checkpoint, resumed with `--resume` and killed again at a seeded random moment mid-round, then resumed
 to the end, writes the metrics.jsonl of an uninterrupted run (timing fields aside).
 
-The CLI runs in forked children of the test process (the same `fedsub.cli.main` as the console script,
+The CLI runs in forked children of the test process (the same `fedsub.app.cli.main` as the console script,
 without a 10-15 s interpreter start per kill); SIGKILL is real, the child gets no chance to clean up.
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 
 from fedsub.config import load_config
 from fedsub.core.checkpoint import CRASH_ENV
-from fedsub.run import run_experiment
+from fedsub.app.run import run_experiment
 from fedsub_fixtures import untimed_records, write_csv_experiment
 
 ROUNDS = 6
@@ -25,7 +25,7 @@ METHOD = {"name": "fedgalore", "sync": "none", "proj_refresh_rounds": 2}  # clie
 
 def _cli(args, env):
     os.environ.update(env)
-    from fedsub.cli import main
+    from fedsub.app.cli import main
 
     os._exit(main(args))
 

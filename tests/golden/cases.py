@@ -2,7 +2,7 @@
 identical to the last digit while the code is reorganised. See README.md in this folder.
 
 Each case is a raw experiment config (what a user writes in YAML). `run_case` runs it through
-the CLI entry point (`fedsub run CONFIG --out DIR`, `fedsub.cli.main`) and returns every method's
+the CLI entry point (`fedsub run CONFIG --out DIR`, `fedsub.app.cli.main`) and returns every method's
 records in the config's method order, with the machine-dependent fields stripped. The recorder
 (record.py) writes them to <case>.jsonl beside the config it ran (<case>.yaml); test_golden.py
 reruns each case and compares.
@@ -183,7 +183,7 @@ def run_case(name: str, workdir: Path | None = None) -> list[dict[str, Any]]:
     """Run case `name` through `fedsub run` and return its stripped records, method by method."""
     import torch
 
-    from fedsub.cli import main  # the public entry point; if the CLI moves, only this import changes
+    from fedsub.app.cli import main  # the public entry point; if the CLI moves, only this import changes
 
     # One intra-op thread, as tests/conftest.py sets for the whole suite: a float sum's order (so
     # its last digits) depends on how many threads split it, so recorder and test must agree.

@@ -376,11 +376,12 @@ def test_warmup_sketch_gives_round_one_an_informed_projector_and_counts_its_byte
 
 # ------------------------------------------------------------------ AJIVE rules (issue 15)
 def test_ajive_rule_options_are_validated_in_one_line_naming_the_fields():
-    from fedsub.config import ConfigError, validate_config
+    from fedsub.config import check_method_options, validate_config
+    from fedsub.errors import ConfigError
 
     def error_of(**options):
         with pytest.raises(ConfigError) as info:
-            validate_config({"methods": [{"name": "fedgalore", **options}]})
+            check_method_options(validate_config({"methods": [{"name": "fedgalore", **options}]}))
         assert "\n" not in str(info.value)
         return str(info.value)
 
@@ -394,7 +395,7 @@ def test_ajive_rule_options_are_validated_in_one_line_naming_the_fields():
     assert "methods[fedgalore].ajive_weighting" in error_of(ajive_weighting="sizes")
     fixed = validate_config({"methods": [{"name": "fedgalore", "ajive_identifiability": False, "ajive_joint_rank": 1}]})
     assert fixed.methods[0].options.ajive_identifiability is False
-    assert validate_config({"methods": [{"name": "fedgalore", "sync": "mean", "ajive_samples": 20}]})  # as before
+    assert check_method_options(validate_config({"methods": [{"name": "fedgalore", "sync": "mean", "ajive_samples": 20}]}))  # as before
 
 
 def test_ajive_rule_options_map_onto_the_sync_arguments():

@@ -100,8 +100,9 @@ def test_the_global_model_is_a_and_the_head_with_b_zero_and_every_evaluation_say
 def test_diagnostics_are_refused_not_computed_from_a_b_the_server_never_saw():
     with pytest.raises(ValidationError, match="keeps each client's LoRA B on the client"):
         build_method("fedsa_lora", {"diagnostics": True})
+    cfg = validate_config({"methods": [{"name": "fedsa_lora", "diagnostics": True}]})
     with pytest.raises(ConfigError, match=r"field methods\[fedsa_lora\]\.diagnostics: .* diag_\* metrics"):
-        validate_config({"methods": [{"name": "fedsa_lora", "diagnostics": True}]})
+        cfg.methods[0].options  # read (and checked) by `fedsub run` right after loading: exit 2, one line
     # The diagnostics code itself refuses the declared client-held B, with or without the option's check.
     layers = lora_layers([A, B])
     ups = [ClientUpdate(k, Payload({A: a}), 1) for k, a in enumerate((A1, A2))]

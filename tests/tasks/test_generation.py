@@ -12,10 +12,12 @@ from fedsub.tasks.generation import IGNORE, pad_left, response_loss, text_metric
 
 @pytest.fixture(scope="module")
 def task():
+    from fedsub.models import plan_model
     from fedsub.tasks import build_task
     from fedsub_fixtures import task_config
 
-    return build_task(task_config("generation", "fedit"), "instruction", 3)
+    cfg = task_config("generation", "fedit")
+    return build_task(cfg, plan_model(cfg), "instruction", 3)
 
 
 def test_labels_cover_exactly_the_response_and_eos(task):
@@ -80,10 +82,11 @@ def test_smollm2_workspace_sends_lora_bytes_only():
     from fedsub.config import load_config
     from fedsub.core.registry import build_method
     from fedsub.engines.setup import FederatedData, build_workspace
+    from fedsub.models import plan_model
 
     cfg = load_config("configs/generation.yaml")
     method = build_method("fedit", cfg.methods[0].options)
-    workspace = build_workspace(cfg, method, FederatedData(None, None, None, [], ["a"], {}))
+    workspace = build_workspace(cfg, method, FederatedData(None, None, None, [], ["a"], {}, plan_model(cfg)))
     trainable = workspace.trainable_names()
     assert trainable and all(".lora_" in n for n in trainable), [n for n in trainable if ".lora_" not in n][:3]
     # per layer: q A 8x576 + B 576x8, v A 8x576 + B 192x8 = 15,360 floats; 30 layers, float32

@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from fedsub.cli import main
+from fedsub.app.cli import main
 from fedsub.data.instructions import load_wordnet_choice, load_wordnet_instructions, parse_gloss
 from fedsub_fixtures import INSTRUCTIONS, TASK_SECTIONS, one_line_error
 
@@ -89,7 +89,7 @@ def test_hellaswag_style_jsonl_with_a_list_of_endings_runs_multiple_choice(tmp_p
                       data={"dataset": str(tmp_path / "hs.jsonl"), "text_column": "ctx", "test_fraction": 0.25},
                       partition={"scheme": "dirichlet", "by": "activity_label", "min_partition_size": 2},
                       federation={"num_clients": 2, "clients_per_round": 2, "rounds": 1})
-    from fedsub.run import run_experiment
+    from fedsub.app.run import run_experiment
 
     summary = run_experiment(cfg, tmp_path / "run", quiet=True)[0]
     partition = json.loads((tmp_path / "run" / "partition.json").read_text())
@@ -101,7 +101,7 @@ def test_an_hf_image_classifier_folder_trains_with_lora_and_galore(tmp_path):
     """Any HF image-classification model: a tiny random ViT saved as a local folder."""
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
-    from fedsub.run import run_experiment
+    from fedsub.app.run import run_experiment
     from fedsub_fixtures import tiny_config
 
     config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8, num_labels=3)
@@ -116,7 +116,7 @@ def test_an_hf_image_classifier_folder_trains_with_lora_and_galore(tmp_path):
     # fedit uploads rank-8 LoRA on the 4 q/v matrices (32 x 32) and the dense 3-class head, 2 clients, float32
     assert summaries[0]["bytes_up_per_round"] == 2 * 4 * (4 * (8 * 32 + 32 * 8) + 32 * 3 + 3)
     layers = [f"vit.layers.{i}.attention.{m}_proj" for i in (0, 1) for m in ("q", "v")]
-    from fedsub.export import read_final_model
+    from fedsub.app.export import read_final_model
 
     fedit, _ = read_final_model(tmp_path / "run" / "fedit" / "final_model.safetensors")
     assert {f"base_model.model.{n}.lora_{f}.default.weight" for n in layers for f in "AB"} <= set(fedit)

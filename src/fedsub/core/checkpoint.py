@@ -29,21 +29,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors.torch
 import torch
 
-from fedsub.config import ConfigError
 from fedsub.core.io import atomic_write_text, atomic_writer
 from fedsub.core.types import ServerState, extra_name, extra_type
+from fedsub.errors import CheckpointError
 
 FORMAT = "fedsub-checkpoint-1"
 POINTER = "checkpoint.json"
 # Test hook: "STAGE:ROUND" kills the process with SIGKILL at STAGE of the checkpoint after ROUND rounds.
 # Stages: tensors-half (half the tensors file written), tensors-written, pointer-written.
 CRASH_ENV = "FEDSUB_CRASH_AT"
-
-
-class CheckpointError(ConfigError):
-    """A checkpoint that cannot be read (corrupt, truncated, from another config): exit 2."""
 
 
 @dataclass
@@ -187,8 +184,6 @@ def crash_point(stage: str, round_done: int) -> None:
 
 def save_checkpoint(folder: str | Path, ckpt: Checkpoint) -> Path:
     """Write `ckpt` into `folder` (see the module docstring for why a kill never corrupts it)."""
-    from safetensors.torch import save
-
     folder = Path(folder)
     tensors: dict[str, torch.Tensor] = {}
     seen: dict[int, str] = {}
@@ -199,7 +194,7 @@ def save_checkpoint(folder: str | Path, ckpt: Checkpoint) -> Path:
         "partition": encode(list(ckpt.partition), tensors, seen, "partition"),
         "rng": encode(ckpt.rng, tensors, seen, "rng"),
     }  # fmt: skip
-    data = save(tensors)
+    data = safetensors.torch.save(tensors)
     name = f"state-{ckpt.round:05d}.safetensors"
     with atomic_writer(folder / name) as handle:
         handle.write(data[: len(data) // 2])
@@ -266,14 +261,12 @@ def load_checkpoint(folder: str | Path) -> Checkpoint | None:
 
 
 def _read_tensors(path: Path, pointer: dict[str, Any]) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load
-
     if not path.is_file():
         raise ValueError(f"its tensors file {path.name} is missing")
     data = path.read_bytes()
     if len(data) != pointer["tensors_bytes"] or hashlib.sha256(data).hexdigest() != pointer["sha256"]:
         raise ValueError(f"{path.name} has {len(data)} bytes or a checksum that does not match the pointer")
     try:
-        return load(data)
+        return safetensors.torch.load(data)
     except Exception as err:  # safetensors raises its own SafetensorError on a bad header
         raise ValueError(f"{path.name}: {err}") from None

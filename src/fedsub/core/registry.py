@@ -1,13 +1,31 @@
-"""Method registry: one decorator, the name is the key (`fedsub methods` lists them)."""
+"""Method registry: one decorator, the name is the key (`fedsub methods` lists them).
+
+A built-in method is one line of `BUILTIN`: its name and the module that registers it. Looking a
+method up imports that module only, so validating a config imports no method, and building
+`fedit` imports fedit's module, not GaLore's or AJIVE's. A method of your own registers itself
+with `@register(name)` when its module is imported.
+"""
 
 from __future__ import annotations
 
+import importlib
 from typing import Callable, TypeVar
 
 from pydantic import BaseModel
 
-from fedsub.core.method import missing_members
-
+BUILTIN = {
+    "fedavg_full": "fedsub.methods.fedavg_full",
+    "fedftg": "fedsub.methods.fedftg",
+    "fedgalore": "fedsub.methods.fedgalore",
+    "fedit": "fedsub.methods.fedit",
+    "fedsa_lora": "fedsub.methods.fedsa_lora",
+    "fedsvd": "fedsub.methods.fedsvd",
+    "ffa_lora": "fedsub.methods.ffa_lora",
+    "flexlora": "fedsub.methods.flexlora",
+    "flora": "fedsub.methods.flora",
+    "subspace_reg": "fedsub.methods.subspace_reg",
+    "svd_redistribute": "fedsub.methods.svd_redistribute",
+}
 _METHODS: dict[str, type] = {}
 T = TypeVar("T", bound=type)
 
@@ -17,6 +35,9 @@ def register(name: str) -> Callable[[T], T]:
     (capabilities it lacks declared as such) and carries an `Options` pydantic model."""
 
     def wrap(cls: T) -> T:
+        # late: the contract module imports torch (core.types); validating a config names methods without it
+        from fedsub.core.method import missing_members
+
         if name in _METHODS:
             raise ValueError(f"method {name!r} registered twice")
         missing = missing_members(cls)
@@ -31,20 +52,31 @@ def register(name: str) -> Callable[[T], T]:
     return wrap
 
 
-def _load_builtin_methods() -> None:
-    import fedsub.methods  # noqa: F401  (each module registers itself on import)
+def method_names() -> list[str]:
+    """Every method a config may name, built-in or registered, without importing any."""
+    return sorted(set(BUILTIN) | set(_METHODS))
 
 
-def available_methods() -> dict[str, type]:
-    _load_builtin_methods()
-    return dict(sorted(_METHODS.items()))
+def unknown_method(name: str) -> str:
+    return f"unknown method {name!r}; available: {', '.join(method_names())}"
 
 
 def method_class(name: str) -> type:
-    methods = available_methods()
-    if name not in methods:
-        raise ValueError(f"unknown method {name!r}; available: {', '.join(methods)}")
-    return methods[name]
+    """The class registered as `name`; a built-in one's module is imported on first use."""
+    if name not in _METHODS and name in BUILTIN:
+        importlib.import_module(BUILTIN[name])
+        if name not in _METHODS:
+            raise RuntimeError(f"{BUILTIN[name]} did not register method {name!r}; fix BUILTIN in fedsub.core.registry")
+    if name not in _METHODS:
+        raise ValueError(unknown_method(name))
+    return _METHODS[name]
+
+
+def available_methods() -> dict[str, type]:
+    """Every method class by name (imports every built-in method: `fedsub methods`, the test matrix)."""
+    for name in BUILTIN:
+        method_class(name)
+    return dict(sorted(_METHODS.items()))
 
 
 def method_options(name: str) -> type[BaseModel]:

@@ -13,8 +13,9 @@ from typing import Any
 import datasets
 import numpy as np
 
-from fedsub.config import ConfigError, DataConfig
+from fedsub.config import DataConfig
 from fedsub.data.source import Source
+from fedsub.errors import ConfigError
 
 FILE_BUILDERS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 

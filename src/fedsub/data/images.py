@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fedsub.config import ConfigError
 from fedsub.data.source import Source
+from fedsub.errors import ConfigError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_HINT = "apt-get install --no-install-recommends dataset-fashion-mnist"
@@ -54,7 +54,7 @@ def _fashion_split(root: Path, prefix: str) -> Source:
 def load_digits_source() -> Source:
     """sklearn's bundled 8x8 digits (1797 images), rescaled from 0..16 to 0..255 uint8 so every
     image dataset here shares one pixel range."""
-    from sklearn.datasets import load_digits  # late: sklearn import costs ~0.5 s
+    from sklearn.datasets import load_digits  # late: start-up, sklearn import costs ~0.5 s
 
     bunch = load_digits()
     images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fedsub.config import ConfigError
 from fedsub.core.seeding import derive_rng
 from fedsub.data.source import Source
 from fedsub.data.wordnet import INSTALL_HINT, LEXNAMES, WORDNET_DIR
+from fedsub.errors import ConfigError
 
 POS_FILES = {"noun": "data.noun", "verb": "data.verb", "adj": "data.adj", "adv": "data.adv"}
 _QUOTE = re.compile(r'"([^"]+)"')

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Callable
 import datasets
 import numpy as np
 
-from fedsub.config import ConfigError, PartitionConfig
+from fedsub.config import PartitionConfig
 from fedsub.core.seeding import derive_rng, derive_seed
+from fedsub.errors import ConfigError
 
 if TYPE_CHECKING:  # flwr_datasets is imported where used: it adds ~3 s to `import fedsub.data`
     from flwr_datasets.partitioner import Partitioner
@@ -80,7 +81,7 @@ def _check_request(cfg: PartitionConfig, num_clients: int, codes: np.ndarray) ->
 def _iid(codes: np.ndarray, cfg: PartitionConfig, num_clients: int, seed: int) -> Parts:
     """A seeded permutation cut into near-equal contiguous shards (sizes differ by at most 1).
     IidPartitioner itself does not shuffle, so it runs on the permuted codes."""
-    from flwr_datasets.partitioner import IidPartitioner
+    from flwr_datasets.partitioner import IidPartitioner  # late: start-up, flwr_datasets takes ~2.4 s to import here
 
     perm = derive_rng(seed).permutation(len(codes))
     return [perm[rows] for rows in _run_flwr(IidPartitioner(num_partitions=num_clients), codes[perm])]
@@ -116,7 +117,7 @@ def _shards(codes: np.ndarray, cfg: PartitionConfig, num_clients: int, seed: int
     """Pathological skew: each client gets exactly `classes_per_client` classes, and each class is
     split evenly among the clients that have it ("first-deterministic": client k gets class k mod C
     first, then random others, so all classes are used once num_clients >= C)."""
-    from flwr_datasets.partitioner import PathologicalPartitioner
+    from flwr_datasets.partitioner import PathologicalPartitioner  # late: start-up, as in _iid
 
     def draw(attempt_seed: int) -> Parts:
         partitioner = PathologicalPartitioner(

@@ -94,8 +94,8 @@ def heatmap_png(hist: np.ndarray, names: list[str]) -> bytes:
     """Clients x classes heatmap; counts written in the cells when there are few of them.
     Uses the Agg canvas directly (no pyplot), so it neither needs a display nor changes the
     process-wide matplotlib backend."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # late: ~0.3 s import
-    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # late: start-up, matplotlib takes ~0.7 s to import
+    from matplotlib.figure import Figure  # late: as above
 
     n_clients, n_classes = hist.shape
     fig = Figure(figsize=(min(2.5 + 0.35 * n_classes, 30), min(1.5 + 0.3 * n_clients, 30)), dpi=100)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fedsub.config import ConfigError
 from fedsub.data.source import Source
+from fedsub.errors import ConfigError
 
 WORDNET_DIR = Path("/usr/share/wordnet")
 INSTALL_HINT = "apt-get install --no-install-recommends wordnet-base"

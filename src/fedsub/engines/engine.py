@@ -29,7 +29,7 @@ class Engine(Protocol):
 def make_engine(cfg: ExperimentConfig, spec: MethodSpec, data: FederatedData, method_dir: Path, resume: bool = False) -> Engine:
     """The simulator, or (engine: flower) Flower's in-process grid or a SuperLink submission."""
     if cfg.engine == "flower":
-        from fedsub.engines.flower import flower_engine  # flwr is an optional extra: imported only when asked for
+        from fedsub.engines.flower import flower_engine  # late: flwr is an optional extra, imported only when asked for
 
         return flower_engine(cfg, spec, data, method_dir, resume)
     return Simulation(cfg, spec, data, method_dir, resume=resume)

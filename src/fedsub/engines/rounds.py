@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from fedsub.config import ExperimentConfig, MethodSpec, config_to_dict, method_to_dict
-from fedsub.core.checkpoint import Checkpoint, CheckpointError, load_checkpoint, restore_rng, rng_state, save_checkpoint
+from fedsub.core.checkpoint import Checkpoint, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from fedsub.core.io import atomic_write_text
 from fedsub.core.method import Warmup
 from fedsub.core.tensors import normalized_weights
@@ -31,6 +31,7 @@ from fedsub.core.types import ClientUpdate, Payload, ServerState
 from fedsub.core.validation import payload_bytes
 from fedsub.engines.failures import ClientOutcome, screen_outcomes, simulated_fault, skip_reason
 from fedsub.engines.setup import FederatedData, MethodSetup, peak_rss_mb, sample_clients
+from fedsub.errors import CheckpointError
 from fedsub.tasks.base import Task
 
 TIMING_KEYS = ("seconds_train", "seconds_aggregate", "seconds_eval", "seconds_round", "peak_rss_mb", "seconds_warmup")

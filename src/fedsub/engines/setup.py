@@ -21,13 +21,14 @@ from fedsub.core.registry import build_method
 from fedsub.core.seeding import derive_rng
 from fedsub.core.types import TrainSettings
 from fedsub.core.workspace import Workspace
-from fedsub.models import head_module_names, target_linear_names
+from fedsub.models import ModelPlan, head_module_names, plan_model, target_linear_names
 from fedsub.tasks.base import EncodedData, Task
 
 
 @dataclass
 class FederatedData:
-    """The encoded global splits, the client partition and the task, shared by every method of a run."""
+    """The encoded global splits, the client partition and the task, shared by every method of a run,
+    and the model they were encoded for (its tokenizer, its kind): every method's workspace loads it."""
 
     task: Task  # classification, generation, multiple choice or images (fedsub.tasks)
     train: EncodedData
@@ -35,6 +36,7 @@ class FederatedData:
     parts: list[torch.Tensor]
     label_names: list[str]
     heterogeneity: dict[str, Any]
+    model_plan: ModelPlan
 
 
 @dataclass
@@ -47,28 +49,31 @@ class MethodSetup:
 
 
 def prepare_data(cfg: ExperimentConfig, run_dir: Path) -> FederatedData:
-    """Load and split the data, partition it over the clients (report saved), encode once."""
-    from fedsub.data import load_splits, partition, save_partition_report
-    from fedsub.tasks import build_task, check_input
+    """Decide the model, load and split the data, partition it over the clients (report saved), encode once."""
+    # data loading and the tasks import datasets and scikit-learn (~1.5 s and ~1.9 s here), which
+    # `fedsub export` and `fedsub report` (they import this module) never need
+    from fedsub.data import load_splits, partition, save_partition_report  # late: start-up, see above
+    from fedsub.tasks import build_task, check_input  # late: start-up, see above
 
+    plan = plan_model(cfg)  # a bad model name fails here, before the data is read
     splits = load_splits(cfg.data, cfg.seed)
     check_input(cfg, splits.input_column)
     parts = partition(splits.train, cfg.partition, cfg.federation.num_clients, cfg.seed)
     heterogeneity = save_partition_report(run_dir, parts, splits.train, splits.label_names, cfg=cfg.partition, seed=cfg.seed)
-    task = build_task(cfg, splits.input_column, len(splits.label_names))
+    task = build_task(cfg, plan, splits.input_column, len(splits.label_names))
     train, test = task.encode_dataset(splits.train), task.encode_dataset(splits.test)
     client_parts = [torch.as_tensor(np.asarray(p), dtype=torch.long) for p in parts]
-    return FederatedData(task, train, test, client_parts, list(splits.label_names), heterogeneity)
+    return FederatedData(task, train, test, client_parts, list(splits.label_names), heterogeneity, plan)
 
 
 def build_workspace(cfg: ExperimentConfig, method, data: FederatedData) -> Workspace:
-    """A fresh base model adapted by the method (seeded: every engine and client builds the same one)."""
+    """A fresh base model (the one `data` was encoded for) adapted by the method (seeded: every
+    engine and client builds the same one). Which modules are its head and which are adapted is the
+    run's choice (cfg.model); whether it must have a head is its kind's (a causal LM keeps its own)."""
     dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
-    from fedsub.tasks import load_task_model, uses_causal_lm
-
-    model = load_task_model(cfg, len(data.label_names), dtype)
-    causal = cfg.task.kind in ("generation", "multiple_choice") and uses_causal_lm(cfg)
-    heads = head_module_names(model, cfg.model.head_modules, required=not causal)
+    plan = data.model_plan
+    model = plan.load(len(data.label_names), cfg.seed, dtype)
+    heads = head_module_names(model, cfg.model.head_modules, required=plan.needs_head)
     targets = target_linear_names(model, cfg.model.target_modules, exclude=heads)
     workspace = Workspace(model, data.task, data.train, data.test, cfg.device, heads, targets)
     method.prepare_model(workspace)

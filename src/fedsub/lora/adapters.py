@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fedsub.core.types import Tensors, server_extra
 from fedsub.core.workspace import Workspace
+from fedsub.errors import ConfigError
 from fedsub.lora.names import LORA_A, is_lora
 
 
@@ -27,9 +28,7 @@ def add_lora(workspace: Workspace, options: LoraOptions) -> None:
     The LoRA A init comes from torch's global RNG, which model loading seeded with the run seed just
     before (fedsub.models), so every process that builds the workspace draws the same A.
     """
-    from peft import LoraConfig, get_peft_model
-
-    from fedsub.config import ConfigError
+    from peft import LoraConfig, get_peft_model  # late: peft takes seconds to import; only LoRA methods need it
 
     modules = dict(workspace.model.named_modules())
     convs = [t for t in workspace.target_modules if isinstance(modules.get(t), torch.nn.Conv2d)]

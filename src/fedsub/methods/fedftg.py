@@ -28,6 +28,7 @@ from fedsub.core.types import ClientContext, ClientUpdate, Payload, ServerState
 from fedsub.core.validation import UpdateSpec, spec_of
 from fedsub.core.workspace import Workspace
 from fedsub.diagnostics.rounds import dense_round_diagnostics
+from fedsub.models import adaptable  # Linear or dense Conv2d (GaLore reshapes kernels to matrices)
 from fedsub.optim.galore_model import export_state, freeze_all_but, galore_optimizer, head_parameter_names, import_state, layer_index, linear_weight_names
 
 
@@ -56,8 +57,6 @@ def lower_half(indices: list[int]) -> set[int]:
 
 def ftg_modules(workspace: Workspace, options: FedFTGOptions) -> list[str]:
     """The linear modules FedFTG trains: suffix match on ``modules``, inside the chosen blocks."""
-    from fedsub.models import adaptable  # Linear or dense Conv2d (GaLore reshapes kernels to matrices)
-
     heads = tuple(workspace.head_modules)
 
     linears = [n for n, m in workspace.model.named_modules() if adaptable(m) and n.split(".", 1)[0] not in heads]

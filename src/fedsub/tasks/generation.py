@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fedsub.errors import ConfigError
+
 IGNORE = -100
 SYSTEM = "Answer briefly."  # replaces SmolLM2's ~20-token default system prompt: shorter sequences
 
@@ -74,8 +76,6 @@ class GenerationTask:
 
     def encode_dataset(self, dataset) -> LMEncoded:
         if self.response_column not in dataset.column_names:
-            from fedsub.config import ConfigError
-
             raise ConfigError(f"field task.response_column: no column {self.response_column!r}; columns are: {', '.join(dataset.column_names)}")
         return self.encode(dataset[self.input_column], [str(r) for r in dataset[self.response_column]])
 
@@ -154,8 +154,8 @@ def pad_left(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tenso
 
 def text_metrics(hypotheses: list[str], references: list[str]) -> dict[str, float]:
     """ROUGE-L F1 (mean over examples, 0..1, Porter stemming) and corpus BLEU-4 (sacrebleu, 0..100)."""
-    import sacrebleu
-    from rouge_score import rouge_scorer
+    import sacrebleu  # late: start-up, with rouge_score (~2 s to import here) only when generation is scored
+    from rouge_score import rouge_scorer  # late: as above
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     rouge = [scorer.score(ref, hyp)["rougeL"].fmeasure for hyp, ref in zip(hypotheses, references)]

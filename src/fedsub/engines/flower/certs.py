@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from fedsub.config import ConfigError
+from fedsub.errors import ConfigError
 
 VALID_DAYS = 30
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from flwr.app import Context, Message
 
-from fedsub.config import ConfigError, ExperimentConfig, MethodSpec
+from fedsub.config import ExperimentConfig, MethodSpec
 from fedsub.core.method import Method
 from fedsub.core.seeding import client_seed
 from fedsub.core.types import ClientContext, TrainSettings
@@ -25,6 +25,7 @@ from fedsub.engines.failures import finite_train_loss
 from fedsub.engines.flower.records import META, holds_client_state, load_client_state, record_to_payload, save_client_state, update_to_record
 from fedsub.engines.flower.server import config_from_text, method_spec, query_reply
 from fedsub.engines.setup import FederatedData, prepare_data, set_up_method
+from fedsub.errors import ConfigError
 
 CONFIG_KEY, METHOD_KEY, OUT_KEY, RESUME_KEY = "fedsub-config", "fedsub-method", "fedsub-out", "fedsub-resume"
 

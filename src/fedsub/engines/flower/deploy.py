@@ -23,10 +23,11 @@ from typing import Callable
 
 import tomli_w
 
-from fedsub.config import ConfigError, ExperimentConfig, MethodSpec
+from fedsub.config import ExperimentConfig, MethodSpec
 from fedsub.core.checkpoint import checkpoint_clients_on_nodes, checkpoint_round
 from fedsub.engines.flower.client import CONFIG_KEY, METHOD_KEY, OUT_KEY, RESUME_KEY
 from fedsub.engines.flower.server import refuse_node_state, run_config_text
+from fedsub.errors import ConfigError
 
 CONNECTION = "fedsub"
 POLL_SECONDS = 1.0

@@ -23,16 +23,17 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import yaml
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from fedsub.config import ExperimentConfig, MethodSpec
-from fedsub.core.checkpoint import CheckpointError
+from fedsub.config import ExperimentConfig, MethodSpec, config_to_dict, validate_config
 from fedsub.engines.failures import ClientOutcome, reply_outcome
 from fedsub.engines.final_model import save_final_model
 from fedsub.engines.flower.records import META, payload_to_record, record_to_update
 from fedsub.engines.rounds import ClientStates, Exchange, RoundLoop
 from fedsub.engines.setup import FederatedData, reset_peak_rss, set_up_method
+from fedsub.errors import CheckpointError
 
 QUERY = "query"
 
@@ -164,18 +165,10 @@ def query_reply(message: Message, partition_id: int) -> Message:
 
 def run_config_text(cfg: ExperimentConfig) -> str:
     """The resolved config as YAML: what the ServerApp and every ClientApp rebuild the run from."""
-    import yaml
-
-    from fedsub.config import config_to_dict
-
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
 
 
 def config_from_text(text: str) -> ExperimentConfig:
-    import yaml
-
-    from fedsub.config import validate_config
-
     return validate_config(yaml.safe_load(text), source="flower run config")
 
 

@@ -1,0 +1,1 @@
+"""The commands: cli (argument parsing, exit codes), run, compare, export; console (rich output)."""
