@@ -1,5 +1,6 @@
 """What every engine sets up before its first round: the data, the method's workspace model, the
-train settings, and the seeded draws (which clients, which seed per client) that make runs exact.
+train settings, and the seeded draw of each round's clients that makes runs exact (each client's
+own seed, like every derived seed, comes from fedsub.core.seeding).
 
 Shared by the simulator, the Flower ServerApp and ClientApps, and the export (which rebuilds a run's
 starting model), so none of them imports another engine for it.
