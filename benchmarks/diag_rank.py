@@ -2,7 +2,7 @@
 
 Reads <run dir>/<method>/metrics.jsonl for each run directory given (seeds or partitions of one
 experiment pool their rounds per method) and prints a markdown table of the mean over rounds of
-diag_rank_mean, diag_rank_max, diag_cancellation_ratio and diag_cos_pairwise (methods/diagnostics.py).
+diag_rank_mean, diag_rank_max, diag_cancellation_ratio and diag_cos_pairwise (fedsub/diagnostics).
 A rank is per round for fedgalore / fedftg / fedavg_full / flora and since W0 for the other LoRA
 methods (their ΔW_k is the whole adapter). "–": the method logged no such metric.
 

@@ -119,3 +119,23 @@ def test_a_cuda_checkpoint_on_a_machine_without_cuda_is_refused_in_one_line(tmp_
         load_checkpoint(tmp_path)
     message = str(err.value)
     assert message.startswith(f"checkpoint {pointer}: it holds tensors on cuda:0") and "CUDA" in message and "\n" not in message
+
+
+def test_a_methods_typed_server_state_round_trips_by_its_registered_name():
+    from fedsub.lora.adapters import FrozenFactors
+    from fedsub.methods.fedgalore.state import Delta, FedGaLoreState
+
+    p = torch.randn(2, 3)
+    delta = Delta(version=1, decay=0.99, r_bar={"w": torch.ones(4, 2)}, refresh=0, projectors={"w": p})
+    extra = FedGaLoreState(projectors={"w": p}, refresh=1, proj_sketched=True, v_step=5.0, deltas=[delta], known={0: 1, 2: 0})
+    tensors = {}
+    structure = json.loads(json.dumps(encode({"g": extra, "f": FrozenFactors({"a": p})}, tensors, {})))
+    assert structure["$dict"][0][1]["$state"] == "fedgalore"  # stored by name, not by module path
+    back = decode(structure, tensors)
+    g = back["g"]
+    assert isinstance(g, FedGaLoreState) and isinstance(g.deltas[0], Delta) and g.known == {0: 1, 2: 0}  # int keys stay int
+    assert g.deltas[0].projectors["w"] is g.projectors["w"] and torch.equal(g.projectors["w"], p)  # stored once, shared again
+    assert (g.refresh, g.proj_sketched, g.v_step, g.v_hat) == (1, True, 5.0, {})
+    assert isinstance(back["f"], FrozenFactors) and torch.equal(back["f"].tensors["a"], p)
+    with pytest.raises(CheckpointError, match="server state 'gone', which no loaded method defines"):
+        decode({"$state": "gone", "fields": {"$dict": []}}, {})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedsub.data.seeding import derive_rng, derive_seed
+from fedsub.core.seeding import derive_rng, derive_seed
 from fedsub.data.source import Source, to_dataset
 from fedsub.data.splits import cap_per_class, choose_classes, stratified_split
 from fedsub.errors import ConfigError

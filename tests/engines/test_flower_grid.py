@@ -12,8 +12,9 @@ from fedsub.config import load_config  # noqa: E402
 from fedsub.app.run import run_experiment  # noqa: E402
 from fedsub_fixtures import assert_close, strip_timing, write_csv_experiment  # noqa: E402
 
-# fedgalore with factored downlink and AJIVE: client state (held weights, optimizer) across rounds
-METHODS = ["fedit", {"name": "fedgalore", "rank": 4, "sync": "ajive"}]
+# fedgalore with factored downlink and AJIVE: client state (held weights, optimizer) across rounds;
+# fedsa_lora: each client's own B in its node's context.state
+METHODS = ["fedit", {"name": "fedgalore", "rank": 4, "sync": "ajive"}, {"name": "fedsa_lora", "rank": 4}]
 
 
 def read_records(path):
@@ -32,7 +33,7 @@ def runs(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("method", ["fedit", "fedgalore"])
+@pytest.mark.parametrize("method", ["fedit", "fedgalore", "fedsa_lora"])
 def test_flower_grid_matches_simulator(runs, method):
     sim = read_records(runs["simulation"] / method / "metrics.jsonl")
     flo = read_records(runs["flower"] / method / "metrics.jsonl")

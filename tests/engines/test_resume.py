@@ -83,3 +83,17 @@ def test_a_checkpoint_of_another_config_is_refused(tiny_data, tmp_path):
     other = make(tiny_data, tmp_path / "a", "fedit", rounds=2, resume=True, train={"local_steps": 2, "batch_size": 4, "lr": 0.5})
     with pytest.raises(CheckpointError, match="another config"):
         other.run()
+
+
+def test_a_checkpoint_with_an_untyped_server_state_is_refused(tiny_data, tmp_path):
+    """A checkpoint written before FedGaLore's server state was typed (extra was a dict) says so."""
+    from fedsub.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+    method = {"name": "fedgalore", "rank": 2}
+    make(tiny_data, tmp_path / "a", method, rounds=3, checkpoint={"keep": True}).run()
+    ckpt = load_checkpoint(tmp_path / "a" / "checkpoint")
+    ckpt.server.extra = {"projectors": ckpt.server.extra.projectors, "refresh": ckpt.server.extra.refresh}
+    ckpt.round, ckpt.records = 2, ckpt.records[:2]
+    save_checkpoint(tmp_path / "a" / "checkpoint", ckpt)
+    with pytest.raises(CheckpointError, match="older form than its FedGaLoreState"):
+        make(tiny_data, tmp_path / "a", method, rounds=3, resume=True, checkpoint={"keep": True}).run()

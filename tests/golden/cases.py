@@ -121,6 +121,8 @@ CASES: dict[str, Any] = {
         [{"name": "fedgalore", "rank": 4, "proj_source": "random", "proj_refresh_rounds": 1, "sync": "mean", "downlink": "dense"}],
     ),
     "fedit": classification("fedit", [{"name": "fedit", "rank": 4, "lora_alpha": 8}]),
+    # clients hold state (their own B): 2 of 3 sampled, so a client's B waits for it across rounds
+    "fedsa_lora": classification("fedsa_lora", [{"name": "fedsa_lora", "rank": 4}], rounds=3),
     "fedsvd": classification("fedsvd", [{"name": "fedsvd", "rank": 4}]),
     "ffa_lora": classification("ffa_lora", [{"name": "ffa_lora", "rank": 4}]),
     "flexlora": classification("flexlora", [{"name": "flexlora", "rank": 4, "client_ranks": [2, 4, 3]}]),

@@ -7,16 +7,9 @@ import torch
 
 from fedsub.core.registry import build_method
 from fedsub.core.types import ClientUpdate, Payload, ServerState
-from fedsub.methods.diagnostics import (
-    basis_overlap,
-    column_basis,
-    dense_diagnostics,
-    factored_diagnostics,
-    lora_diagnostics,
-    numerical_rank,
-    update_gram,
-)
+from fedsub.diagnostics.maths import basis_overlap, column_basis, dense_diagnostics, factored_diagnostics, lora_diagnostics, numerical_rank, update_gram
 from fedsub.engines.simulation import Simulation
+from fedsub.methods.fedgalore.state import FedGaLoreState
 from fedsub_fixtures import tiny_config
 
 E = torch.eye(3, dtype=torch.float64)
@@ -165,7 +158,7 @@ def test_fedgalore_round_diagnostics_by_hand_leave_the_decay_out():
     # p = (1/4, 3/4): ⟨R_1, R_2⟩ = 10, ‖R_k‖² = 14, R̄ = (2.5, 2, 1.5), ‖R̄‖² = 12.5, ⟨R_k, R̄⟩ = (11, 13).
     method = build_method("fedgalore", {"rank": 1, "sync": "none"})
     method.galore_names, method.head_names, method.shapes = ["w"], ["h"], {"w": torch.Size([3, 2])}
-    extra = {"projectors": {"w": torch.tensor([[0.0, 1.0]])}, "refresh": 0, "proj_sketched": False, "v_hat": {}, "deltas": [], "known": {}}
+    extra = FedGaLoreState(projectors={"w": torch.tensor([[0.0, 1.0]])})
     state = ServerState(0, {"w": torch.ones(3, 2), "h": torch.zeros(2)}, extra)
     ups = [ClientUpdate(k, Payload({"R::w": torch.tensor(r).reshape(3, 1), "h": torch.zeros(2)}, {"decay": c}), n)
            for k, (r, c, n) in enumerate([([1.0, 2.0, 3.0], 0.5, 1), ([3.0, 2.0, 1.0], 1.0, 3)])]  # fmt: skip

@@ -7,7 +7,7 @@ from fedsub.core.registry import build_method
 from fedsub.core.types import ClientUpdate, Payload, ServerState
 from fedsub.engines.simulation import Simulation
 from fedsub.methods.fedftg import lower_half
-from fedsub.methods.galore_common import layer_index
+from fedsub.optim.galore_model import layer_index
 from fedsub_fixtures import tiny_config
 
 

@@ -8,8 +8,9 @@ from fedsub.core.registry import build_method
 from fedsub.core.types import ClientUpdate, Payload, ServerState
 from fedsub.engines.setup import build_workspace
 from fedsub.engines.simulation import Simulation
-from fedsub.methods.galore_common import galore_optimizer
+from fedsub.methods.fedgalore.state import FedGaLoreState
 from fedsub.optim import GaLoreAdamW
+from fedsub.optim.galore_model import galore_optimizer
 from fedsub.optim.projector import choose_side, project_back
 from fedsub_fixtures import tiny_config
 
@@ -23,7 +24,7 @@ def hand_method(**options):
 
 def hand_state(v_hat=None):
     W = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
-    extra = {"projectors": {"w": torch.tensor([[0.0, 1.0]])}, "refresh": 0, "proj_sketched": False, "v_hat": v_hat or {}}
+    extra = FedGaLoreState(projectors={"w": torch.tensor([[0.0, 1.0]])}, v_hat=v_hat or {})
     return ServerState(0, {"w": W, "h": torch.zeros(2)}, extra)
 
 
@@ -41,19 +42,19 @@ def test_server_aggregates_in_factored_form_exact_numbers():
     assert torch.equal(new.tensors["w"], torch.tensor([[0.875, 4.25], [2.625, 5.5], [4.375, 6.75]]))
     assert torch.equal(new.tensors["h"], torch.tensor([1.0, 3.0]))
     assert new.round == 1 and metrics["proj_refreshed"] == 0.0  # held: proj_refresh_rounds = 2
-    assert torch.equal(new.extra["projectors"]["w"], torch.tensor([[0.0, 1.0]]))
+    assert torch.equal(new.extra.projectors["w"], torch.tensor([[0.0, 1.0]]))
 
 
 def test_mean_sync_is_the_weighted_mean_and_ajive_of_identical_moments_returns_them():
     V1, V2 = torch.tensor([[1.0], [2.0], [4.0]]), torch.tensor([[5.0], [2.0], [0.0]])
     zeros, h = torch.zeros(3, 1), torch.zeros(2)
     mean, _ = hand_method(sync="mean").aggregate_train(hand_state(), [hand_update(0, 1, zeros, 1.0, h, V1), hand_update(1, 3, zeros, 1.0, h, V2)])
-    assert torch.equal(mean.extra["v_hat"]["w"], torch.tensor([[4.0], [2.0], [1.0]]))
+    assert torch.equal(mean.extra.v_hat["w"], torch.tensor([[4.0], [2.0], [1.0]]))
     V = torch.tensor([[0.25], [1.5], [3.0]])
     updates = [hand_update(k, n, zeros, 1.0, h, V.clone()) for k, n in enumerate([1, 2, 5])]
     method = hand_method(sync="ajive", ajive_samples=50)
     synced, metrics = method.aggregate_train(hand_state(), updates)
-    assert torch.equal(synced.extra["v_hat"]["w"], V)
+    assert torch.equal(synced.extra.v_hat["w"], V)
     assert metrics["ajive_joint_rank_mean"] == metrics["ajive_joint_rank_max"] == 1.0 and metrics["seconds_ajive"] >= 0
     down = method.configure_train(synced, 0)  # broadcast to the next round's clients
     assert torch.equal(down.tensors["V::w"], V) and "P::w" not in down.tensors  # random P: zero bytes
@@ -65,10 +66,10 @@ def test_ajive_sync_of_differing_moments_is_non_negative_and_reports_ranks():
     method = hand_method(sync="ajive", ajive_samples=50)
     method.shapes = {"w": torch.Size([16, 4])}
     state = ServerState(0, {"w": torch.zeros(16, 4), "h": torch.zeros(2)},
-                        {"projectors": {"w": torch.eye(4)[:3]}, "refresh": 0, "proj_sketched": False, "v_hat": {}})
+                        FedGaLoreState(projectors={"w": torch.eye(4)[:3]}))
     updates = [hand_update(k, 1, torch.zeros(16, 3), 1.0, torch.zeros(2), base + 0.01 * torch.rand(16, 3, generator=gen)) for k in range(3)]
     new, metrics = method.aggregate_train(state, updates)
-    assert (new.extra["v_hat"]["w"] >= 0).all()
+    assert (new.extra.v_hat["w"] >= 0).all()
     assert 0 <= metrics["ajive_joint_rank_min"] <= metrics["ajive_joint_rank_max"] <= 3
 
 
@@ -78,12 +79,12 @@ def test_transport_on_refresh_maps_v_hat_to_the_new_basis_and_reset_drops_it():
     state = hand_state()
     state.round = 1  # next round (2) refreshes: proj_refresh_rounds = 2, random source
     kept, _ = hand_method(sync="mean", proj_source="random", moments_on_refresh="transport").aggregate_train(state, updates)
-    q = state.extra["projectors"]["w"] @ kept.extra["projectors"]["w"].mT  # 1 x 1
+    q = state.extra.projectors["w"] @ kept.extra.projectors["w"].mT  # 1 x 1
     assert 0 < q**2 < 1  # the new direction is partly outside span(P_old) ...
-    assert torch.allclose(kept.extra["v_hat"]["w"], V * q**2 + (1 - q**2) * V)  # ... filled with the mean energy: rank 1 keeps V
-    assert kept.extra["refresh"] == 1 and not torch.equal(kept.extra["projectors"]["w"], state.extra["projectors"]["w"])
+    assert torch.allclose(kept.extra.v_hat["w"], V * q**2 + (1 - q**2) * V)  # ... filled with the mean energy: rank 1 keeps V
+    assert kept.extra.refresh == 1 and not torch.equal(kept.extra.projectors["w"], state.extra.projectors["w"])
     dropped, _ = hand_method(sync="mean", proj_source="random").aggregate_train(state, updates)
-    assert dropped.extra["v_hat"] == {}
+    assert dropped.extra.v_hat == {}
 
 
 def simulation(tiny_data, tmp_path, name="fedgalore", options=None, **overrides):
@@ -136,7 +137,7 @@ def test_all_clients_of_a_round_use_the_servers_projector(tiny_data, tmp_path, m
     calls, per_client = record_projectors(monkeypatch), len(sim.method.galore_names)
     for round_index in range(2):
         sim.warmup(round_index, [0, 1, 2])  # round 1's svd projector is the warm-up sketch's (then run_round skips it)
-        server = list(sim.state.extra["projectors"].values())
+        server = list(sim.state.extra.projectors.values())
         calls.clear()
         record = sim.run_round(round_index)
         assert len(calls) == 3 * per_client
@@ -144,7 +145,7 @@ def test_all_clients_of_a_round_use_the_servers_projector(tiny_data, tmp_path, m
             assert all(torch.equal(a, b) for a, b in zip(calls[k * per_client : (k + 1) * per_client], server))
         if round_index == 0:
             assert record["proj_sketched"] == float(source == "svd") and record["proj_refreshed"] == 1.0
-    assert sim.state.extra["refresh"] == 2
+    assert sim.state.extra.refresh == 2
 
 
 def test_sketch_has_width_r_plus_o_and_the_next_projector_comes_from_it(tiny_data, tmp_path):
@@ -153,9 +154,9 @@ def test_sketch_has_width_r_plus_o_and_the_next_projector_comes_from_it(tiny_dat
     assert payload.scalars["sketch"] is True
     update = sim.method.client_train(sim.workspace, payload, sim.client_context(0, 0))
     new, metrics = sim.method.aggregate_train(sim.state, [update])
-    assert metrics["proj_sketched"] == 1.0 and new.extra["proj_sketched"]
+    assert metrics["proj_sketched"] == 1.0 and new.extra.proj_sketched
     for name, (m, n) in sim.method.shapes.items():
-        S, P = update.payload.tensors[f"S::{name}"], new.extra["projectors"][name]
+        S, P = update.payload.tensors[f"S::{name}"], new.extra.projectors[name]
         basis = P.mT if m >= n else P  # the projected side's orthonormal basis, (n or m) x r
         assert S.shape == ((n, 5) if m >= n else (m, 5))
         assert torch.allclose(basis.mT @ basis, torch.eye(2), atol=1e-5)
@@ -173,7 +174,7 @@ def test_sync_none_single_client_equals_centralised_galore_adamw(tiny_data, tmp_
     names = sim.method.galore_names
     start = reference.read(names)
     optimizer, managed = galore_optimizer(reference, names, sim.settings, rank=2, scale=0.5, proj_type="given")
-    for p, proj in zip(managed, sim.state.extra["projectors"].values()):
+    for p, proj in zip(managed, sim.state.extra.projectors.values()):
         optimizer.set_projector(p, proj)
     for round_index in range(3):
         sim.run_round(round_index)
@@ -241,7 +242,7 @@ def test_factored_downlink_bytes_are_the_head_and_one_r_bar_per_matrix(tiny_data
     r_bar = sum(m * 2 if m >= n else 2 * n for m, n in sim.method.shapes.values())  # R_bar: m x r (right) or r x n
     head = sum(sim.state.tensors[n].numel() for n in sim.method.head_names)
     assert payload.nbytes() == 4 * (r_bar + head)
-    assert payload.scalars["deltas"] == 1 and payload.scalars["delta0_decay"] == sim.state.extra["deltas"][0]["decay"]
+    assert payload.scalars["deltas"] == 1 and payload.scalars["delta0_decay"] == sim.state.extra.deltas[0].decay
     assert not [n for n in payload.tensors if n in sim.method.galore_names]  # no dense matrix goes down
     dense = simulation(tiny_data, tmp_path / "d", options={"rank": 2, "proj_source": "random", "sync": "none", "downlink": "dense"})
     dense.run_round(0)
@@ -253,7 +254,7 @@ def test_a_fixed_ajive_joint_rank_keeps_the_shared_direction_instead_of_the_mean
     shared = torch.rand(16, 1, generator=gen) @ torch.rand(1, 3, generator=gen)
     moments = [shared + 0.3 * torch.rand(16, 3, generator=gen) for _ in range(3)]
     state = ServerState(0, {"w": torch.zeros(16, 4), "h": torch.zeros(2)},
-                        {"projectors": {"w": torch.eye(4)[:3]}, "refresh": 0, "proj_sketched": False, "v_hat": {}})
+                        FedGaLoreState(projectors={"w": torch.eye(4)[:3]}))
     updates = [hand_update(k, 1, torch.zeros(16, 3), 1.0, torch.zeros(2), v) for k, v in enumerate(moments)]
     results = {}
     for joint in (None, 1):
@@ -262,9 +263,9 @@ def test_a_fixed_ajive_joint_rank_keeps_the_shared_direction_instead_of_the_mean
         results[joint] = method.aggregate_train(state, updates)
     assert results[1][1]["ajive_joint_rank_max"] == 1.0
     mean = sum(moments) / 3
-    assert not torch.allclose(results[1][0].extra["v_hat"]["w"], mean.clamp(min=0))
+    assert not torch.allclose(results[1][0].extra.v_hat["w"], mean.clamp(min=0))
     if results[None][1]["ajive_joint_rank_max"] == 0.0:  # estimated rank 0 falls back to the mean
-        assert torch.allclose(results[None][0].extra["v_hat"]["w"], mean)
+        assert torch.allclose(results[None][0].extra.v_hat["w"], mean)
 
 
 AJIVE_RULES = {"ajive_input": "sqrt", "ajive_weighting": "clients", "ajive_floor": 0.5, "ajive_joint_rank": 1, "ajive_identifiability": False}
@@ -306,7 +307,7 @@ def test_synced_single_client_equals_centralised_galore_adamw_with_first_moment_
         assert record["proj_sketched"] == float(round_index % 2 == 1)  # sketched refreshes for rounds 3 and 5
         assert record["v_hat_rel_diff_max"] == 0.0  # one block: V_hat is the client's V, whatever the rules
         assert record.get("warmup_sketched") == (1.0 if round_index == 0 else None)
-    assert record["round"] == 4 and sim.state.extra["refresh"] == 2
+    assert record["round"] == 4 and sim.state.extra.refresh == 2
     central = reference.read(names + heads)
     diffs = [(central[n] - sim.state.tensors[n]).abs().max().item() for n in central]
     assert max(diffs) < 1e-6
@@ -343,7 +344,7 @@ def test_head_trains_at_the_runs_lr_and_seeds_follow_the_run_seed(tiny_data, tmp
     assert [g["lr"] for g in optimizer.param_groups] == [1e-4, cfg.train.lr]
     assert sim.method.options.seed == 3
     other = Simulation(tiny_config(methods=[{"name": "fedgalore", "rank": 2}], seed=4), cfg.methods[0], tiny_data, tmp_path / "b")
-    first = lambda s: next(iter(s.state.extra["projectors"].values()))  # noqa: E731
+    first = lambda s: next(iter(s.state.extra.projectors.values()))  # noqa: E731
     assert not torch.equal(first(sim), first(other))  # different run seeds, different random projectors
     pinned = build_method("fedgalore", {"rank": 2, "seed": 7}, run_seed=3)
     assert pinned.options.seed == 7 and build_method("fedgalore", {"rank": 2}, run_seed=3).options.seed == 3
@@ -351,26 +352,26 @@ def test_head_trains_at_the_runs_lr_and_seeds_follow_the_run_seed(tiny_data, tmp
 
 def test_warmup_sketch_gives_round_one_an_informed_projector_and_counts_its_bytes(tiny_data, tmp_path):
     sim = simulation(tiny_data, tmp_path, options={"rank": 2, "proj_source": "hybrid", "sync": "mean", "warmup_batches": 2})
-    random_p = dict(sim.state.extra["projectors"])
-    warm = sim.method.configure_warmup(sim.state, 0)
+    random_p = dict(sim.state.extra.projectors)
+    warm = sim.method.warmup.configure(sim.state, 0)
     assert warm.scalars == {"warmup": True} and set(warm.tensors) == set(sim.method.head_names)
-    update = sim.method.client_warmup(sim.workspace, warm, sim.client_context(0, 0))
+    update = sim.method.warmup.client(sim.workspace, warm, sim.client_context(0, 0))
     width = 2 * 2  # r + o, o = r
     assert {n: tuple(t.shape) for n, t in update.payload.tensors.items()} == {
         f"S::{n}": (n_ if m >= n_ else m, width) for n, (m, n_) in sim.method.shapes.items()}  # the projected side x (r + o)
     record = sim.run_round(0)
     assert record["warmup_sketched"] == 1.0 and record["seconds_warmup"] > 0
-    installed = sim.state.extra["deltas"][0]["projectors"]  # round 1 trained in the warm-up's P
+    installed = sim.state.extra.deltas[0].projectors  # round 1 trained in the warm-up's P
     assert installed is not None and not any(torch.equal(installed[n], random_p[n]) for n in random_p)
     sketch_bytes = sum(t.numel() * 4 for t in update.payload.tensors.values()) * 3
     head_bytes = sum(sim.state.tensors[n].numel() * 4 for n in sim.method.head_names) * 3
     plain = simulation(tiny_data, tmp_path / "c", options={"rank": 2, "proj_source": "hybrid", "sync": "mean", "warmup_batches": 0})
     plain_record = plain.run_round(0)
-    assert "warmup_sketched" not in plain_record
+    assert "warmup_sketched" not in plain_record and plain.method.warmup is None  # declared absent
     p_bytes = 3 * sum(p.numel() * 4 for p in installed.values())  # the sketched P goes down to each client
     assert record["bytes_down"] == plain_record["bytes_down"] + head_bytes + p_bytes
     assert record["bytes_up"] == plain_record["bytes_up"] + sketch_bytes
-    assert sim.method.configure_warmup(sim.state, 0) is None  # only before round 1
+    assert sim.method.warmup.configure(sim.state, 0) is None  # only before round 1
 
 
 # ------------------------------------------------------------------ AJIVE rules (issue 15)
@@ -398,7 +399,7 @@ def test_ajive_rule_options_are_validated_in_one_line_naming_the_fields():
 
 
 def test_ajive_rule_options_map_onto_the_sync_arguments():
-    from fedsub.methods.fedgalore_sync import sync_rules
+    from fedsub.methods.fedgalore.sync import sync_rules
 
     default = sync_rules(build_method("fedgalore", {"seed": 4, "ajive_samples": 30}).options)
     assert default == {"seed": 4, "n_wedin_samples": 30, "n_randdir_samples": 30, "transform": "none", "weighting": "equal", "floor": 0.0}
@@ -414,7 +415,7 @@ def test_v_hat_rel_diff_is_zero_for_the_mean_and_measures_the_ajive_sync_exactly
     shared = torch.rand(16, 1, generator=gen) @ torch.rand(1, 3, generator=gen)
     moments = [shared + 0.3 * torch.rand(16, 3, generator=gen) for _ in range(3)]
     state = ServerState(0, {"w": torch.zeros(16, 4), "h": torch.zeros(2)},
-                        {"projectors": {"w": torch.eye(4)[:3]}, "refresh": 0, "proj_sketched": False, "v_hat": {}})
+                        FedGaLoreState(projectors={"w": torch.eye(4)[:3]}))
     updates = [hand_update(k, n, torch.zeros(16, 3), 1.0, torch.zeros(2), v) for k, (n, v) in enumerate(zip([1, 2, 5], moments))]
     v_bar = (moments[0] + 2 * moments[1] + 5 * moments[2]) / 8
     runs = {}
@@ -425,7 +426,7 @@ def test_v_hat_rel_diff_is_zero_for_the_mean_and_measures_the_ajive_sync_exactly
     new, metrics = runs["mean"]
     assert metrics["v_hat_rel_diff_mean"] == metrics["v_hat_rel_diff_max"] == 0.0 and "ajive_joint_rank_mean" not in metrics
     new, metrics = runs["ajive"]
-    v_hat = new.extra["v_hat"]["w"]
+    v_hat = new.extra.v_hat["w"]
     assert metrics["ajive_joint_rank_max"] == 1.0
     assert metrics["v_hat_rel_diff_mean"] == metrics["v_hat_rel_diff_max"] == pytest.approx(relative_difference(v_hat, v_bar), rel=1e-6)
     assert metrics["v_hat_rel_diff_max"] > 0.01
@@ -439,7 +440,7 @@ def test_new_ajive_rules_run_end_to_end_on_the_tiny_model(tiny_data, tmp_path):
     for label, options in runs.items():
         sim = simulation(tiny_data, tmp_path / label, options={**base, **options})
         records[label] = [sim.run_round(t) for t in range(2)]
-        assert all((v >= 0).all() for v in sim.state.extra["v_hat"].values())
+        assert all((v >= 0).all() for v in sim.state.extra.v_hat.values())
     for record in records["mean"]:
         assert record["v_hat_rel_diff_mean"] == record["v_hat_rel_diff_max"] == 0.0
     for record in records["default"] + records["rules"]:

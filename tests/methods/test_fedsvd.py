@@ -5,7 +5,7 @@ import torch
 from fedsub.core.registry import build_method
 from fedsub.core.types import ClientUpdate, Payload, ServerState
 from fedsub.engines.simulation import Simulation
-from fedsub.methods.lora_math import fedsvd_factors
+from fedsub.lora.maths import fedsvd_factors
 from fedsub_fixtures import tiny_config
 
 A, B = "q.lora_A.default.weight", "q.lora_B.default.weight"

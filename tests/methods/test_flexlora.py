@@ -7,8 +7,9 @@ from pydantic import ValidationError
 from fedsub.core.registry import build_method
 from fedsub.core.types import ClientUpdate, Payload, ServerState
 from fedsub.engines.simulation import Simulation
-from fedsub.methods.flexlora import client_rank
-from fedsub.methods.lora_math import flexlora_factors, lora_layers, stack_factors
+from fedsub.lora.maths import flexlora_factors, stack_factors
+from fedsub.lora.names import lora_layers
+from fedsub.lora.ranks import client_rank
 from fedsub_fixtures import tiny_config
 
 A, B = "q.lora_A.default.weight", "q.lora_B.default.weight"

@@ -5,7 +5,8 @@ import torch
 from fedsub.core.registry import build_method
 from fedsub.core.types import ClientUpdate, Payload, ServerState
 from fedsub.engines.simulation import Simulation
-from fedsub.methods.lora_math import lora_layers, merge_update, stack_factors
+from fedsub.lora.maths import merge_update, stack_factors
+from fedsub.lora.names import lora_layers
 from fedsub_fixtures import tiny_config
 
 A, B, W = "q.lora_A.default.weight", "q.lora_B.default.weight", "q.base_layer.weight"

@@ -11,6 +11,7 @@ import math
 
 import pytest
 
+from fedsub.core.method import LoraFactors
 from fedsub.core.registry import available_methods
 from fedsub.core.tensors import max_abs_diff
 from fedsub.engines.simulation import Simulation
@@ -43,10 +44,14 @@ def test_two_rounds_log_finite_metrics_and_bytes(task_data, tmp_path, kind, name
         assert record["bytes_up"] > 0
         assert all(math.isfinite(v) for v in numbers(record).values()), record
         assert all(record[key] is not None for key in sim.data.task.metric_keys), record
-    if getattr(sim.method.options, "diagnostics", False):  # every method reports the diagnostics
+    if sim.method.diagnostics is not None and sim.method.options.diagnostics:  # what the method declares it reports
         keys = ["diag_cancellation_ratio", "diag_cos_client_global", "diag_cos_pairwise", "diag_rank_mean", "diag_rank_max"]
-        lora = any(".lora_" in n for n in sim.workspace.model.state_dict())  # basis overlap needs a LoRA B
+        lora = isinstance(sim.method.diagnostics, LoraFactors)  # basis overlap needs a LoRA B
         assert all(key in records[-1] for key in keys + ["diag_basis_overlap"] * lora), records[-1]
+    else:
+        assert not [k for k in records[-1] if k.startswith("diag_")], records[-1]
+    for client, state in sim.client_states.items():  # clients keep only what the method declares
+        assert set(state) <= sim.method.client_state, (client, sorted(state))
 
 
 @pytest.mark.parametrize("kind,name", CASES)

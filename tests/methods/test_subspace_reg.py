@@ -11,7 +11,9 @@ from fedsub.core.registry import build_method
 from fedsub.core.tensors import max_abs_diff
 from fedsub.core.types import ClientUpdate, Payload, ServerState
 from fedsub.engines.simulation import Simulation
-from fedsub.methods.lora_math import lora_layers, subspace_penalty
+from fedsub.lora.maths import subspace_penalty
+from fedsub.lora.names import lora_layers
+from fedsub.methods.subspace_reg import penalty
 from fedsub_fixtures import tiny_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -66,7 +68,7 @@ def test_client_penalty_starts_at_the_l2_term(tiny_data, tmp_path):
     s.workspace.write(payload.tensors)
     layers = lora_layers(payload.tensors).values()
     l2 = sum(payload.tensors[k.a].square().sum() + payload.tensors[k.b].square().sum() for k in layers) / len(layers)
-    assert s.method.penalty(s.workspace, payload)(s.workspace.model).item() == pytest.approx(0.25 * float(l2), rel=1e-5)
+    assert penalty(s.workspace, payload, s.method.options)(s.workspace.model).item() == pytest.approx(0.25 * float(l2), rel=1e-5)
 
 
 def test_zero_weights_train_exactly_like_svd_redistribution(tiny_data, tmp_path):

@@ -7,7 +7,7 @@ import torch
 
 from fedsub.core.registry import build_method
 from fedsub.core.types import ClientUpdate, Payload, ServerState
-from fedsub.methods.lora_math import stack_factors, svd_refactor
+from fedsub.lora.maths import stack_factors, svd_refactor
 
 A, B = "q.lora_A.default.weight", "q.lora_B.default.weight"
 # p = (1/2, 1/2), s = 2: ΔW̄ = diag(3, 2, 1), ‖ΔW̄‖² = 14; its rank-2 truncation keeps 13.

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from fedsub.methods.galore_common import MatrixConv2d, as_matrix_modules
+from fedsub.optim.galore_model import MatrixConv2d, as_matrix_modules
 from fedsub.tasks.vision import to_pixels
 from fedsub.models.vision import IMAGENET_MEAN, IMAGENET_STD, PointwiseConv, efficientnet_weights_path, load_efficientnet_lite0, pointwise
 

@@ -18,6 +18,7 @@ new pair. Stale temp files of a killed write are swept on the next save.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -32,7 +33,7 @@ import safetensors.torch
 import torch
 
 from fedsub.core.io import atomic_write_text, atomic_writer
-from fedsub.core.types import ServerState
+from fedsub.core.types import ServerState, extra_name, extra_type
 from fedsub.errors import CheckpointError
 
 FORMAT = "fedsub-checkpoint-1"
@@ -63,7 +64,9 @@ def encode(value: Any, tensors: dict[str, torch.Tensor], seen: dict[int, str], w
     """JSON-able structure of `value`; its tensors are moved into `tensors` under generated keys.
 
     Dicts become {"$dict": [[key, value], ...]} so int keys (client ids, parameter indices) stay int;
-    a tensor object referenced twice is stored once (FedGaLore's clients share the version-0 weights).
+    a tensor object referenced twice is stored once (FedGaLore's clients share the version-0 weights);
+    a method's typed server state (registered with fedsub.core.types.server_extra) is stored by its
+    registered name and fields.
     """
     if isinstance(value, torch.Tensor):
         order = dense_order(value)
@@ -83,6 +86,9 @@ def encode(value: Any, tensors: dict[str, torch.Tensor], seen: dict[int, str], w
         return value
     if isinstance(value, torch.dtype):
         return {"$dtype": str(value).removeprefix("torch.")}
+    if dataclasses.is_dataclass(value) and extra_name(type(value)) is not None:  # a method's typed server state
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        return {"$state": extra_name(type(value)), "fields": encode(fields, tensors, seen, where)}
     raise TypeError(f"checkpoint: cannot store {type(value).__name__} at {where or '<top>'}")
 
 
@@ -128,6 +134,11 @@ def decode(node: Any, tensors: dict[str, torch.Tensor]) -> Any:
         return np.dtype(node["$numpy"]).type(node["value"])
     if "$dtype" in node:
         return getattr(torch, node["$dtype"])
+    if "$state" in node:
+        cls = extra_type(node["$state"])
+        if cls is None:
+            raise CheckpointError(f"it holds server state {node['$state']!r}, which no loaded method defines")
+        return cls(**decode(node["fields"], tensors))
     raise CheckpointError(f"unknown entry {sorted(node)}")
 
 

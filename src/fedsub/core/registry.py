@@ -18,6 +18,7 @@ BUILTIN = {
     "fedftg": "fedsub.methods.fedftg",
     "fedgalore": "fedsub.methods.fedgalore",
     "fedit": "fedsub.methods.fedit",
+    "fedsa_lora": "fedsub.methods.fedsa_lora",
     "fedsvd": "fedsub.methods.fedsvd",
     "ffa_lora": "fedsub.methods.ffa_lora",
     "flexlora": "fedsub.methods.flexlora",
@@ -30,12 +31,19 @@ T = TypeVar("T", bound=type)
 
 
 def register(name: str) -> Callable[[T], T]:
-    """Register a method class under `name`; the class carries an `Options` pydantic model."""
+    """Register a method class under `name`: it defines every member of fedsub.core.method.Method
+    (capabilities it lacks declared as such) and carries an `Options` pydantic model."""
 
     def wrap(cls: T) -> T:
+        # late: the contract module imports torch (core.types); validating a config names methods without it
+        from fedsub.core.method import missing_members
+
         if name in _METHODS:
             raise ValueError(f"method {name!r} registered twice")
-        if not (isinstance(getattr(cls, "Options", None), type) and issubclass(cls.Options, BaseModel)):
+        missing = missing_members(cls)
+        if missing:
+            raise TypeError(f"method {name!r}: {cls.__name__} does not define {', '.join(missing)} (fedsub.core.method.Method)")
+        if not (isinstance(cls.Options, type) and issubclass(cls.Options, BaseModel)):
             raise TypeError(f"method {name!r}: class needs an Options pydantic model")
         cls.name = name
         _METHODS[name] = cls

@@ -1,19 +1,19 @@
-"""The types every method and engine speak (after fedjax's pure algorithms, in Flower's vocabulary).
+"""The types every method and engine speak (after fedjax's pure algorithms, in Flower's vocabulary);
+the method contract itself is fedsub.core.method.
 
 A `Payload` is exactly what crosses the wire: named tensors plus a few scalars. Bytes up and down are
-measured from payloads, and a payload maps 1:1 onto Flower's ArrayRecord / ConfigRecord.
+measured from payloads, and a payload maps 1:1 onto Flower's ArrayRecord / ConfigRecord, so it stays
+a flat name -> tensor map; a method whose payload carries several kinds of tensor names them through
+one codec of its own (FedGaLore: fedsub.methods.fedgalore.keys).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, Sequence
+from typing import Any, Callable, Generic, TypeVar
 
 import torch
-from pydantic import BaseModel
-
-if TYPE_CHECKING:
-    from fedsub.core.workspace import Workspace
 
 Scalar = int | float | str | bool
 Tensors = dict[str, torch.Tensor]
@@ -41,17 +41,50 @@ class ClientUpdate:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+E = TypeVar("E")
+
+
 @dataclass
-class ServerState:
+class ServerState(Generic[E]):
     """Everything the server carries between rounds. Methods never keep state elsewhere.
 
-    `tensors` is the global trainable state (what a checkpoint must hold); `extra` is method-specific
-    (projectors, synchronised moments, ...), tensors or scalars.
+    `tensors` is the global trainable state (what a checkpoint must hold); `extra` is the method's own
+    typed server state (FedGaLore's projectors, moments and delta log; FFA-LoRA's frozen A), a
+    dataclass registered with `server_extra` so that checkpoints store and restore it, or None.
     """
 
     round: int = 0
     tensors: Tensors = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: E | None = None
+
+
+_EXTRA_TYPES: dict[str, type] = {}
+_EXTRA_NAMES: dict[type, str] = {}
+
+
+def server_extra(name: str) -> Callable[[type], type]:
+    """Register a dataclass as a method's server state (`ServerState.extra`, or a part of it) under
+    `name`, the key its checkpoints store it by (a name, not the module path, so modules can move)."""
+
+    def wrap(cls: type) -> type:
+        if not dataclasses.is_dataclass(cls):
+            raise TypeError(f"server state {name!r}: {cls.__name__} is not a dataclass")
+        if _EXTRA_TYPES.setdefault(name, cls) is not cls:
+            raise ValueError(f"server state {name!r} registered twice")
+        _EXTRA_NAMES[cls] = name
+        return cls
+
+    return wrap
+
+
+def extra_type(name: str) -> type | None:
+    """The server-state dataclass registered under `name` (None: none is)."""
+    return _EXTRA_TYPES.get(name)
+
+
+def extra_name(cls: type) -> str | None:
+    """The name `cls` was registered under with `server_extra` (None: it was not)."""
+    return _EXTRA_NAMES.get(cls)
 
 
 @dataclass
@@ -87,36 +120,3 @@ class ClientContext:
     train: TrainSettings
     seed: int
     state: dict[str, Any] = field(default_factory=dict)
-
-
-class Method(Protocol):
-    """The method contract. A method is pure: all persistent state lives in ServerState or client state.
-
-    Optional: `update_spec(state, client_id, payload) -> fedsub.core.validation.UpdateSpec`, the
-    tensors (names, shapes, dtypes) an honest reply to `payload` holds, for methods whose upload is
-    not what they sent (the server validates every update against it; default: the sent tensors).
-
-    Warm-up (engines run it before a round's training for every sampled client whose
-    `configure_warmup` is not None; its bytes, seconds and failures count in that round):
-    `client_warmup(workspace, payload, client) -> ClientUpdate` (no training, client state
-    untouched) and `aggregate_warmup(state, updates) -> (state, metrics)`.
-    """
-
-    name: str
-    options: BaseModel
-
-    def prepare_model(self, workspace: "Workspace") -> None:
-        """Adapt the freshly built model (add LoRA, freeze, ...) before `init`."""
-
-    def init(self, workspace: "Workspace") -> ServerState: ...
-
-    def configure_warmup(self, state: ServerState, client_id: int) -> Payload | None: ...
-
-    def configure_train(self, state: ServerState, client_id: int) -> Payload: ...
-
-    def client_train(self, workspace: "Workspace", payload: Payload, client: ClientContext) -> ClientUpdate: ...
-
-    def aggregate_train(self, state: ServerState, updates: Sequence[ClientUpdate]) -> tuple[ServerState, dict[str, float]]: ...
-
-    def load_global(self, workspace: "Workspace", state: ServerState) -> None:
-        """Put the global model into the workspace, for evaluation or export."""

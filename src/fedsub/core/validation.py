@@ -3,8 +3,8 @@ rejected (with the reason) before it can reach the aggregate.
 
 Engine-agnostic: the simulator and a Flower server call `validate_update` on every reply. The
 expected tensors of a client's update come from the method (`update_spec(state, client_id,
-payload)`, optional in the Method contract) or, by default, are exactly the tensors it was sent:
-true for every method whose upload is its download (FedAvg family, FedFTG, FlexLoRA, Subspace-Reg).
+payload)`, required by the Method contract): `spec_of(payload.tensors)`, exactly the tensors it was
+sent, for every method whose upload is its download (FedAvg family, FedFTG, FlexLoRA, Subspace-Reg).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from fedsub.core.types import ClientUpdate, Payload, ServerState
+from fedsub.core.types import ClientUpdate, Payload
 
 
 @dataclass(frozen=True)
@@ -39,12 +39,6 @@ def payload_bytes(payload: Any) -> int:
 
 def spec_of(tensors: dict[str, torch.Tensor]) -> UpdateSpec:
     return {n: TensorSpec(tuple(t.shape), t.dtype) for n, t in tensors.items()}
-
-
-def expected_update(method: Any, state: ServerState, client_id: int, payload: Payload) -> UpdateSpec:
-    """What `client_id`'s honest reply to `payload` holds."""
-    custom = getattr(method, "update_spec", None)
-    return custom(state, client_id, payload) if custom else spec_of(payload.tensors)
 
 
 def validate_update(

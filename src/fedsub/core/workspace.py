@@ -7,16 +7,20 @@ on what the previous client left behind (tested: client B alone equals client A 
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
 
+from fedsub.core.seeding import torch_generator
 from fedsub.core.types import ClientContext, Tensors
+
+if TYPE_CHECKING:
+    from fedsub.tasks.base import EncodedData, Task  # types only: tasks sit above core
 
 
 class Workspace:
-    def __init__(self, model: nn.Module, task, train_data, test_data, device: str = "cpu", head_modules=(), target_modules=()):
+    def __init__(self, model: nn.Module, task: Task, train_data: EncodedData, test_data: EncodedData, device: str = "cpu", head_modules=(), target_modules=()):
         self.model = model.to(device)
         self.task = task
         self.train_data = train_data
@@ -51,7 +55,7 @@ class Workspace:
     # ---- local training and evaluation
     def client_batches(self, client: ClientContext) -> Iterator[torch.Tensor]:
         """Endless mini-batches over the client's examples, reshuffled every pass, seeded by the client."""
-        generator = torch.Generator().manual_seed(client.seed)
+        generator = torch_generator(client.seed)
         indices = client.indices
         if len(indices) == 0:
             raise ValueError(f"client {client.client_id} has no training examples")

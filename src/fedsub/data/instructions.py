@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedsub.core.seeding import derive_rng
 from fedsub.data.source import Source
 from fedsub.data.wordnet import INSTALL_HINT, LEXNAMES, WORDNET_DIR
 from fedsub.errors import ConfigError
@@ -76,7 +77,7 @@ def load_wordnet_choice(root: Path | None = None, seed: int = 0) -> Source:
     column (``partition.by: supersense`` gives topic skew instead of answer-position skew).
     """
     synsets = read_synsets(str(root or WORDNET_DIR))
-    rng = np.random.default_rng([seed, 0xC401CE])
+    rng = derive_rng(seed, 0xC401CE)
     by_pos: dict[str, list[int]] = {}
     for index, row in enumerate(synsets):
         by_pos.setdefault(row[2], []).append(index)

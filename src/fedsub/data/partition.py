@@ -16,7 +16,7 @@ import datasets
 import numpy as np
 
 from fedsub.config import PartitionConfig
-from fedsub.data.seeding import derive_rng, derive_seed
+from fedsub.core.seeding import derive_rng, derive_seed
 from fedsub.errors import ConfigError
 
 if TYPE_CHECKING:  # flwr_datasets is imported where used: it adds ~3 s to `import fedsub.data`
@@ -102,7 +102,7 @@ def _dirichlet(codes: np.ndarray, cfg: PartitionConfig, num_clients: int, seed: 
     group_sizes = np.bincount(codes)
 
     def draw(attempt_seed: int) -> Parts:
-        rng = np.random.default_rng(attempt_seed)
+        rng = derive_rng(attempt_seed)
         shares = rng.dirichlet(np.full(num_clients, float(cfg.alpha)), size=len(group_sizes))
         counts = rng.multinomial(group_sizes, shares)  # (groups, clients), rows sum to group sizes
         client_of_slot = np.repeat(np.tile(np.arange(num_clients), len(group_sizes)), counts.ravel())
@@ -139,7 +139,7 @@ def _quantity(codes: np.ndarray, cfg: PartitionConfig, num_clients: int, seed: i
     n = len(codes)
 
     def draw(attempt_seed: int) -> Parts | None:
-        rng = np.random.default_rng(attempt_seed)
+        rng = derive_rng(attempt_seed)
         cuts = (np.cumsum(rng.dirichlet(np.full(num_clients, float(cfg.alpha)))) * n).astype(np.int64)[:-1]
         sizes = np.diff(np.concatenate([[0], cuts, [n]]))
         if sizes.min() < cfg.min_partition_size:  # rejected: skip the permutation

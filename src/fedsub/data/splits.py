@@ -18,15 +18,15 @@ import datasets
 import numpy as np
 
 from fedsub.config import DataConfig
+from fedsub.core.seeding import derive_rng
 from fedsub.data.files import FILE_BUILDERS, load_hub, load_local_file
 from fedsub.data.images import load_digits_source, load_fashion_mnist
 from fedsub.data.instructions import load_wordnet_choice, load_wordnet_instructions
-from fedsub.data.seeding import derive_rng
 from fedsub.data.source import Source, to_dataset
 from fedsub.data.wordnet import load_wordnet_supersense
 from fedsub.errors import ConfigError
 
-_SPLIT_STREAM, _CAP_STREAM, _VAL_STREAM = 1, 2, 3  # independent random streams (see seeding.py)
+_SPLIT_STREAM, _CAP_STREAM, _VAL_STREAM = 1, 2, 3  # independent random streams (see fedsub/core/seeding.py)
 
 
 @dataclass

@@ -10,13 +10,12 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
-
-import numpy as np
+from typing import Callable
 
 from fedsub.config import FailureConfig
-from fedsub.core.types import ClientUpdate, Payload, ServerState
-from fedsub.core.validation import expected_update, validate_update
+from fedsub.core.seeding import derive_rng
+from fedsub.core.types import ClientUpdate, Payload
+from fedsub.core.validation import UpdateSpec, validate_update
 
 _FAULT_STREAM = 0xFA17  # keeps the fault draws independent of client sampling's (seed, round) stream
 
@@ -36,7 +35,7 @@ def simulated_fault(cfg: FailureConfig, seed: int, round_index: int, client_id: 
     """'dropout' (the client never answers), 'straggler' (it answers after the deadline) or None."""
     if cfg.dropout_prob == 0 and cfg.straggler_prob == 0:
         return None
-    u_drop, u_late = np.random.default_rng([seed, round_index, client_id, _FAULT_STREAM]).random(2)
+    u_drop, u_late = derive_rng(seed, round_index, client_id, _FAULT_STREAM).random(2)
     if u_drop < cfg.dropout_prob:
         return "dropout"
     if u_late < cfg.straggler_prob:
@@ -92,17 +91,17 @@ def skip_reason(cfg: FailureConfig, accepted: int) -> str | None:
 
 
 def screen_outcomes(
-    outcomes: list[ClientOutcome], sent: dict[int, Payload], method: Any, state: ServerState, max_norm: float | None
+    outcomes: list[ClientOutcome], sent: dict[int, Payload], expected: Callable[[int, Payload], UpdateSpec], max_norm: float | None
 ) -> tuple[list[ClientUpdate], list[dict], list[dict]]:
     """Split a round's replies into the accepted updates, the dropped clients and the rejected
     updates (each with its reason, as metrics.jsonl records them), validating every reply against
-    what the method expects from that client."""
+    `expected(client_id, payload sent)`, what the method declares an honest reply holds."""
     accepted, dropped, rejected = [], [], []
     for o in outcomes:
         if o.update is None:
             dropped.append({"client": o.client_id, "reason": o.reason})
             continue
-        spec = expected_update(method, state, o.client_id, sent[o.client_id])
+        spec = expected(o.client_id, sent[o.client_id])
         reason = validate_update(o.update, spec, sent[o.client_id], max_norm, o.client_id)
         if reason:
             rejected.append({"client": o.client_id, "reason": reason})

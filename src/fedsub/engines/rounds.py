@@ -15,6 +15,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -24,12 +25,14 @@ import torch
 from fedsub.config import ExperimentConfig, MethodSpec, config_to_dict, method_to_dict
 from fedsub.core.checkpoint import Checkpoint, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from fedsub.core.io import atomic_write_text
+from fedsub.core.method import Warmup
 from fedsub.core.tensors import normalized_weights
 from fedsub.core.types import ClientUpdate, Payload, ServerState
 from fedsub.core.validation import payload_bytes
 from fedsub.engines.failures import ClientOutcome, screen_outcomes, simulated_fault, skip_reason
 from fedsub.engines.setup import FederatedData, MethodSetup, peak_rss_mb, sample_clients
 from fedsub.errors import CheckpointError
+from fedsub.tasks.base import Task
 
 TIMING_KEYS = ("seconds_train", "seconds_aggregate", "seconds_eval", "seconds_round", "peak_rss_mb", "seconds_warmup")
 TRAIN, WARMUP = "train", "train.warmup"  # the kinds of exchange (Flower's message types)
@@ -130,20 +133,24 @@ class RoundLoop:
         return [replies[c] if c in replies else ClientOutcome(c, None, away[c]) for c in sampled]
 
     def warmup(self, clients: Clients, round_index: int, sampled: list[int], away: dict[int, str] | None = None) -> dict | None:
-        """The method's warm-up exchange before this round's training, if it asks for one."""
+        """The method's warm-up exchange before this round's training, if it declares one and asks."""
+        exchange = self.method.warmup
+        if exchange is None:
+            return None
         away = away or {}
-        asked = {c: p for c in sampled if (p := self.method.configure_warmup(self.state, c)) is not None}
+        asked = {c: p for c in sampled if (p := exchange.configure(self.state, c)) is not None}
         if not asked:
             return None
         sent = {c: p for c, p in asked.items() if c not in away}
         outcomes = self.exchange(clients, round_index, WARMUP, sent, list(asked), away)
-        return self.finish_warmup(outcomes, sent)
+        return self.finish_warmup(exchange, outcomes, sent)
 
-    def finish_warmup(self, outcomes: list[ClientOutcome], sent: dict[int, Payload]) -> dict:
+    def finish_warmup(self, exchange: Warmup, outcomes: list[ClientOutcome], sent: dict[int, Payload]) -> dict:
         """Screen and aggregate the warm-up replies; what the round's record adds."""
         tic = time.perf_counter()
-        accepted, dropped, rejected = screen_outcomes(outcomes, sent, self.method, self.state, None)  # a sketch is no change: no max_norm
-        self.state, metrics = self.method.aggregate_warmup(self.state, accepted)
+        expected = partial(exchange.update_spec, self.state)
+        accepted, dropped, rejected = screen_outcomes(outcomes, sent, expected, None)  # a sketch is no change: no max_norm
+        self.state, metrics = exchange.aggregate(self.state, accepted)
         return {
             "bytes_up": sum(payload_bytes(o.update.payload) for o in outcomes if o.update is not None),
             "bytes_down": sum(p.nbytes() for p in sent.values()),
@@ -157,7 +164,8 @@ class RoundLoop:
                      sent: dict[int, Payload], warmup: dict | None = None) -> dict:  # fmt: skip
         """Screen the replies, aggregate (unless too few are left), evaluate, and build the round's
         record. A warm-up's bytes, failures and metrics are added to the round's."""
-        accepted, dropped, rejected = screen_outcomes(outcomes, sent, self.method, self.state, self.cfg.validation.max_norm)
+        expected = partial(self.method.update_spec, self.state)
+        accepted, dropped, rejected = screen_outcomes(outcomes, sent, expected, self.cfg.validation.max_norm)
         skipped = skip_reason(self.cfg.failures, len(accepted))
         tic = time.perf_counter()
         method_metrics = {}
@@ -195,6 +203,8 @@ class RoundLoop:
         tic = time.perf_counter()
         self.method.load_global(self.workspace, self.state)
         metrics = self.workspace.evaluate(self.cfg.train.eval_batch_size)
+        if self.method.global_model_note is not None:  # what the evaluated global model leaves out
+            metrics = {**metrics, "eval_note": self.method.global_model_note}
         return metrics, time.perf_counter() - tic
 
     # ---------------------------------------------------------------- checkpoint and resume
@@ -224,6 +234,9 @@ class RoundLoop:
             raise CheckpointError(f"checkpoint {where}: the data or its partition changed since it was written; restore the data file, or delete {where}")
         if ckpt.round != len(ckpt.records) or ckpt.round > self.cfg.federation.rounds:
             raise CheckpointError(f"checkpoint {where}: {len(ckpt.records)} records for round {ckpt.round}; delete {where}")
+        fresh = self.state.extra  # the method's typed server state, as its init gives it
+        if fresh is not None and type(ckpt.server.extra) is not type(fresh):
+            raise CheckpointError(f"checkpoint {where} holds this method's server state in an older form than its {type(fresh).__name__}; delete {where} to restart it from round 1")
         clients.restore_states(ClientStates(ckpt.clients, ckpt.clients_on_nodes), where)
         self.state = ckpt.server
         restore_rng(ckpt.rng)
@@ -238,8 +251,8 @@ def mean_train_loss(updates: list[ClientUpdate]) -> float | None:
     return float(sum(w * u.metrics["train_loss"] for w, u in zip(weights, updates)))
 
 
-def metric_keys(task) -> tuple[str, ...]:
-    return tuple(getattr(task, "metric_keys", ("test_loss", "accuracy", "macro_f1")))
+def metric_keys(task: Task) -> tuple[str, ...]:
+    return tuple(task.metric_keys)
 
 
 def summarize(records: list[dict], method: str) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """What every engine sets up before its first round: the data, the method's workspace model, the
-train settings, and the seeded draws (which clients, which seed per client) that make runs exact.
+train settings, and the seeded draw of each round's clients that makes runs exact (each client's
+own seed, like every derived seed, comes from fedsub.core.seeding).
 
 Shared by the simulator, the Flower ServerApp and ClientApps, and the export (which rebuilds a run's
 starting model), so none of them imports another engine for it.
@@ -16,10 +17,13 @@ import numpy as np
 import torch
 
 from fedsub.config import ExperimentConfig, MethodSpec
+from fedsub.core.method import Method
 from fedsub.core.registry import build_method
+from fedsub.core.seeding import derive_rng
 from fedsub.core.types import TrainSettings
 from fedsub.core.workspace import Workspace
 from fedsub.models import ModelPlan, head_module_names, plan_model, target_linear_names
+from fedsub.tasks.base import EncodedData, Task
 
 
 @dataclass
@@ -27,9 +31,9 @@ class FederatedData:
     """The encoded global splits, the client partition and the task, shared by every method of a run,
     and the model they were encoded for (its tokenizer, its kind): every method's workspace loads it."""
 
-    task: Any  # a fedsub.tasks task (classification, generation, multiple choice, images)
-    train: Any  # the task's encoded data
-    test: Any
+    task: Task  # classification, generation, multiple choice or images (fedsub.tasks)
+    train: EncodedData
+    test: EncodedData
     parts: list[torch.Tensor]
     label_names: list[str]
     heterogeneity: dict[str, Any]
@@ -40,7 +44,7 @@ class FederatedData:
 class MethodSetup:
     """One method of a run, ready to train or evaluate: the method, its workspace model, its settings."""
 
-    method: Any  # a fedsub.core.types.Method
+    method: Method
     workspace: Workspace
     settings: TrainSettings
 
@@ -88,12 +92,8 @@ def sample_clients(seed: int, round_index: int, num_clients: int, per_round: int
     """The clients of a round: a pure function of (seed, round), so resume and replay are exact."""
     if per_round >= num_clients:
         return list(range(num_clients))
-    rng = np.random.default_rng([seed, round_index])
+    rng = derive_rng(seed, round_index)
     return sorted(int(c) for c in rng.choice(num_clients, size=per_round, replace=False))
-
-
-def client_seed(seed: int, round_index: int, client_id: int) -> int:
-    return int(np.random.SeedSequence([seed, round_index, client_id]).generate_state(1)[0])
 
 
 def train_settings(cfg: ExperimentConfig, spec: MethodSpec) -> TrainSettings:

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fedsub.config import ExperimentConfig, MethodSpec
+from fedsub.core.seeding import client_seed
 from fedsub.core.types import ClientContext, Payload, ServerState
 from fedsub.engines.failures import ClientOutcome, run_client
 from fedsub.engines.final_model import save_final_model
 from fedsub.engines.rounds import TRAIN, ClientStates, Exchange, RoundLoop
-from fedsub.engines.setup import FederatedData, MethodSetup, client_seed, reset_peak_rss, set_up_method
+from fedsub.engines.setup import FederatedData, MethodSetup, reset_peak_rss, set_up_method
 
 
 class InProcessClients:
@@ -58,7 +59,8 @@ class InProcessClients:
 
     def warm_up_client(self, round_index: int, client_id: int, payload: Payload, fault: str | None) -> ClientOutcome:
         context = self.client_context(round_index, client_id)  # a copy: the warm-up keeps no state
-        outcome = run_client(self.cfg.failures, client_id, fault, lambda: self.method.client_warmup(self.workspace, payload, context))
+        exchange = self.method.warmup  # a warm-up exchange is only sent for a method that declares one
+        outcome = run_client(self.cfg.failures, client_id, fault, lambda: exchange.client(self.workspace, payload, context))
         self.workspace.model.zero_grad(set_to_none=True)
         return outcome
 

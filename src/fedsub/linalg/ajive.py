@@ -206,8 +206,9 @@ def _validate(blocks: Sequence[Tensor]) -> tuple[torch.device, torch.dtype]:
 
 
 def _check_options(seed: int, counts: tuple[int, ...], percentiles: tuple[float, ...]) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    # any int: the streams are derived from it by fedsub.core.seeding (modulo 2^64, so a run seed of -1 works)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be an int, got {seed!r}")
     if any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in counts):
         raise ValueError(f"sample counts must be positive ints, got {counts}")
     if any(not 0.0 <= p <= 100.0 for p in percentiles):

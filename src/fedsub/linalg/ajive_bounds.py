@@ -10,9 +10,10 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from torch import Tensor
+
+from fedsub.core.seeding import derive_seed64, torch_generator
 
 if TYPE_CHECKING:
     from fedsub.linalg.ajive import _BlockSVD
@@ -115,8 +116,7 @@ def _all_pivots_negative(alpha: Tensor, beta2: Tensor, x: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- random numbers
 def _generator(seed: int, stream: int, device: torch.device) -> torch.Generator:
     """Independent seeded streams: changing one bound's sample count leaves the other's draws."""
-    state = int(np.random.SeedSequence([int(seed), stream]).generate_state(1, np.uint64)[0])
-    return torch.Generator(device=device).manual_seed(state)
+    return torch_generator(derive_seed64(seed, stream), device)
 
 
 def _gram_equivalent_gaussian(

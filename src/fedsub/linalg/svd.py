@@ -16,6 +16,8 @@ import math
 import torch
 from torch import Tensor
 
+from fedsub.core.seeding import torch_generator
+
 __all__ = [
     "seeded_gaussian",
     "orthonormalize",
@@ -37,7 +39,7 @@ def seeded_gaussian(
     Drawn in float64 on a CPU generator and then cast and moved, so two processes (or a CPU
     client and a GPU client) obtain bit-identical values: CUDA generators produce other streams.
     """
-    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    gen = torch_generator(seed)
     sample = torch.randn(shape, generator=gen, dtype=torch.float64)
     return sample.to(device=device, dtype=dtype)
 

@@ -11,7 +11,7 @@ rounds (``client.state``), as in the paper; ``reset_each_round`` starts every ro
 
 Bytes: down and up are the dense trained weights and the head (the paper's protocol).
 
-Metrics: the diag_* update diagnostics of the GaLore-managed matrices (methods/diagnostics.py,
+Metrics: the diag_* update diagnostics of the GaLore-managed matrices (fedsub/diagnostics/maths.py,
 ``dense_diagnostics``), truncation energy at ``rank``.
 """
 
@@ -21,20 +21,15 @@ from typing import Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fedsub.core.fedavg import fedavg, send_global, trainable_state
+from fedsub.core.method import DenseUpdates, Metrics
 from fedsub.core.registry import register
 from fedsub.core.types import ClientContext, ClientUpdate, Payload, ServerState
+from fedsub.core.validation import UpdateSpec, spec_of
 from fedsub.core.workspace import Workspace
-from fedsub.methods.base import FedAvgMethod
-from fedsub.methods.galore_common import (
-    export_state,
-    freeze_all_but,
-    galore_optimizer,
-    head_parameter_names,
-    import_state,
-    layer_index,
-    linear_weight_names,
-)
+from fedsub.diagnostics.rounds import dense_round_diagnostics
 from fedsub.models import adaptable  # Linear or dense Conv2d (GaLore reshapes kernels to matrices)
+from fedsub.optim.galore_model import export_state, freeze_all_but, galore_optimizer, head_parameter_names, import_state, layer_index, linear_weight_names
 
 
 class FedFTGOptions(BaseModel):
@@ -51,7 +46,7 @@ class FedFTGOptions(BaseModel):
     reset_each_round: bool = Field(False, description="start each round with a fresh optimizer instead of the kept one")
     seed: int | None = Field(None, description="seed of random / rsvd projectors; None = the run seed")
     head_lr: float | None = Field(None, gt=0, description="lr of the densely trained head; None = the run's train.lr")
-    diagnostics: bool = Field(True, description="update diagnostics every round (diag_* metrics, see methods/diagnostics.py)")
+    diagnostics: bool = Field(True, description="update diagnostics every round (diag_* metrics, see fedsub/diagnostics)")
 
 
 def lower_half(indices: list[int]) -> set[int]:
@@ -79,14 +74,30 @@ def ftg_modules(workspace: Workspace, options: FedFTGOptions) -> list[str]:
 
 
 @register("fedftg")
-class FedFTG(FedAvgMethod):
+class FedFTG:
     """FedFTG (arXiv 2410.23111): GaLore clients, FedAvg of the dense weights."""
 
     Options = FedFTGOptions
+    warmup = None
+    global_model_note = None
+    client_state: frozenset[str]  # set from the options in __init__
+    diagnostics: DenseUpdates
+
+    def __init__(self, options: FedFTGOptions):
+        self.options = options
+        self.client_state = frozenset() if options.reset_each_round else frozenset({"optimizer"})  # its GaLore-AdamW state
+        self.diagnostics = DenseUpdates(rank=options.rank)
+        self.galore_names: list[str] = []
 
     def prepare_model(self, workspace: Workspace) -> None:
         self.galore_names = linear_weight_names(workspace.model, ftg_modules(workspace, self.options))
         freeze_all_but(workspace, self.galore_names + head_parameter_names(workspace))
+
+    def init(self, workspace: Workspace) -> ServerState:
+        return trainable_state(workspace)
+
+    def configure_train(self, state: ServerState, client_id: int) -> Payload:
+        return send_global(state)
 
     def client_train(self, workspace: Workspace, payload: Payload, client: ClientContext) -> ClientUpdate:
         workspace.write(payload.tensors)
@@ -103,8 +114,12 @@ class FedFTG(FedAvgMethod):
         upload = workspace.read(payload.tensors.keys())
         return ClientUpdate(client.client_id, Payload(upload), len(client.indices), metrics)
 
-    def round_metrics(self, state: ServerState, new: ServerState, updates: Sequence[ClientUpdate]) -> dict[str, float]:
-        """diag_* of the round's dense updates of the GaLore-managed matrices (the head left out)."""
-        from fedsub.methods.diagnostics import dense_round_diagnostics  # late, as in base
+    def update_spec(self, state: ServerState, client_id: int, payload: Payload) -> UpdateSpec:
+        return spec_of(payload.tensors)
 
-        return dense_round_diagnostics(state, updates, self.galore_names, self.options.rank) if self.options.diagnostics else {}
+    def aggregate_train(self, state: ServerState, updates: Sequence[ClientUpdate]) -> tuple[ServerState, Metrics]:
+        """FedAvg; diag_* of the round's dense updates of the GaLore-managed matrices (the head left out)."""
+        return fedavg(state, updates), dense_round_diagnostics(self.options, self.diagnostics, state, updates, self.galore_names)
+
+    def load_global(self, workspace: Workspace, state: ServerState) -> None:
+        workspace.write(state.tensors)

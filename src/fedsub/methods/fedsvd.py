@@ -11,19 +11,30 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from fedsub.core.fedavg import send_global, train_and_upload
+from fedsub.core.method import LoraFactors, Metrics, Source
 from fedsub.core.registry import register
-from fedsub.core.tensors import normalized_weights, weighted_sum
-from fedsub.core.types import ClientUpdate, Payload, ServerState
+from fedsub.core.tensors import weighted_sum
+from fedsub.core.types import ClientContext, ClientUpdate, Payload, ServerState, Tensors
 from fedsub.core.validation import UpdateSpec, spec_of
 from fedsub.core.workspace import Workspace
-from fedsub.methods.base import FedAvgMethod, LoraOptions, add_lora, freeze_lora_a
-from fedsub.methods.diagnostics import server_factor_diagnostics
-from fedsub.methods.lora_math import LORA_A, average_non_lora, fedsvd_factors, lora_layers
+from fedsub.diagnostics.rounds import held_factors, lora_round_diagnostics
+from fedsub.lora.adapters import LoraOptions, add_lora, freeze_lora_a
+from fedsub.lora.aggregate import aggregate_lora
+from fedsub.lora.maths import fedsvd_factors
+from fedsub.lora.names import LORA_A, LoraKeys, lora_layers
 
 
 @register("fedsvd")
-class FedSVD(FedAvgMethod):
+class FedSVD:
     Options = LoraOptions
+    warmup = None
+    client_state = frozenset()
+    diagnostics = LoraFactors(a=Source.SHARED, b=Source.UPLOADED)  # A: the server's, as sent this round
+    global_model_note = None
+
+    def __init__(self, options: LoraOptions):
+        self.options = options
 
     def prepare_model(self, workspace: Workspace) -> None:
         add_lora(workspace, self.options)
@@ -33,19 +44,30 @@ class FedSVD(FedAvgMethod):
         names = workspace.trainable_names() + [n for n in workspace.parameters_by_name() if LORA_A in n]
         return ServerState(round=0, tensors=workspace.read(names))
 
+    def configure_train(self, state: ServerState, client_id: int) -> Payload:
+        return send_global(state)
+
+    def client_train(self, workspace: Workspace, payload: Payload, client: ClientContext) -> ClientUpdate:
+        return train_and_upload(workspace, payload, client)  # B and the head: A is frozen
+
     def update_spec(self, state: ServerState, client_id: int, payload: Payload) -> UpdateSpec:
         """What was sent, less A (set by the server, never uploaded)."""
         return spec_of({n: t for n, t in payload.tensors.items() if LORA_A not in n})
 
-    def aggregate_train(self, state: ServerState, updates: Sequence[ClientUpdate]) -> tuple[ServerState, dict[str, float]]:
-        weights = normalized_weights([u.num_examples for u in updates])
-        uploads = [u.payload.tensors for u in updates]
-        tensors = {**state.tensors, **average_non_lora(uploads, weights)}
-        layers = lora_layers(state.tensors)
-        for keys in layers.values():
+    def aggregate_train(self, state: ServerState, updates: Sequence[ClientUpdate]) -> tuple[ServerState, Metrics]:
+        rank = self.options.rank
+
+        def refactor(keys: LoraKeys, uploads: Sequence[Tensors], weights: Sequence[float], start: Tensors) -> Tensors:
             b_mean = weighted_sum(uploads, weights, [keys.b])[keys.b]
-            b, a = fedsvd_factors(b_mean, state.tensors[keys.a], self.options.rank)
-            tensors[keys.b] = b.to(state.tensors[keys.b].dtype)
-            tensors[keys.a] = a.to(state.tensors[keys.a].dtype)
-        new = ServerState(state.round + 1, tensors, state.extra)
-        return new, server_factor_diagnostics(self.options, layers, updates, tensors, known=(state.tensors,))
+            b, a = fedsvd_factors(b_mean, start[keys.a], rank)
+            return {keys.b: b, keys.a: a}
+
+        layers = lora_layers(state.tensors)
+        new = aggregate_lora(state, updates, layers, refactor)
+        if not self.options.diagnostics:
+            return new, {}
+        aggregated = held_factors(layers, [new.tensors])
+        return new, lora_round_diagnostics(self.options, self.diagnostics, layers, updates, aggregated, shared=[state.tensors])
+
+    def load_global(self, workspace: Workspace, state: ServerState) -> None:
+        workspace.write(state.tensors)

@@ -13,7 +13,7 @@ download). The uplink is each client's r_k-wide A and B and the head. (The paper
 down and lets clients merge; that needs every client to have merged every earlier round, which
 partial participation breaks, hence the dense downlink of docs/methods.md.)
 
-Fresh A: drawn by each client from its round seed (lora_math.fresh_lora_a, PEFT's init
+Fresh A: drawn by each client from its round seed (fedsub.lora.maths.fresh_lora_a, PEFT's init
 distribution), so no bytes are spent on it and a client's round is reproducible in isolation.
 """
 
@@ -21,27 +21,21 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 import torch
 
+from fedsub.core.method import LoraFactors, Metrics, Source
 from fedsub.core.registry import register
+from fedsub.core.seeding import derive_seed
 from fedsub.core.tensors import normalized_weights
-from fedsub.core.types import ClientContext, ClientUpdate, Payload, ServerState
+from fedsub.core.types import ClientContext, ClientUpdate, Payload, ServerState, Tensors
 from fedsub.core.validation import TensorSpec, UpdateSpec, spec_of
 from fedsub.core.workspace import Workspace
-from fedsub.methods.base import FedAvgMethod, add_lora, lora_scale
-from fedsub.methods.diagnostics import round_diagnostics
-from fedsub.methods.flexlora import HeteroRankOptions, client_rank, read_factors, train_at_rank, write_factors
-from fedsub.methods.lora_math import (
-    LoraKeys,
-    average_non_lora,
-    client_pairs,
-    fresh_lora_a,
-    lora_layers,
-    merge_update,
-    non_lora,
-    stack_factors,
-)
+from fedsub.diagnostics.rounds import lora_round_diagnostics
+from fedsub.lora.adapters import add_lora, lora_scale
+from fedsub.lora.aggregate import aggregate_lora, client_pairs
+from fedsub.lora.maths import fresh_lora_a, merge_update, stack_factors
+from fedsub.lora.names import LoraKeys, lora_layers, non_lora
+from fedsub.lora.ranks import HeteroRankOptions, client_rank, read_factors, train_at_rank, write_factors
 
 
 def fresh_factors(layers: dict[str, LoraKeys], shapes: dict[str, tuple[int, int]], rank: int, seed: int) -> dict:
@@ -49,14 +43,20 @@ def fresh_factors(layers: dict[str, LoraKeys], shapes: dict[str, tuple[int, int]
     out = {}
     for index, prefix in enumerate(layers):
         d_out, d_in = shapes[prefix]
-        layer_seed = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
-        out[prefix] = (torch.zeros(d_out, rank), fresh_lora_a(rank, d_in, layer_seed))
+        out[prefix] = (torch.zeros(d_out, rank), fresh_lora_a(rank, d_in, derive_seed(seed, index)))
     return out
 
 
 @register("flora")
-class FLoRA(FedAvgMethod):
+class FLoRA:
     Options = HeteroRankOptions
+    warmup = None
+    client_state = frozenset()
+    diagnostics = LoraFactors(a=Source.UPLOADED, b=Source.UPLOADED)  # this round's fresh adapters
+    global_model_note = None
+
+    def __init__(self, options: HeteroRankOptions):
+        self.options = options
 
     def prepare_model(self, workspace: Workspace) -> None:
         add_lora(workspace, self.options)
@@ -95,20 +95,23 @@ class FLoRA(FedAvgMethod):
         upload = {**workspace.read(heads), **read_factors(workspace, self.layers, rank)}
         return ClientUpdate(client.client_id, Payload(upload), len(client.indices), metrics)
 
-    def aggregate_train(self, state: ServerState, updates: Sequence[ClientUpdate]) -> tuple[ServerState, dict[str, float]]:
-        weights = normalized_weights([u.num_examples for u in updates])
-        uploads = [u.payload.tensors for u in updates]
-        tensors = {**state.tensors, **average_non_lora(uploads, weights)}
-        layers = lora_layers(uploads[0])
+    def aggregate_train(self, state: ServerState, updates: Sequence[ClientUpdate]) -> tuple[ServerState, Metrics]:
         scale = lora_scale(self.options)
-        stacks = {}
-        for prefix, keys in layers.items():
-            stacks[prefix] = stack_factors(client_pairs(uploads, keys), weights)
-            tensors[keys.base] = merge_update(state.tensors[keys.base], *stacks[prefix], scale)
-        new = ServerState(state.round + 1, tensors, state.extra)
+
+        def merge(keys: LoraKeys, uploads: Sequence[Tensors], weights: Sequence[float], start: Tensors) -> Tensors:
+            return {keys.base: merge_update(start[keys.base], *stack_factors(client_pairs(uploads, keys), weights), scale)}
+
+        layers = lora_layers(updates[0].payload.tensors)
+        new = aggregate_lora(state, updates, layers, merge)
         if not self.options.diagnostics:
             return new, {}
-        return new, round_diagnostics(layers, updates, scale, stacks, self.options.rank)
+        return new, lora_round_diagnostics(self.options, self.diagnostics, layers, updates, self.merged_stacks(layers, updates))
+
+    def merged_stacks(self, layers: dict[str, LoraKeys], updates: Sequence[ClientUpdate]):
+        """The server's update of each layer as factors: the exact stack it merged (B_stack, A_stack)."""
+        weights = normalized_weights([u.num_examples for u in updates])
+        uploads = [u.payload.tensors for u in updates]
+        return {p: stack_factors(client_pairs(uploads, k), weights) for p, k in layers.items()}
 
     def load_global(self, workspace: Workspace, state: ServerState) -> None:
         """The merged weights and head; the adapters contribute nothing (B = 0)."""

@@ -4,61 +4,62 @@ The "SVD redistribution" baseline of Subspace-Reg (Senarath et al. 2026, arXiv 2
 ΔW̄ = Σ p_k s B_k A_k, optional Frobenius clip of ΔW̄ (per layer), rank-r SVD U S Vᵀ, B = U √S,
 A = √S Vᵀ (de-scaled by s), optional norm-restoring rescale of both factors so that the truncated
 product keeps ‖ΔW̄‖ (docs/methods.md). Clients train A and B from the global factors; both are sent.
-Subspace-Reg subclasses this with its own split and a client regulariser.
+Subspace-Reg shares this server (fedsub.lora.refactor) with its own split and a client regulariser.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
-from pydantic import Field
-
+from fedsub.core.fedavg import send_global, train_and_upload, trainable_state
+from fedsub.core.method import LoraFactors, Metrics, Source
 from fedsub.core.registry import register
-from fedsub.core.tensors import normalized_weights
-from fedsub.core.types import ClientUpdate, ServerState
+from fedsub.core.types import ClientContext, ClientUpdate, Payload, ServerState
+from fedsub.core.validation import UpdateSpec, spec_of
 from fedsub.core.workspace import Workspace
-from fedsub.methods.base import FedAvgMethod, LoraOptions, add_lora, lora_scale
-from fedsub.methods.diagnostics import server_factor_diagnostics
-from fedsub.methods.lora_math import Split, average_non_lora, client_pairs, lora_layers, stack_factors, svd_refactor
-
-
-class SvdOptions(LoraOptions):
-    max_update_norm: float | None = Field(
-        None, gt=0, description="clip ‖ΔW̄‖_F of each layer's aggregated update (effective, scaled) to this; null = off"
-    )
-    rescale: bool = Field(True, description="rescale the truncated factors so ‖s B A‖ equals the (clipped) ‖ΔW̄‖")
+from fedsub.diagnostics.rounds import held_factors, lora_round_diagnostics
+from fedsub.lora.adapters import add_lora
+from fedsub.lora.aggregate import aggregate_lora
+from fedsub.lora.names import lora_layers
+from fedsub.lora.refactor import SvdOptions, svd_rule
 
 
 @register("svd_redistribute")
-class SvdRedistribute(FedAvgMethod):
+class SvdRedistribute:
     """svd_redistribute: the exact mean update ΔW̄ re-factored by a rank-r SVD (symmetric split).
 
     Clients run the FedAvg loop (AdamW on A, B and the head, all sent both ways)."""
 
     Options = SvdOptions
-    split: Split = "symmetric"
+    warmup = None
+    client_state = frozenset()
+    diagnostics = LoraFactors(a=Source.UPLOADED, b=Source.UPLOADED)
+    global_model_note = None
+
+    def __init__(self, options: SvdOptions):
+        self.options = options
 
     def prepare_model(self, workspace: Workspace) -> None:
         add_lora(workspace, self.options)
 
-    def aggregate_train(self, state: ServerState, updates: Sequence[ClientUpdate]) -> tuple[ServerState, dict[str, float]]:
-        weights = normalized_weights([u.num_examples for u in updates])
-        uploads = [u.payload.tensors for u in updates]
-        tensors = {**state.tensors, **average_non_lora(uploads, weights)}
+    def init(self, workspace: Workspace) -> ServerState:
+        return trainable_state(workspace)
+
+    def configure_train(self, state: ServerState, client_id: int) -> Payload:
+        return send_global(state)
+
+    def client_train(self, workspace: Workspace, payload: Payload, client: ClientContext) -> ClientUpdate:
+        return train_and_upload(workspace, payload, client)
+
+    def update_spec(self, state: ServerState, client_id: int, payload: Payload) -> UpdateSpec:
+        return spec_of(payload.tensors)
+
+    def aggregate_train(self, state: ServerState, updates: Sequence[ClientUpdate]) -> tuple[ServerState, Metrics]:
         layers = lora_layers(state.tensors)
-        aggregated = {}
-        for prefix, keys in layers.items():
-            b_stack, a_stack = stack_factors(client_pairs(uploads, keys), weights)
-            aggregated[prefix] = (b_stack, a_stack)
-            b, a = self.refactor(b_stack, a_stack)
-            tensors[keys.b] = b.to(state.tensors[keys.b].dtype)
-            tensors[keys.a] = a.to(state.tensors[keys.a].dtype)
-        new = ServerState(state.round + 1, tensors, state.extra)
-        return new, self.diagnostics(layers, updates, new)
+        new = aggregate_lora(state, updates, layers, svd_rule(self.options, "symmetric"))
+        if not self.options.diagnostics:
+            return new, {}
+        return new, lora_round_diagnostics(self.options, self.diagnostics, layers, updates, held_factors(layers, [new.tensors]))
 
-    def refactor(self, b_stack, a_stack):
-        o = self.options
-        return svd_refactor(b_stack, a_stack, o.rank, lora_scale(o), self.split, o.max_update_norm, o.rescale)
-
-    def diagnostics(self, layers, updates, new: ServerState) -> dict[str, float]:
-        return server_factor_diagnostics(self.options, layers, updates, new.tensors)
+    def load_global(self, workspace: Workspace, state: ServerState) -> None:
+        workspace.write(state.tensors)

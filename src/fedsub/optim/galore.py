@@ -37,10 +37,10 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from fedsub.core.seeding import mix_seed
 from fedsub.optim.projector import (
     add_projected_back_,
     choose_side,
-    derive_seed,
     moment_shape,
     project,
     projector_shape,
@@ -121,7 +121,7 @@ class GaLoreAdamW(Optimizer):
     - ``proj_type``: ``svd`` | ``rsvd`` | ``random`` | ``given`` (never rebuilt; set it with
       :meth:`set_projector` before the first step).
     - ``seed``: base seed for ``random`` projectors and rsvd sketches; the per-matrix seed is
-      ``derive_seed(seed, index of the parameter in this optimizer, refresh index)``, so two
+      ``mix_seed(seed, index of the parameter in this optimizer, refresh index)``, so two
       optimizers built over the same parameter list get identical projectors.
     - ``oversampling``, ``power_iters``: rsvd accuracy knobs.
     - ``refresh_moments``: what an internal refresh does to the moments: ``keep`` (official
@@ -240,7 +240,7 @@ class GaLoreAdamW(Optimizer):
                 "old P): read it and call reset_update_factor first, or use proj_type='given'"
             )
         refresh = int(state["step"].item()) // int(group["update_proj_gap"])
-        seed = derive_seed(group["seed"], self._index[p], refresh)
+        seed = mix_seed(group["seed"], self._index[p], refresh)
         dtype = _state_dtype(p)
         if kind == "svd":
             proj = svd_projector(p.grad, group["rank"], dtype=dtype)

@@ -29,7 +29,6 @@ __all__ = [
     "effective_rank",
     "projector_shape",
     "moment_shape",
-    "derive_seed",
     "svd_projector",
     "rsvd_projector",
     "random_projector",
@@ -38,8 +37,6 @@ __all__ = [
     "add_projected_back_",
     "transport_moments",
 ]
-
-_MASK64 = (1 << 64) - 1
 
 
 def choose_side(shape: tuple[int, int] | torch.Size) -> Side:
@@ -65,22 +62,6 @@ def moment_shape(shape: tuple[int, int] | torch.Size, rank: int) -> tuple[int, i
     m, n = shape
     r = effective_rank(shape, rank)
     return (m, r) if choose_side(shape) == "right" else (r, n)
-
-
-def derive_seed(*parts: int) -> int:
-    """Mix integers into one 63-bit seed (splitmix64 finaliser on a running hash).
-
-    Used for (group seed, parameter index, refresh index): neighbouring inputs give unrelated
-    streams, unlike ``seed + index`` where two keys can collide.
-    """
-    h = 0x9E3779B97F4A7C15
-    for part in parts:
-        h = (h ^ (int(part) & _MASK64)) & _MASK64
-        h = (h + 0x9E3779B97F4A7C15) & _MASK64
-        h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-        h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
-        h ^= h >> 31
-    return h & ((1 << 63) - 1)
 
 
 def _svd_dtype(dtype: torch.dtype) -> torch.dtype:

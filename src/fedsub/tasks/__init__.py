@@ -1,8 +1,6 @@
-"""Tasks: what a model learns and how it is scored, behind one interface the engines and methods use.
-
-A task has ``encode_dataset(dataset) -> data`` (``len(data)``, ``data.batch(index, device)``),
-``loss(model, batch)``, ``evaluate(model, data, batch_size, device) -> metrics``, ``metric`` (the
-headline metric) and ``metric_keys`` (every metric ``evaluate`` returns).
+"""Tasks: what a model learns and how it is scored, behind one interface the engines and methods use
+(the `Task` protocol, fedsub.tasks.base: ``encode_dataset``, ``loss``, ``evaluate``, ``metric``,
+``metric_keys``); `build_task` picks the config's.
 """
 
 from __future__ import annotations
@@ -10,6 +8,7 @@ from __future__ import annotations
 from fedsub.config import ExperimentConfig
 from fedsub.errors import ConfigError
 from fedsub.models import ModelPlan
+from fedsub.tasks.base import Task
 
 INPUTS = {"classification": "text", "generation": "text", "multiple_choice": "text", "image_classification": "image"}
 
@@ -23,7 +22,7 @@ def check_input(cfg: ExperimentConfig, input_column: str) -> None:
         raise ConfigError(f"field task.kind: {kind} cannot use {cfg.data.dataset} (its input is {input_column}); use {hint}")
 
 
-def build_task(cfg: ExperimentConfig, plan: ModelPlan, input_column: str, num_labels: int):
+def build_task(cfg: ExperimentConfig, plan: ModelPlan, input_column: str, num_labels: int) -> Task:
     """The task object of the config, for the model `plan` decided (its tokenizer or image
     preprocessing is loaded here). Each kind's module is imported when it is asked for, so a run
     imports only its own task (classification's scikit-learn metrics take ~1.9 s to import here)."""

@@ -17,12 +17,14 @@ from pathlib import Path
 from flwr.app import Context, Message
 
 from fedsub.config import ExperimentConfig, MethodSpec
+from fedsub.core.method import Method
+from fedsub.core.seeding import client_seed
 from fedsub.core.types import ClientContext, TrainSettings
 from fedsub.core.workspace import Workspace
 from fedsub.engines.failures import finite_train_loss
 from fedsub.engines.flower.records import META, holds_client_state, load_client_state, record_to_payload, save_client_state, update_to_record
 from fedsub.engines.flower.server import config_from_text, method_spec, query_reply
-from fedsub.engines.setup import FederatedData, client_seed, prepare_data, set_up_method
+from fedsub.engines.setup import FederatedData, prepare_data, set_up_method
 from fedsub.errors import ConfigError
 
 CONFIG_KEY, METHOD_KEY, OUT_KEY, RESUME_KEY = "fedsub-config", "fedsub-method", "fedsub-out", "fedsub-resume"
@@ -33,7 +35,7 @@ class NodeRuntime:
     cfg: ExperimentConfig
     spec: MethodSpec
     data: FederatedData
-    method: object
+    method: Method
     workspace: Workspace
     settings: TrainSettings
 
@@ -94,7 +96,9 @@ def client_reply(message: Message, context: Context, warmup: bool) -> Message:
         state=load_client_state(context.state),
     )
     tic = time.perf_counter()
-    work = node.method.client_warmup if warmup else node.method.client_train
+    if warmup and node.method.warmup is None:
+        raise ValueError(f"a warm-up message for {node.spec.key}, which declares no warm-up exchange")
+    work = node.method.warmup.client if warmup else node.method.client_train
     update = work(node.workspace, payload, client)
     seconds = time.perf_counter() - tic
     if not warmup and finite_train_loss(update):  # a diverged client's state is discarded, as in the simulator

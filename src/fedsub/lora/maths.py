@@ -1,8 +1,9 @@
-"""Pure LoRA maths shared by the federated LoRA methods: grouping, stacking, SVD factorisations.
+"""Pure LoRA maths shared by the federated LoRA methods: stacking, slicing, SVD factorisations.
 
 Notation (docs/methods.md): a LoRA pair on W0 (d_out x d_in) is B (d_out x r), A (r x d_in), scale
 s = lora_alpha / r, update ΔW = s B A. Every function here takes and returns plain tensors, so the
-exact-number tests call them on 3x2 matrices; the method classes only wire them to payloads.
+exact-number tests call them on 3x2 matrices; the method modules only wire them to payloads
+(tensor names: fedsub.lora.names; payload plumbing: fedsub.lora.aggregate).
 
 The SVD of a stacked product B_stack A_stack (d_out x k times k x d_in, k = Σ r_k) is taken in
 factored form (QR of both factors, SVD of the k x k core): O((d_out + d_in) k²) instead of the
@@ -13,55 +14,15 @@ MiniLM's 384 x 1536 MLP weights with 3 clients at r = 8 (k = 24) that is ~1,000x
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Iterable, Literal, Sequence
+from typing import Literal, Sequence
 
 import torch
 from torch import Tensor
 
+from fedsub.core.seeding import torch_generator
+
 Factors = tuple[Tensor, Tensor]  # (B, A) with ΔW = (scale) * B @ A
 Split = Literal["symmetric", "orthonormal_a", "orthonormal_b"]
-
-LORA_A, LORA_B, BASE = ".lora_A.", ".lora_B.", ".base_layer.weight"
-
-
-# ---------------------------------------------------------------- names
-
-
-@dataclass(frozen=True)
-class LoraKeys:
-    """The tensor names of one LoRA layer (PEFT layout: `<prefix>.lora_A.default.weight`)."""
-
-    prefix: str
-    a: str
-    b: str
-
-    @property
-    def base(self) -> str:
-        """The frozen W0 of the layer (`<prefix>.base_layer.weight`), what FLoRA merges into."""
-        return self.prefix + BASE
-
-
-def lora_layers(names: Iterable[str]) -> dict[str, LoraKeys]:
-    """Group tensor names into LoRA layers by prefix; a name with only one of A / B is ignored."""
-    names = set(names)
-    layers = {}
-    for a in sorted(n for n in names if LORA_A in n):
-        prefix, _, suffix = a.partition(LORA_A)
-        b = prefix + LORA_B + suffix
-        if b in names:
-            layers[prefix] = LoraKeys(prefix, a, b)
-    return layers
-
-
-def is_lora(name: str) -> bool:
-    return LORA_A in name or LORA_B in name
-
-
-def non_lora(names: Iterable[str]) -> list[str]:
-    """Trainable tensors that are not LoRA factors (the task head): FedAvg'ed by every method."""
-    return [n for n in names if not is_lora(n)]
-
 
 # ---------------------------------------------------------------- stacking and slicing
 
@@ -215,7 +176,7 @@ def merge_update(weight: Tensor, b_stack: Tensor, a_stack: Tensor, scale: float)
 def fresh_lora_a(rows: int, cols: int, seed: int) -> Tensor:
     """A new LoRA A as PEFT initialises it (kaiming_uniform with a = √5, i.e. U(-1/√d_in, 1/√d_in)),
     from a CPU generator so a seed gives the same A on every device (FLoRA's fresh adapters)."""
-    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    gen = torch_generator(seed)
     bound = 1.0 / math.sqrt(cols)
     return (torch.rand(rows, cols, generator=gen, dtype=torch.float64) * 2 - 1).mul_(bound).float()
 
@@ -255,27 +216,3 @@ def subspace_penalty(
         total = total + 0.5 * alpha * (b - b_g).square().sum()
         total = total + 0.5 * lam * (a.square().sum() + b.square().sum())
     return total / len(factors)
-
-
-# ---------------------------------------------------------------- payload plumbing
-
-
-def client_pairs(uploads: Sequence[dict[str, Tensor]], keys: LoraKeys, known: Sequence[dict[str, Tensor]] = ()) -> list[Factors]:
-    """Each client's (B_k, A_k) of one layer; a factor a client did not send (frozen: FFA-LoRA's or
-    FedSVD's A) is taken from `known` (the server's copy)."""
-
-    def find(name: str, upload: dict[str, Tensor]) -> Tensor:
-        for source in (upload, *known):
-            if name in source:
-                return source[name]
-        raise KeyError(f"LoRA tensor {name!r} neither sent nor known to the server")
-
-    return [(find(keys.b, u), find(keys.a, u)) for u in uploads]
-
-
-def average_non_lora(uploads: Sequence[dict[str, Tensor]], weights: Sequence[float]) -> dict[str, Tensor]:
-    """FedAvg of every uploaded tensor that is not a LoRA factor (the task head)."""
-    from fedsub.core.tensors import weighted_sum
-
-    names = non_lora(uploads[0])
-    return weighted_sum(list(uploads), weights, names) if names else {}

@@ -3,19 +3,11 @@
 import pytest
 import torch
 
-from fedsub.methods.lora_math import (
-    LoraKeys,
-    average_non_lora,
-    clip_factor,
-    factored_svd,
-    fresh_lora_a,
-    lora_layers,
-    non_lora,
-    pad_rank,
-    slice_rank,
-    split_svd,
-    truncated_svd,
-)
+from fedsub.lora.aggregate import average_non_lora
+
+from fedsub.lora.maths import clip_factor, factored_svd, fresh_lora_a, pad_rank, slice_rank, split_svd, truncated_svd
+
+from fedsub.lora.names import LoraKeys, lora_layers, non_lora
 
 PREFIX = "base_model.model.bert.encoder.layer.0.attention.self.query"
 

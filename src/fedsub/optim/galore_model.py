@@ -17,7 +17,7 @@ from torch import nn
 
 from fedsub.core.types import TrainSettings
 from fedsub.core.workspace import Workspace
-from fedsub.optim import GaLoreAdamW
+from fedsub.optim.galore import GaLoreAdamW
 
 # Block index in the usual transformer layouts: BERT "encoder.layer.3.", Llama "layers.3.",
 # GPT-2 "h.3.", ViT-likes "blocks.3.".

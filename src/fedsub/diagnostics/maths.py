@@ -23,7 +23,7 @@ FedAvg of full weights would give), not the server's possibly re-factored or bia
   re-factorisation drops.
 
 Cost: nothing dense. The inner products come from r x r matrices, ⟨B_iA_i, B_jA_j⟩ = Σ (B_iᵀB_j) ∘
-(A_iA_jᵀ); singular values of ΔW̄ from the factored SVD of the stacked factors (lora_math).
+(A_iA_jᵀ); singular values of ΔW̄ from the factored SVD of the stacked factors (fedsub.lora.maths).
 
 Dense methods (fedftg, fedavg_full; `dense_diagnostics`): ΔW_k = W_k − W_t, the round's update, per
 trained matrix; the head is left out, as the LoRA diagnostics leave it out (they see LoRA layers only),
@@ -44,9 +44,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor
 
-from fedsub.core.tensors import normalized_weights
-from fedsub.core.types import ClientUpdate, ServerState, Tensors
-from fedsub.methods.lora_math import Factors, LoraKeys, client_pairs, factored_svd, lora_layers, stack_factors
+from fedsub.lora.maths import Factors, factored_svd, stack_factors
 
 # Float32 resolution is ~1.2e-7 of the largest entry: components 10x below it are storage noise.
 RANK_RTOL = 1e-6
@@ -158,49 +156,6 @@ def lora_diagnostics(
     }
 
 
-def round_diagnostics(
-    layers: dict[str, LoraKeys],
-    updates: Sequence[ClientUpdate],
-    scale: float,
-    aggregated: dict[str, Factors],
-    rank: int,
-    known: Sequence[Tensors] = (),
-) -> dict[str, float]:
-    """Wire `lora_diagnostics` to a round: client factors from the uploads (a factor a client did not
-    send, e.g. FFA-LoRA's frozen A, from `known`), aggregated[prefix] = server factors (unscaled)."""
-    if not layers or not updates:
-        return {}
-    weights = normalized_weights([u.num_examples for u in updates])
-    uploads = [u.payload.tensors for u in updates]
-    clients, server = [], []
-    for prefix, keys in layers.items():
-        clients.append([(scale * b.double(), a) for b, a in client_pairs(uploads, keys, known)])
-        b_agg, a_agg = aggregated[prefix]
-        server.append((scale * b_agg.double(), a_agg))
-    return lora_diagnostics(clients, weights, server, rank)
-
-
-def server_factor_diagnostics(
-    options, layers: dict[str, LoraKeys], updates: Sequence[ClientUpdate], tensors: Tensors, known: Sequence[Tensors] = ()
-) -> dict[str, float]:
-    """Diagnostics of a method whose new global LoRA factors are in `tensors` (fedsvd, flexlora,
-    svd_redistribute); {} when the method's `diagnostics` option is off."""
-    if not options.diagnostics:
-        return {}
-    aggregated = {p: (tensors[k.b], tensors[k.a]) for p, k in layers.items()}
-    return round_diagnostics(layers, updates, options.lora_alpha / options.rank, aggregated, options.rank, known)
-
-
-def fedavg_diagnostics(options, state: ServerState, new: ServerState, updates: Sequence[ClientUpdate]) -> dict[str, float]:
-    """Diagnostics of the FedAvg-of-factors methods (fedit, ffa_lora): the server's update is
-    s avg(B) avg(A) (A the shared frozen one for FFA-LoRA, kept in state.extra['frozen_lora'])."""
-    frozen = state.extra.get("frozen_lora", {})
-    layers = lora_layers([*new.tensors, *frozen])
-    aggregated = {p: client_pairs([new.tensors], k, known=(frozen,))[0] for p, k in layers.items()}
-    scale = options.lora_alpha / options.rank
-    return round_diagnostics(layers, updates, scale, aggregated, options.rank, known=(state.tensors, frozen))
-
-
 # ---------------------------------------------------------------- dense and GaLore-factored updates
 
 
@@ -243,14 +198,3 @@ def factored_diagnostics(r_factors: Iterable[Sequence[Tensor]], weights: Sequenc
     without saying anything about the learned subspace. No truncation energy: R̄ P has rank <= r and
     the server applies it untruncated."""
     return dense_diagnostics(r_factors, weights)
-
-
-def dense_round_diagnostics(state: ServerState, updates: Sequence[ClientUpdate], names: Sequence[str], rank: int | None) -> dict[str, float]:
-    """Wire `dense_diagnostics` to a FedAvg-of-weights round (fedftg, fedavg_full): ΔW_k = W_k − W_t
-    for each named matrix (the uploads and the round's start state)."""
-    if not updates:
-        return {}
-    weights = normalized_weights([u.num_examples for u in updates])
-    start = state.tensors
-    clients = ([u.payload.tensors[n].double() - start[n].double() for u in updates] for n in names)
-    return dense_diagnostics(clients, weights, rank)

@@ -1,7 +1,7 @@
 """FedGaLore's server-side second-moment sync (docs/methods.md "FedGaLore", point 5) and its metrics.
 
 ``sync`` ``mean``: V_hat = sum_k p_k V_k; ``ajive``: fedsub.linalg.moments.sync_second_moments per
-managed matrix, with the ``ajive_*`` options of FedGaLoreOptions. The blocks share the weight's long
+managed matrix, with the ``ajive_*`` options of FedGaLoreOptions (options.py). The blocks share the weight's long
 side: m for a right-side moment (m x r); a left-side moment (r x n) is transposed there and back.
 
 Metrics: ``ajive_joint_rank_mean/min/max`` (ajive; identical moments count their numerical rank),
@@ -21,6 +21,7 @@ from torch import Tensor
 
 from fedsub.core.tensors import weighted_sum
 from fedsub.linalg.moments import normalised_weights, relative_difference, weighted_mean
+from fedsub.methods.fedgalore.keys import Part, key, keys, parts
 from fedsub.optim.projector import choose_side
 
 
@@ -29,9 +30,9 @@ def sync_moments(options: Any, shapes: dict[str, torch.Size], uploads: list[dict
     if options.sync in ("none", "reset"):
         return {}, {}
     if options.sync == "mean":
-        v = weighted_sum(uploads, weights, [f"V::{n}" for n in shapes])
-        v_hat = {n: v[f"V::{n}"].clamp_min(0) for n in shapes}
-        return v_hat, drift_metrics([relative_difference(v_hat[n], v[f"V::{n}"]) for n in shapes])
+        v = parts(weighted_sum(uploads, weights, keys(Part.MOMENT, shapes)), Part.MOMENT, shapes)
+        v_hat = {n: v[n].clamp_min(0) for n in shapes}
+        return v_hat, drift_metrics([relative_difference(v_hat[n], v[n]) for n in shapes])
     return ajive_sync(options, shapes, uploads, weights)
 
 
@@ -57,7 +58,7 @@ def ajive_sync(options: Any, shapes: dict[str, torch.Size], uploads: list[dict],
     v_hat, ranks, tic = {}, [], time.perf_counter()
     for name, shape in shapes.items():
         left = choose_side(shape) == "left"
-        moments = [u[f"V::{name}"].mT if left else u[f"V::{name}"] for u in uploads]
+        moments = [u[key(Part.MOMENT, name)].mT if left else u[key(Part.MOMENT, name)] for u in uploads]
         synced, result = sync_second_moments(moments, weights, **rules)
         v_hat[name] = synced.mT.contiguous() if left else synced
         # Identical moments (result None) share every direction: their joint rank is their rank.
@@ -70,7 +71,7 @@ def ajive_sync(options: Any, shapes: dict[str, torch.Size], uploads: list[dict],
     }
     # V_bar with the p that sync_second_moments uses, so that its mean fallback gives exactly 0.
     p = normalised_weights(weights, len(uploads))
-    diffs = [relative_difference(v_hat[n], weighted_mean([u[f"V::{n}"] for u in uploads], p)) for n in shapes]
+    diffs = [relative_difference(v_hat[n], weighted_mean([u[key(Part.MOMENT, n)] for u in uploads], p)) for n in shapes]
     return v_hat, {**metrics, **drift_metrics(diffs)}
 
 

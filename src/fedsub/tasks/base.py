@@ -1,0 +1,44 @@
+"""The task contract: what a model learns and how it is scored, the one interface the engines,
+the workspace and the methods use (fedsub.tasks.classification, generation, multiple_choice, vision
+implement it; `fedsub.tasks.build_task` picks one from the config).
+
+A task encodes a split once (`encode_dataset`); the engines then take batches by example index, so
+a client's data is a tensor of indices into the encoded train split.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+Batch = dict[str, torch.Tensor]
+
+
+class EncodedData(Protocol):
+    """A split encoded by a task: its examples, batched by index on a device."""
+
+    def __len__(self) -> int: ...
+
+    def batch(self, index: torch.Tensor, device: torch.device | str) -> Batch: ...
+
+
+class Task(Protocol):
+    """`metric` is the headline metric (what tables and plots lead with); `metric_keys` every metric
+    `evaluate` returns (a round without evaluation logs them as null)."""
+
+    metric: str
+    metric_keys: tuple[str, ...]
+
+    def encode_dataset(self, dataset: Any) -> EncodedData:
+        """Encode one split (a datasets.Dataset with the task's columns)."""
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """The training loss of one batch (a scalar to backpropagate)."""
+
+    def evaluate(self, model: nn.Module, data: EncodedData, batch_size: int, device: torch.device | str) -> dict[str, float]:
+        """Every metric of `metric_keys` on `data`, in batches of `batch_size`."""
+
+
+TASK_MEMBERS = ("metric", "metric_keys", "encode_dataset", "loss", "evaluate")
