@@ -35,11 +35,16 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(BIN)/fedsub run configs/demo.yaml --out runs/demo --overwrite
 
+# lint and format check first (ruff, pinned in the test extra), then the tests
+LINT := $(BIN)/ruff check src tests benchmarks && $(BIN)/ruff format --check src tests benchmarks
+
 test: setup
+	$(LINT)
 	$(BIN)/python -m pytest -q
 
 # the inner loop: everything but the real-weight and multi-process tests (`make test` is what CI runs)
 test-fast: setup
+	$(LINT)
 	$(BIN)/python -m pytest -q -m 'not slow'
 
 # make bench BENCH_ARGS='--device cuda --dtype bfloat16' on a GPU machine
