@@ -1,7 +1,7 @@
 """Benchmark: fedsub.linalg.ajive wall time (Feng, Jiang, Hannig & Marron 2018).
 
-    .venv/bin/python benchmarks/bench_ajive.py [--device cpu|cuda] [--dtype float32|bfloat16] [--repeats 5] [--samples 1000]
-        [--threads N] [--quick] [--out FILE]
+    .venv/bin/python benchmarks/bench_ajive.py [--device cpu|cuda] [--dtype float32|bfloat16] [--repeats 5]
+        [--samples 1000] [--threads N] [--quick] [--out FILE]
 
 K = 10 and 50 blocks of 768 x 8 and 4096 x 16 (the shapes of FedGaLore's projected second
 moments), synthetic: a joint rank-2 score space, rank-2 individual parts per block, noise. Two
@@ -20,7 +20,6 @@ import statistics
 import time
 
 import torch
-
 from common import DTYPES, add_device_args, check_device, emit, machine_info
 
 from fedsub.linalg import ajive
@@ -30,7 +29,9 @@ CASES = [(10, 768, 8), (10, 4096, 16), (50, 768, 8), (50, 4096, 16)]
 TARGET_S = 1.0
 
 
-def make_blocks(k: int, n: int, d: int, device: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
+def make_blocks(
+    k: int, n: int, d: int, device: str, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> list[torch.Tensor]:
     """K blocks n x d: joint scores (rank 2) + individual scores (rank 2 each) + N(0, 0.3^2)."""
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(n, 2 + 2 * k, generator=g, dtype=torch.float64)

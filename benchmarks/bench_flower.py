@@ -20,9 +20,9 @@ from pathlib import Path
 
 from common import emit, machine_info
 
+from fedsub.app.run import run_experiment
 from fedsub.config import load_config
 from fedsub.reporting.report import read_metrics
-from fedsub.app.run import run_experiment
 
 MODES = ("simulation", "flower-grid", "flower-deployment")
 
@@ -66,7 +66,11 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--out", type=Path, help="also write the JSON result here")
     args = parser.parse_args()
-    result = {"benchmark": "flower_overhead", "machine": machine_info("cpu", "float32"), "workload": {"config": args.config, "rounds": args.rounds}}
+    result = {
+        "benchmark": "flower_overhead",
+        "machine": machine_info("cpu", "float32"),
+        "workload": {"config": args.config, "rounds": args.rounds},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for mode in args.modes.split(","):
             result[mode] = summarize_mode(run_mode(args.config, mode, args.rounds, Path(tmp)))

@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable
 
 import torch
-
 from common import DTYPES, add_device_args, check_device, emit, machine_info
 
 from fedsub.optim import GaLoreAdamW
@@ -143,8 +142,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5, help="timed steps per optimizer per repeat")
     ap.add_argument("--repeats", type=int, default=5, help="repeats for MiniLM")
     ap.add_argument("--repeats-llama", type=int, default=2, help="repeats for the 135M Llama")
-    ap.add_argument("--threads", type=int, help="torch.set_num_threads (1 on a shared, loaded CPU: "
-                    "threaded LAPACK can slow down 1000x when its threads are descheduled)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        help="torch.set_num_threads (1 on a shared, loaded CPU: "
+        "threaded LAPACK can slow down 1000x when its threads are descheduled)",
+    )
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
     check_device(args.device)
@@ -156,7 +159,13 @@ def main() -> None:
         ranks = args.ranks_minilm if name == "minilm" else args.ranks_llama
         repeats = args.repeats if name == "minilm" else args.repeats_llama
         results += [bench_model(name, weights, int(r), args, repeats) for r in ranks.split(",")]
-    report = {"benchmark": "galore", "machine": machine_info(args.device, args.dtype), "device": args.device, "dtype": args.dtype, "results": results}
+    report = {
+        "benchmark": "galore",
+        "machine": machine_info(args.device, args.dtype),
+        "device": args.device,
+        "dtype": args.dtype,
+        "results": results,
+    }
     emit(report, args.out)
 
 

@@ -23,11 +23,11 @@ from pathlib import Path
 from common import add_device_args, check_device, emit, machine_info, partial_path
 
 from fedsub.app.compare import select_methods
+from fedsub.app.run import run_experiment
 from fedsub.config import load_config
 from fedsub.core.io import atomic_write_text
 from fedsub.errors import ConfigError
 from fedsub.reporting.report import read_metrics
-from fedsub.app.run import run_experiment
 
 PARTS = ("seconds_round", "seconds_train", "seconds_aggregate", "seconds_eval", "seconds_ajive")
 
@@ -83,12 +83,17 @@ def main() -> None:
         parser.error(str(err))
     machine = machine_info(args.device, args.dtype)
     workload = {"config": args.config, "rounds": args.rounds, "repeats": args.repeats, "overrides": args.set,
-                "clients_per_round": cfg.federation.clients_per_round, "local_steps": cfg.train.local_steps}  # fmt: skip
+                "clients_per_round": cfg.federation.clients_per_round,
+                "local_steps": cfg.train.local_steps}  # fmt: skip
     runs = []
     for repeat in range(args.repeats):
         with tempfile.TemporaryDirectory() as tmp:
             runs.append(run_once(cfg, Path(tmp) / "run"))
-        print(f"repeat {repeat + 1}/{args.repeats}: " + json.dumps({k: round(v["seconds_round"], 2) for k, v in runs[-1].items()}), flush=True)
+        print(
+            f"repeat {repeat + 1}/{args.repeats}: "
+            + json.dumps({k: round(v["seconds_round"], 2) for k, v in runs[-1].items()}),
+            flush=True,
+        )
         if args.out:  # a repeat takes minutes: keep what is done (under a name results_md.py ignores)
             atomic_write_text(partial_path(args.out), json.dumps({"workload": workload, "runs": runs}, indent=2) + "\n")
     emit({"benchmark": "rounds", "machine": machine, "workload": workload, "results": combine(runs)}, args.out)

@@ -1,6 +1,7 @@
 """Benchmark: the simulator's overhead on the demo workload.
 
-    .venv/bin/python benchmarks/bench_simulator.py [--rounds 3] [--methods fedit] [--device cpu|cuda] [--dtype float32|bfloat16] [--out FILE]
+    .venv/bin/python benchmarks/bench_simulator.py [--rounds 3] [--methods fedit] [--device cpu|cuda]
+        [--dtype float32|bfloat16] [--out FILE]
 
 Overhead = round wall time / (summed client-training time + evaluation time), per round; the
 median over rounds and methods is reported. Everything else in a round (sampling, building
@@ -16,9 +17,9 @@ from pathlib import Path
 
 from common import add_device_args, check_device, emit, machine_info
 
+from fedsub.app.run import run_experiment
 from fedsub.config import load_config
 from fedsub.reporting.report import read_metrics
-from fedsub.app.run import run_experiment
 
 
 def overhead(record: dict) -> float:
@@ -34,11 +35,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the JSON result here")
     args = parser.parse_args()
     check_device(args.device)
-    overrides = [f"federation.rounds={args.rounds}", f"methods={args.methods}", f"device={args.device}", f"dtype={args.dtype}"]
+    overrides = [
+        f"federation.rounds={args.rounds}",
+        f"methods={args.methods}",
+        f"device={args.device}",
+        f"dtype={args.dtype}",
+    ]
     cfg = load_config(args.config, overrides)
     with tempfile.TemporaryDirectory() as tmp:
         run_experiment(cfg, Path(tmp) / "run", quiet=True)
-        per_method = {m.key: [overhead(r) for r in read_metrics(Path(tmp) / "run" / m.key / "metrics.jsonl")] for m in cfg.methods}
+        per_method = {
+            m.key: [overhead(r) for r in read_metrics(Path(tmp) / "run" / m.key / "metrics.jsonl")] for m in cfg.methods
+        }
     result = {
         "benchmark": "simulator_overhead",
         "machine": machine_info(args.device, args.dtype),

@@ -30,8 +30,10 @@ def run_cell(task: str, method: str, args: argparse.Namespace) -> dict:
     """One preset x one method in a child process; its summary.json."""
     with tempfile.TemporaryDirectory() as tmp:
         command = [
-            sys.executable, "-m", "fedsub", "run", str(HERE.parent / "configs" / f"{task}.yaml"), "--out", tmp, "--quiet",
-            "--set", f"federation.rounds={args.rounds}", "--set", f"device={args.device}", "--set", f"dtype={args.dtype}",
+            sys.executable, "-m", "fedsub", "run", str(HERE.parent / "configs" / f"{task}.yaml"), "--out", tmp,
+            "--quiet",
+            "--set", f"federation.rounds={args.rounds}", "--set", f"device={args.device}", "--set",
+            f"dtype={args.dtype}",
             "--set", f"methods={method}", *[x for item in args.set for x in ("--set", item)],
         ]  # fmt: skip
         subprocess.run(command, check=True)
@@ -39,7 +41,8 @@ def run_cell(task: str, method: str, args: argparse.Namespace) -> dict:
     return {
         "task": task, "method": method, "rounds": summary["rounds"],
         "seconds_per_round": summary["seconds_per_round"], "peak_rss_mb": summary["peak_rss_mb"],
-        "mb_up_per_round": summary["bytes_up_per_round"] / 1e6, "mb_down_per_round": summary["bytes_down_per_round"] / 1e6,
+        "mb_up_per_round": summary["bytes_up_per_round"] / 1e6,
+        "mb_down_per_round": summary["bytes_down_per_round"] / 1e6,
         "metric": METRIC[task], "final_metric": summary.get(f"final_{METRIC[task]}"),
     }  # fmt: skip
 
@@ -55,7 +58,12 @@ def main() -> None:
     args = parser.parse_args()
     check_device(args.device)
     machine = machine_info(args.device, args.dtype)
-    report = {"benchmark": "tasks", "machine": machine, "workload": {"rounds": args.rounds, "overrides": args.set}, "cells": []}
+    report = {
+        "benchmark": "tasks",
+        "machine": machine,
+        "workload": {"rounds": args.rounds, "overrides": args.set},
+        "cells": [],
+    }
     for task in args.tasks.split(","):
         for method in args.methods.split(","):
             report["cells"].append(run_cell(task, method, args))

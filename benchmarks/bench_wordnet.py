@@ -36,7 +36,8 @@ def main() -> None:
         seconds.append(time.perf_counter() - tic)
     median = statistics.median(seconds)
     emit({"machine": machine_info("cpu", "float32"), "file": str(path), "synsets": len(offsets),
-          "seconds": seconds, "median_s": median, "target_s": TARGET_S, "target_met": median < TARGET_S}, args.out)  # fmt: skip
+          "seconds": seconds, "median_s": median, "target_s": TARGET_S, "target_met": median < TARGET_S},
+          args.out)  # fmt: skip
 
 
 if __name__ == "__main__":

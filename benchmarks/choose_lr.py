@@ -1,6 +1,7 @@
 """Choose each method's learning rate from a validation sweep: the lr with the best final-round accuracy.
 
-    .venv/bin/python benchmarks/choose_lr.py benchmarks/results/lr-sweep-a/results.csv benchmarks/results/lr-sweep-b/results.csv
+    .venv/bin/python benchmarks/choose_lr.py benchmarks/results/lr-sweep-a/results.csv \
+        benchmarks/results/lr-sweep-b/results.csv
 
 The sweep's methods are labelled `<method>_lr<value>` (configs/fedgalore_lr_sweep.yaml), and it runs on
 `data.eval_split: val`, so `final_accuracy` there is validation accuracy: the test split is never looked at.
@@ -59,6 +60,7 @@ def main() -> None:
                 cells += [f"{lr:g}", f"**{text}**" if lr == chosen else text]
             cells += [""] * (2 * width - len(cells))
             print(f"| {method} | " + " | ".join(cells) + f" | {chosen:g} |")
+
 
 if __name__ == "__main__":
     main()

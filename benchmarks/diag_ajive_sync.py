@@ -83,7 +83,9 @@ def main() -> None:
                     "round": round_index + 1,
                     "accuracy": record["accuracy"],
                     "joint_rank_mean": statistics.mean(c.get("joint_rank", 0) for c in round_calls),
-                    "signal_rank_mean": statistics.mean(statistics.mean(c.get("signal_ranks", [0])) for c in round_calls),
+                    "signal_rank_mean": statistics.mean(
+                        statistics.mean(c.get("signal_ranks", [0])) for c in round_calls
+                    ),
                     "top_direction_cosine_mean": statistics.mean(c["top_direction_cosine"] for c in round_calls),
                     "calls": round_calls,
                 }
@@ -92,7 +94,9 @@ def main() -> None:
             print(json.dumps(summary), flush=True)
             print("  first matrices:", json.dumps(round_calls[:3]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"alpha": args.alpha, "signal_rank": args.signal_rank, "rounds": per_round}, indent=1))
+    args.out.write_text(
+        json.dumps({"alpha": args.alpha, "signal_rank": args.signal_rank, "rounds": per_round}, indent=1)
+    )
 
 
 if __name__ == "__main__":

@@ -48,7 +48,9 @@ def summary_row(method: str, runs: list[list[dict]]) -> list[str]:
 def table(found: dict[str, list[list[dict]]]) -> str:
     rows = [summary_row(method, runs) for method, runs in found.items()]
     if all(cell == "–" for row in rows for cell in row[3:]):
-        raise ValueError("no diag_* metrics in these runs (they ran with diagnostics: false, or before fedsub logged them)")
+        raise ValueError(
+            "no diag_* metrics in these runs (they ran with diagnostics: false, or before fedsub logged them)"
+        )
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 

@@ -30,11 +30,18 @@ def main() -> None:
                 acc[row["alpha"]][row["method"]][int(row["seed"])] = float(row["final_accuracy"])
     methods_seen = {m for per_alpha in acc.values() for m in per_alpha}
     if args.ref not in methods_seen:
-        parser.error(f"--ref {args.ref}: no such method with a final_accuracy in {args.csv}; it has {', '.join(sorted(methods_seen)) or 'none'}")
+        parser.error(
+            f"--ref {args.ref}: no such method with a final_accuracy in {args.csv}; it has "
+            f"{', '.join(sorted(methods_seen)) or 'none'}"
+        )
     for alpha, methods in sorted(acc.items()):
         seeds = sorted({s for per_seed in methods.values() for s in per_seed})
         print(f"\nalpha {alpha}\n")
-        print("| method | " + " | ".join(f"seed {s}" for s in seeds) + f" | mean | {args.ref} minus method, per seed | mean difference |")
+        print(
+            "| method | "
+            + " | ".join(f"seed {s}" for s in seeds)
+            + f" | mean | {args.ref} minus method, per seed | mean difference |"
+        )
         print("|---|" + "---|" * (len(seeds) + 3))
         ref = methods.get(args.ref, {})
         for method, per_seed in methods.items():
@@ -42,7 +49,11 @@ def main() -> None:
             diffs = [ref[s] - per_seed[s] for s in seeds if s in per_seed and s in ref]
             shown = ", ".join(f"{d:+.4f}" for d in diffs) if method != args.ref else ""
             mean_diff = f"{statistics.mean(diffs):+.4f}" if diffs and method != args.ref else ""
-            print(f"| {method} | " + " | ".join(cells) + f" | {statistics.mean(per_seed.values()):.4f} | {shown} | {mean_diff} |")
+            print(
+                f"| {method} | "
+                + " | ".join(cells)
+                + f" | {statistics.mean(per_seed.values()):.4f} | {shown} | {mean_diff} |"
+            )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ per-seed accuracy, the paired difference to --ref and the means; a partial grid 
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import statistics
 import sys
@@ -26,14 +25,22 @@ from common import emit, machine_info
 from fedsub.reporting.report import read_metrics
 
 CELL = re.compile(r"alpha-(?P<alpha>[^/]+)/seed-(?P<seed>-?\d+)$")
-ROUND_MEANS = ("diag_rank_mean", "diag_cancellation_ratio", "diag_cos_pairwise", "ajive_joint_rank_mean", "v_hat_rel_diff_mean")
+ROUND_MEANS = (
+    "diag_rank_mean",
+    "diag_cancellation_ratio",
+    "diag_cos_pairwise",
+    "ajive_joint_rank_mean",
+    "v_hat_rel_diff_mean",
+)
 
 
 def cell_summary(method_dir: Path) -> dict:
     records = read_metrics(method_dir / "metrics.jsonl")
     accuracy = [r["accuracy"] for r in records if r.get("accuracy") is not None]
     if not accuracy:
-        raise ValueError(f"{method_dir}: no accuracy in metrics.jsonl (a generation grid? this script reads classification)")
+        raise ValueError(
+            f"{method_dir}: no accuracy in metrics.jsonl (a generation grid? this script reads classification)"
+        )
     out = {
         "rounds": len(records), "final_accuracy": accuracy[-1], "best_accuracy": max(accuracy),
         "mb_up_per_round": statistics.mean(r["bytes_up"] for r in records) / 1e6,
@@ -58,7 +65,9 @@ def collect(grids: list[Path]) -> list[dict]:
             key = (summary.parent.name, float(match["alpha"]), int(match["seed"]))
             cell = {"method": key[0], "alpha": key[1], "seed": key[2], **cell_summary(summary.parent)}
             if key in cells and cells[key]["final_accuracy"] != cell["final_accuracy"]:
-                raise ValueError(f"{key}: two grids disagree ({cells[key]['final_accuracy']} vs {cell['final_accuracy']})")
+                raise ValueError(
+                    f"{key}: two grids disagree ({cells[key]['final_accuracy']} vs {cell['final_accuracy']})"
+                )
             cells[key] = cell
     if not cells:
         raise ValueError("no finished cells (alpha-A/seed-S/<method>/summary.json) in " + ", ".join(map(str, grids)))
@@ -71,10 +80,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("grids", nargs="+", type=Path)
     parser.add_argument("--name", required=True, help="results/grid-NAME.json")
     parser.add_argument("--ref", default="fedgalore", help="the method the paired differences are taken against")
-    parser.add_argument("--methods", help="comma-separated: the methods and row order to report (default: all, as found)")
-    parser.add_argument("--seeds", help="comma-separated: the seeds the grid is planned for (default: the seeds found); "
-                        "seeds not run yet show as `–` and count as missing cells")
-    parser.add_argument("--alphas", help="comma-separated: the alphas the grid is planned for (default: the alphas found)")
+    parser.add_argument(
+        "--methods", help="comma-separated: the methods and row order to report (default: all, as found)"
+    )
+    parser.add_argument(
+        "--seeds",
+        help="comma-separated: the seeds the grid is planned for (default: the seeds found); "
+        "seeds not run yet show as `–` and count as missing cells",
+    )
+    parser.add_argument(
+        "--alphas", help="comma-separated: the alphas the grid is planned for (default: the alphas found)"
+    )
     parser.add_argument("--note", default="", help="how the cells ran (code commit, threads, parallel cells)")
     args = parser.parse_args(argv)
     try:

@@ -20,22 +20,34 @@ from typing import Callable
 HERE = Path(__file__).parent
 END = "<!-- end generated -->"
 BLOCK = re.compile(r"<!-- generated: (?P<name>[\w.-]+) -->\n.*?" + re.escape(END), re.S)
-TITLES = {"simulator": "Simulator overhead", "galore": "GaLore-AdamW step time and state", "ajive": "AJIVE wall time",
-          "wordnet": "WordNet parse time", "rounds": "Seconds, bytes and memory per round",
-          "tasks": "Tasks: seconds per round, peak memory and bytes",
-          "grid": "Benchmark grid"}
+TITLES = {
+    "simulator": "Simulator overhead",
+    "galore": "GaLore-AdamW step time and state",
+    "ajive": "AJIVE wall time",
+    "wordnet": "WordNet parse time",
+    "rounds": "Seconds, bytes and memory per round",
+    "tasks": "Tasks: seconds per round, peak memory and bytes",
+    "grid": "Benchmark grid",
+}
 
 
 def machine_line(report: dict) -> str:
     m = report.get("machine", {})
     where = ", ".join(str(x) for x in (m.get("platform"), f"{m['cpu_count']} CPUs" if m.get("cpu_count") else None,
-                                        f"{m['memory_gib']} GiB" if m.get("memory_gib") else None, m.get("gpu")) if x)  # fmt: skip
-    libs = ", ".join(f"{name} {m[name]}" for name in ("python", "torch", "transformers", "peft", "numpy", "scipy") if m.get(name))
+                                        f"{m['memory_gib']} GiB" if m.get("memory_gib") else None,
+                                        m.get("gpu")) if x)  # fmt: skip
+    libs = ", ".join(
+        f"{name} {m[name]}" for name in ("python", "torch", "transformers", "peft", "numpy", "scipy") if m.get(name)
+    )
     device = m.get("device") or report.get("device") or report.get("workload", {}).get("device", "cpu")
     dtype = m.get("dtype") or report.get("dtype") or report.get("workload", {}).get("dtype", "float32")
     dtype = {"fp32": "float32", "bf16": "bfloat16"}.get(dtype, dtype)
     load = m.get("load_avg_1m_start")
-    extra = [f"torch threads {m['threads']}" if m.get("threads") else None, f"load {load:.2f}" if load is not None else None, m.get("date")]
+    extra = [
+        f"torch threads {m['threads']}" if m.get("threads") else None,
+        f"load {load:.2f}" if load is not None else None,
+        m.get("date"),
+    ]
     return f"Measured on {where}; {libs}; device {device}, dtype {dtype}; " + ", ".join(x for x in extra if x) + "."
 
 
@@ -54,51 +66,70 @@ def galore_table(report: dict) -> list[str]:
     rows = []
     for r in report["results"]:
         s, b = r["step_s"], r["state_bytes"]
-        rows.append([r["model"], str(r["rank"]), f"{s['adamw']:.3g}", f"{s['galore_steady']:.3g} / {s['galore_refresh']:.3g} / {s['galore_amortised']:.3g}",
+        rows.append([r["model"], str(r["rank"]), f"{s['adamw']:.3g}",
+        f"{s['galore_steady']:.3g} / {s['galore_refresh']:.3g} / {s['galore_amortised']:.3g}",
                      f"{r['step_ratio_amortised']:.2f} " + ("met" if r["step_target_met"] else "**missed**"),
                      f"{b['galore_matrices']:,}", f"{b['bound']:,}", f"{b['adamw']:,}"])  # fmt: skip
     header = ["weights", "rank", "AdamW step (s)", "GaLore steady / refresh / amortised (s)", "ratio (target ≤ 1.15)",
               "GaLore matrix state bytes", "bound", "AdamW state bytes"]  # fmt: skip
     return [f"Medians over {report['results'][0]['samples']['adamw']} AdamW steps per case (MiniLM); update_proj_gap "
-            f"{report['results'][0]['update_proj_gap']}, proj_type {report['results'][0]['proj_type']}.", ""] + table(header, rows)  # fmt: skip
+            f"{report['results'][0]['update_proj_gap']}, proj_type {report['results'][0]['proj_type']}.",
+            ""] + table(header, rows)  # fmt: skip
 
 
 def ajive_table(report: dict) -> list[str]:
-    rows = [[str(r["K"]), f"{r['n']}x{r['d']}", r["signal_ranks"], str(r["R"]), f"{r['cold_s_median']:.3g}", f"{r['warm_s_median']:.3g}"]
+    rows = [[str(r["K"]), f"{r['n']}x{r['d']}", r["signal_ranks"], str(r["R"]), f"{r['cold_s_median']:.3g}",
+             f"{r['warm_s_median']:.3g}"]
             for r in report["results"]]  # fmt: skip
-    target = f"target K = 10 blocks of 768x8 < {report['target_K10_768x8_s']} s: " + ("met" if report["meets_target"] else "**missed**")
-    return [f"Medians of {report['repeats']} repeats, {report['samples_per_bound']} samples per bound; {target}.", ""] + table(
-        ["K", "block", "signal ranks", "total rank R", "cold median (s)", "warm median (s)"], rows
+    target = f"target K = 10 blocks of 768x8 < {report['target_K10_768x8_s']} s: " + (
+        "met" if report["meets_target"] else "**missed**"
     )
+    return [
+        f"Medians of {report['repeats']} repeats, {report['samples_per_bound']} samples per bound; {target}.",
+        "",
+    ] + table(["K", "block", "signal ranks", "total rank R", "cold median (s)", "warm median (s)"], rows)
 
 
 def wordnet_table(report: dict) -> list[str]:
     met = "met" if report["target_met"] else "**missed**"
-    rows = [[f"{report['synsets']:,}", ", ".join(f"{s:.2f}" for s in report["seconds"]), f"**{report['median_s']:.2f}** {met}"]]
+    rows = [
+        [
+            f"{report['synsets']:,}",
+            ", ".join(f"{s:.2f}" for s in report["seconds"]),
+            f"**{report['median_s']:.2f}** {met}",
+        ]
+    ]
     return table(["synsets parsed", "seconds per parse", f"median (target < {report['target_s']} s)"], rows)
 
 
 def rounds_table(report: dict) -> list[str]:
     w = report["workload"]
-    rows = [[r["method"], f"{r['seconds_round_median']:.2f}", ", ".join(f"{v:.2f}" for v in r["seconds_round_per_repeat"]),
-             f"{r['seconds_train_median']:.2f}", f"{r['seconds_aggregate_median']:.2f}", f"{r['seconds_eval_median']:.2f}",
-             f"{r['seconds_ajive_median']:.2f}", f"{r['mb_up_per_round']:.2f}", f"{r['mb_down_per_round']:.2f}", f"{r['peak_rss_mb']:.0f}"]
+    rows = [[r["method"], f"{r['seconds_round_median']:.2f}",
+             ", ".join(f"{v:.2f}" for v in r["seconds_round_per_repeat"]),
+             f"{r['seconds_train_median']:.2f}", f"{r['seconds_aggregate_median']:.2f}",
+             f"{r['seconds_eval_median']:.2f}",
+             f"{r['seconds_ajive_median']:.2f}", f"{r['mb_up_per_round']:.2f}", f"{r['mb_down_per_round']:.2f}",
+             f"{r['peak_rss_mb']:.0f}"]
             for r in report["results"]]  # fmt: skip
     header = ["method", "s/round (median)", "per repeat", "training", "aggregation", "evaluation", "of which AJIVE",
               "MB up", "MB down", "peak RSS MB"]  # fmt: skip
-    return [f"`{w['config']}`, {w['rounds']} rounds x {w['repeats']} repeats, {w['clients_per_round']} clients per round x "
-            f"{w['local_steps']} local steps; seconds are medians over rounds, then over repeats.", ""] + table(header, rows)  # fmt: skip
+    return [f"`{w['config']}`, {w['rounds']} rounds x {w['repeats']} repeats, {w['clients_per_round']} clients per "
+            f"round x {w['local_steps']} local steps; seconds are medians over rounds, then over repeats.",
+            ""] + table(header, rows)  # fmt: skip
 
 
-TASK_PRESETS = {"generation": "generation (configs/generation.yaml)", "multiple_choice": "multiple choice (configs/multiple_choice.yaml)",
+TASK_PRESETS = {"generation": "generation (configs/generation.yaml)",
+                "multiple_choice": "multiple choice (configs/multiple_choice.yaml)",
                 "vision": "vision (configs/vision.yaml)"}  # fmt: skip
 METRIC_NAMES = {"rougeL": "ROUGE-L", "accuracy": "accuracy"}
 
 
 def tasks_table(report: dict) -> list[str]:
-    rows = [[TASK_PRESETS.get(c["task"], c["task"]), c["method"], f"{c['seconds_per_round']:.1f}", f"{c['peak_rss_mb']:.0f}",
+    rows = [[TASK_PRESETS.get(c["task"], c["task"]), c["method"], f"{c['seconds_per_round']:.1f}",
+             f"{c['peak_rss_mb']:.0f}",
              f"{c['mb_up_per_round']:.2f}", f"{c['mb_down_per_round']:.2f}",
-             f"{METRIC_NAMES.get(c['metric'], c['metric'])} {c['final_metric']:.4f}"] for c in report["cells"]]  # fmt: skip
+             f"{METRIC_NAMES.get(c['metric'], c['metric'])} {c['final_metric']:.4f}"]
+            for c in report["cells"]]  # fmt: skip
     header = ["task (preset)", "method", "s/round", "peak RSS (MB)", "MB up/round", "MB down/round",
               f"final metric ({report['workload']['rounds']} rounds)"]  # fmt: skip
     return table(header, rows)
@@ -124,7 +155,11 @@ def grid_table(report: dict) -> list[str]:
             if not any(mine):
                 continue
             acc = [c["final_accuracy"] if c else None for c in mine]
-            diffs = [at[(ref, s)]["final_accuracy"] - c["final_accuracy"] for s, c in zip(seeds, mine) if c and (ref, s) in at]
+            diffs = [
+                at[(ref, s)]["final_accuracy"] - c["final_accuracy"]
+                for s, c in zip(seeds, mine)
+                if c and (ref, s) in at
+            ]
             done = [c for c in mine if c]
             mean_of = lambda key: statistics.mean(c[key] for c in done) if all(key in c for c in done) else None  # noqa: E731
             mb = mean_of("mb_up_per_round") + mean_of("mb_down_per_round")
@@ -138,8 +173,10 @@ def grid_table(report: dict) -> list[str]:
     expected = len(report["methods"]) * len(seeds) * len(alphas)
     status = "complete" if len(cells) >= expected else f"**partial: {len(cells)} of {expected} cells**"
     note = f" {report['note']}." if report.get("note") else ""
-    return [f"Final test accuracy (chance 1/classes); \"diff\" = {ref} minus the method on the same seed (the seed fixes the "
-            f"partition: a paired comparison); `–` = not run yet. Diagnostics: mean over rounds. Grid {status}.{note}", ""] + lines[:-1]  # fmt: skip
+    return [f"Final test accuracy (chance 1/classes); \"diff\" = {ref} minus the method on the same seed (the seed "
+            f"fixes the partition: a paired comparison); `–` = not run yet. Diagnostics: mean over rounds. "
+            f"Grid {status}.{note}",
+            ""] + lines[:-1]  # fmt: skip
 
 
 RENDERERS: dict[str, Callable[[dict], list[str]]] = {
@@ -173,7 +210,11 @@ def update(doc: str, results: dict[str, dict]) -> str:
 
 
 def read_results(folder: Path) -> dict[str, dict]:
-    return {p.stem: json.loads(p.read_text()) for p in sorted(Path(folder).glob("*.json")) if p.stem.split("-")[0] in RENDERERS}
+    return {
+        p.stem: json.loads(p.read_text())
+        for p in sorted(Path(folder).glob("*.json"))
+        if p.stem.split("-")[0] in RENDERERS
+    }
 
 
 def main(results: Path = HERE / "results", doc: Path = HERE / "RESULTS.md") -> int:

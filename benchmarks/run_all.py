@@ -47,7 +47,16 @@ def main() -> int:
             print(f"skip {name}: it times CPU work only (run it without --device / --dtype)", flush=True)
             continue
         out = result_path(name, args.device, args.dtype)
-        command = [sys.executable, str(HERE / BENCHES[name][0]), "--device", args.device, "--dtype", args.dtype, "--out", str(out)]
+        command = [
+            sys.executable,
+            str(HERE / BENCHES[name][0]),
+            "--device",
+            args.device,
+            "--dtype",
+            args.dtype,
+            "--out",
+            str(out),
+        ]
         print("+", " ".join(command), flush=True)
         if subprocess.run(command).returncode:
             failed.append(name)

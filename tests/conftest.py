@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from fedsub_fixtures import TEXTS, tiny_config
 
 # The tests' models are tiny: a second intra-op thread buys nothing there, and on a loaded 2-core
@@ -25,7 +24,11 @@ def tiny_data():
     labels = [label for label in TEXTS for _ in TEXTS[label]]
     task = ClassificationTask(plan.tokenizer(), cfg.model.max_length, num_labels=3)
     encoded = task.encode(texts, labels)
-    parts = [torch.tensor([0, 1, 2, 6, 12, 13]), torch.tensor([3, 7, 8, 9, 14, 15]), torch.tensor([4, 5, 10, 11, 16, 17])]
+    parts = [
+        torch.tensor([0, 1, 2, 6, 12, 13]),
+        torch.tensor([3, 7, 8, 9, 14, 15]),
+        torch.tensor([4, 5, 10, 11, 16, 17]),
+    ]
     return FederatedData(task, encoded, encoded, parts, ["animal", "artifact", "feeling"], {}, plan)
 
 
@@ -35,10 +38,11 @@ PARTS = [[0, 1, 2, 6, 12, 13], [3, 7, 8, 9, 14, 15], [4, 5, 10, 11, 16, 17]]
 @pytest.fixture(scope="session")
 def task_data(tiny_data):
     """FederatedData per task kind, built once: kind -> data (3 clients each)."""
+    from fedsub_fixtures import CHOICES, INSTRUCTIONS, task_config, tiny_images
+
     from fedsub.engines.setup import FederatedData
     from fedsub.models import plan_model
     from fedsub.tasks import build_task
-    from fedsub_fixtures import CHOICES, INSTRUCTIONS, task_config, tiny_images
 
     cache = {"classification": tiny_data}
 

@@ -5,12 +5,30 @@ from __future__ import annotations
 from fedsub.config import validate_config
 
 TEXTS = {
-    0: ["a small furry animal kept as a pet", "a large wild cat of the forest", "a bird that sings at dawn",
-        "a domestic animal that barks", "a fish living in the deep sea", "an insect with bright wings"],
-    1: ["a tool for cutting wood", "a device used to measure time", "a machine that prints pages",
-        "an instrument for writing", "a container for holding liquids", "a vehicle with two wheels"],
-    2: ["a feeling of great happiness", "the state of being afraid", "a sudden feeling of anger",
-        "a mood of quiet sadness", "an emotion of deep love", "the state of being calm"],
+    0: [
+        "a small furry animal kept as a pet",
+        "a large wild cat of the forest",
+        "a bird that sings at dawn",
+        "a domestic animal that barks",
+        "a fish living in the deep sea",
+        "an insect with bright wings",
+    ],
+    1: [
+        "a tool for cutting wood",
+        "a device used to measure time",
+        "a machine that prints pages",
+        "an instrument for writing",
+        "a container for holding liquids",
+        "a vehicle with two wheels",
+    ],
+    2: [
+        "a feeling of great happiness",
+        "the state of being afraid",
+        "a sudden feeling of anger",
+        "a mood of quiet sadness",
+        "an emotion of deep love",
+        "the state of being calm",
+    ],
 }
 
 
@@ -68,9 +86,21 @@ INSTRUCTIONS = [
     ("Use the word 'joy' in a sentence.", "she jumped for joy"),
 ]
 CHOICES = [
-    ("Which definition matches the word 'cat'?", ["a tool for cutting wood", "a small furry animal", "a feeling of joy", "a large body of water"], 1),
-    ("Which definition matches the word 'saw'?", ["a tool for cutting wood", "a small furry animal", "a feeling of joy", "a large body of water"], 0),
-    ("Which definition matches the word 'joy'?", ["a tool for cutting wood", "a small furry animal", "a feeling of joy", "a large body of water"], 2),
+    (
+        "Which definition matches the word 'cat'?",
+        ["a tool for cutting wood", "a small furry animal", "a feeling of joy", "a large body of water"],
+        1,
+    ),
+    (
+        "Which definition matches the word 'saw'?",
+        ["a tool for cutting wood", "a small furry animal", "a feeling of joy", "a large body of water"],
+        0,
+    ),
+    (
+        "Which definition matches the word 'joy'?",
+        ["a tool for cutting wood", "a small furry animal", "a feeling of joy", "a large body of water"],
+        2,
+    ),
 ]
 TASK_SECTIONS = {
     "classification": {},
@@ -87,7 +117,11 @@ TASK_SECTIONS = {
     },
     "image_classification": {
         "task": {"kind": "image_classification"},
-        "model": {"name": "efficientnet_lite0", "tiny": True, "target_modules": ["_expand_conv", "_project_conv", "_conv_head"]},
+        "model": {
+            "name": "efficientnet_lite0",
+            "tiny": True,
+            "target_modules": ["_expand_conv", "_project_conv", "_conv_head"],
+        },
     },
 }
 # FedFTG trains MLP up-projections; the tiny EfficientNet's lower half has only a project conv.

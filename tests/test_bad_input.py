@@ -5,13 +5,13 @@ import json
 
 import pytest
 import yaml
+from fedsub_fixtures import one_line_error, write_csv_experiment
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedsub.app.cli import main
 from fedsub.config import validate_config
 from fedsub.errors import ConfigError
-from fedsub_fixtures import one_line_error, write_csv_experiment
 
 
 @pytest.mark.parametrize(
@@ -97,14 +97,18 @@ def test_resume_continues_a_run_and_refuses_a_corrupt_checkpoint(tmp_path, capsy
 # ---------------------------------------------------------------- config fuzzing
 
 FIELDS = [
-    ("federation", "rounds"), ("federation", "clients_per_round"), ("federation", "num_clients"), ("federation", "eval_every"),
-    ("train", "lr"), ("train", "local_steps"), ("train", "batch_size"), ("train", "max_grad_norm"), ("train", "local_epochs"),
+    ("federation", "rounds"), ("federation", "clients_per_round"), ("federation", "num_clients"), ("federation",
+     "eval_every"),
+    ("train", "lr"), ("train", "local_steps"), ("train", "batch_size"), ("train", "max_grad_norm"), ("train",
+     "local_epochs"),
     ("partition", "alpha"), ("partition", "scheme"), ("data", "test_fraction"), ("model", "max_length"),
-    ("failures", "dropout_prob"), ("failures", "straggler_prob"), ("failures", "deadline_s"), ("failures", "min_clients"),
+    ("failures", "dropout_prob"), ("failures", "straggler_prob"), ("failures", "deadline_s"), ("failures",
+     "min_clients"),
     ("validation", "max_norm"), ("checkpoint", "every"), ("checkpoint", "keep"), ("seed", None), ("dtype", None),
 ]  # fmt: skip
 anything = st.one_of(
-    st.none(), st.booleans(), st.integers(-10, 10**6), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8),
+    st.none(), st.booleans(), st.integers(-10, 10**6), st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
     st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
 )  # fmt: skip
 
@@ -125,7 +129,13 @@ def test_fuzzed_configs_validate_or_fail_with_one_line_naming_a_field(assignment
         assert message.startswith("fuzz.yaml: field ") and "\n" not in message
         return
     fed, fail = cfg.federation, cfg.failures
-    assert fed.rounds > 0 and 0 < fed.clients_per_round <= fed.num_clients and 1 <= fail.min_clients <= fed.clients_per_round
+    assert (
+        fed.rounds > 0
+        and 0 < fed.clients_per_round <= fed.num_clients
+        and 1 <= fail.min_clients <= fed.clients_per_round
+    )
     assert 0 <= fail.dropout_prob <= 1 and 0 <= fail.straggler_prob <= 1 and cfg.checkpoint.every >= 0
     assert cfg.train.lr > 0 and cfg.partition.alpha > 0 and 0 < cfg.data.test_fraction < 1
-    assert validate_config(yaml.safe_load(yaml.safe_dump(cfg.model_dump(mode="json")))) == cfg  # the resolved config round-trips
+    assert (
+        validate_config(yaml.safe_load(yaml.safe_dump(cfg.model_dump(mode="json")))) == cfg
+    )  # the resolved config round-trips

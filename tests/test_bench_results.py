@@ -30,12 +30,23 @@ def test_committed_results_md_matches_the_committed_json():
 
 def test_a_new_result_gets_its_own_section_and_the_prose_is_kept():
     results_md = load_results_md()
-    doc = "# Benchmarks\n\nprose before\n\n<!-- generated: simulator-cpu -->\nold table\n<!-- end generated -->\n\nprose after\n"
+    doc = (
+        "# Benchmarks\n\nprose before\n\n<!-- generated: simulator-cpu -->\nold table\n<!-- end generated -->\n\n"
+        "prose after\n"
+    )
     cpu = json.loads((BENCH / "results" / "simulator-cpu.json").read_text())
     gpu = {**cpu, "overhead_per_round": {"fedit": [1.5, 1.25, 1.75]}, "median_overhead": 1.5, "target_met": False}
-    gpu["machine"] = {**cpu["machine"], "device": "cuda", "dtype": "bfloat16", "gpu": "NVIDIA H100", "transformers": "5.23.0"}
+    gpu["machine"] = {
+        **cpu["machine"],
+        "device": "cuda",
+        "dtype": "bfloat16",
+        "gpu": "NVIDIA H100",
+        "transformers": "5.23.0",
+    }
     out = results_md.update(doc, {"simulator-cpu": cpu, "simulator-cuda-bfloat16": gpu})
-    assert out.startswith("# Benchmarks\n\nprose before\n\n<!-- generated: simulator-cpu -->\n") and "prose after\n" in out
+    assert (
+        out.startswith("# Benchmarks\n\nprose before\n\n<!-- generated: simulator-cpu -->\n") and "prose after\n" in out
+    )
     assert "old table" not in out and f"**{cpu['median_overhead']:.4f}** met" in out
     section = out[out.index("## Simulator overhead (cuda-bfloat16)") :]
     assert "| fedit | 1.5000, 1.2500, 1.7500 |" in section and "**1.5000** **missed**" in section
@@ -48,7 +59,19 @@ def test_a_new_result_gets_its_own_section_and_the_prose_is_kept():
 def test_bench_script_runs_in_bfloat16_and_records_the_machine(tmp_path):
     out = tmp_path / "ajive.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH.parent / "src"), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, str(BENCH / "bench_ajive.py"), "--quick", "--repeats", "1", "--samples", "20", "--dtype", "bfloat16", "--out", str(out)]
+    command = [
+        sys.executable,
+        str(BENCH / "bench_ajive.py"),
+        "--quick",
+        "--repeats",
+        "1",
+        "--samples",
+        "20",
+        "--dtype",
+        "bfloat16",
+        "--out",
+        str(out),
+    ]
     subprocess.run(command, check=True, capture_output=True, env=env)
     report = json.loads(out.read_text())
     machine = report["machine"]
@@ -65,7 +88,13 @@ def test_rounds_bench_takes_medians_over_repeats_and_renders_them(monkeypatch):
 
     def cell(seconds):
         parts = dict.fromkeys(bench_rounds.PARTS, seconds / 2)
-        return {**parts, "seconds_round": seconds, "bytes_up_per_round": 2e6, "bytes_down_per_round": 1e6, "peak_rss_mb": seconds * 100}
+        return {
+            **parts,
+            "seconds_round": seconds,
+            "bytes_up_per_round": 2e6,
+            "bytes_down_per_round": 1e6,
+            "peak_rss_mb": seconds * 100,
+        }
 
     runs = [{"fedit": cell(s), "fedgalore": cell(s + 1)} for s in (3.0, 9.0, 4.0)]
     rows = bench_rounds.combine(runs)
@@ -75,7 +104,8 @@ def test_rounds_bench_takes_medians_over_repeats_and_renders_them(monkeypatch):
     assert rows[0]["mb_up_per_round"] == 2.0 and rows[0]["mb_down_per_round"] == 1.0
     cpu = json.loads((BENCH / "results" / "simulator-cpu.json").read_text())
     report = {"benchmark": "rounds", "machine": cpu["machine"], "results": rows,
-              "workload": {"config": "configs/fedgalore_grid.yaml", "rounds": 3, "repeats": 3, "clients_per_round": 8, "local_steps": 5}}  # fmt: skip
+              "workload": {"config": "configs/fedgalore_grid.yaml", "rounds": 3, "repeats": 3, "clients_per_round": 8,
+                           "local_steps": 5}}  # fmt: skip
     out = load_results_md().update("# Benchmarks\n", {"rounds-cpu": report})
     assert "## Seconds, bytes and memory per round (cpu)" in out
     assert "| fedit | 4.00 | 3.00, 9.00, 4.00 | 2.00 | 2.00 | 2.00 | 2.00 | 2.00 | 1.00 | 900 |" in out
@@ -87,7 +117,8 @@ def test_diag_rank_pools_rounds_per_method_and_fails_in_one_line(tmp_path, capsy
     spec.loader.exec_module(diag_rank)
     for run, ranks in (("a", [8.0, 8.0]), ("b", [6.0, 8.0])):
         for method, scale in (("fedgalore", 1.0), ("fedit", 3.0)):
-            records = [{"round": i + 1, "diag_rank_mean": scale * r, "diag_rank_max": scale * 8, "diag_cancellation_ratio": 0.5,
+            records = [{"round": i + 1, "diag_rank_mean": scale * r, "diag_rank_max": scale * 8,
+                        "diag_cancellation_ratio": 0.5,
                         "diag_cos_pairwise": 0.25 * i} for i, r in enumerate(ranks)]  # fmt: skip
             (tmp_path / run / method).mkdir(parents=True)
             (tmp_path / run / method / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -119,7 +150,8 @@ def test_choose_lr_reads_labelled_sweep_rows_and_breaks_ties_by_best_then_smalle
     spec = importlib.util.spec_from_file_location("choose_lr", BENCH / "choose_lr.py")
     choose_lr = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(choose_lr)
-    rows = ["method,alpha,seed,final_accuracy,best_accuracy", "fedit_lr1e-3,0.5,0,0.70,0.72", "fedit_lr2e-3,0.5,0,0.70,0.75",
+    rows = ["method,alpha,seed,final_accuracy,best_accuracy", "fedit_lr1e-3,0.5,0,0.70,0.72",
+            "fedit_lr2e-3,0.5,0,0.70,0.75",
             "fedit_lr5e-3,0.5,0,0.70,0.75", "fedgalore,0.5,0,0.9,0.9"]  # fmt: skip
     (tmp_path / "results.csv").write_text("\n".join(rows) + "\n")
     sweep = choose_lr.read_sweep([str(tmp_path / "results.csv")])

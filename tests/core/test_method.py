@@ -13,7 +13,13 @@ def stub(name):
 
 def method_class(leave_out=(), annotate=None):
     """A method class with every member of the contract but `leave_out` (annotations: `annotate`)."""
-    members = {"Options": NoOptions, "warmup": None, "client_state": frozenset(), "diagnostics": None, "global_model_note": None}
+    members = {
+        "Options": NoOptions,
+        "warmup": None,
+        "client_state": frozenset(),
+        "diagnostics": None,
+        "global_model_note": None,
+    }
     members |= {m: stub(m) for m in MEMBERS if m not in members and m != "options"}
     body = {k: v for k, v in members.items() if k not in leave_out}
     body["__annotations__"] = annotate or {}

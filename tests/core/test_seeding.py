@@ -3,9 +3,9 @@
 import json
 
 import numpy as np
+from fedsub_fixtures import write_csv_experiment
 
 from fedsub.core.seeding import client_seed, derive_rng, derive_seed, derive_seed64, mix_seed, torch_generator
-from fedsub_fixtures import write_csv_experiment
 
 
 def test_mix_seed_is_pinned_and_order_sensitive():
@@ -38,7 +38,22 @@ def test_a_run_with_a_negative_seed_runs(tmp_path):
     from fedsub.app.cli import main
 
     config = write_csv_experiment(tmp_path, ["fedit", {"name": "fedgalore", "rank": 2}])
-    assert main(["run", str(config), "--set", "seed=-1", "--set", "federation.rounds=1", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(config),
+                "--set",
+                "seed=-1",
+                "--set",
+                "federation.rounds=1",
+                "--out",
+                str(tmp_path / "run"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     for method in ("fedit", "fedgalore"):
         [record] = [json.loads(line) for line in (tmp_path / "run" / method / "metrics.jsonl").read_text().splitlines()]
         assert record["accuracy"] is not None and len(record["clients"]) == 2

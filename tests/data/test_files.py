@@ -14,8 +14,10 @@ from fedsub.data import load_splits
 from fedsub.data.files import encode_labels
 from fedsub.errors import ConfigError
 
-ROWS = [{"sentence": f"sentence number {i}", "category": ["sports", "arts", "news"][i % 3], "topic": f"t{i % 4}"}
-        for i in range(60)]
+ROWS = [
+    {"sentence": f"sentence number {i}", "category": ["sports", "arts", "news"][i % 3], "topic": f"t{i % 4}"}
+    for i in range(60)
+]
 
 
 def _write(path, rows=ROWS):
@@ -77,12 +79,18 @@ def test_encode_labels_class_label_and_missing():
 @pytest.mark.parametrize(
     ("kwargs", "pattern"),
     [
-        ({"text_column": "body", "label_column": "category"},
-         r"^data.text_column: column 'body' not in .*; columns are: sentence, category, topic$"),
-        ({"text_column": "sentence", "label_column": "kind"},
-         r"^data.label_column: column 'kind' not in .*; columns are: sentence, category, topic$"),
-        ({"text_column": "sentence", "label_column": "category", "num_classes": 4},
-         r"^data.num_classes: 4 requested but .* has 3 classes"),
+        (
+            {"text_column": "body", "label_column": "category"},
+            r"^data.text_column: column 'body' not in .*; columns are: sentence, category, topic$",
+        ),
+        (
+            {"text_column": "sentence", "label_column": "kind"},
+            r"^data.label_column: column 'kind' not in .*; columns are: sentence, category, topic$",
+        ),
+        (
+            {"text_column": "sentence", "label_column": "category", "num_classes": 4},
+            r"^data.num_classes: 4 requested but .* has 3 classes",
+        ),
     ],
 )
 def test_bad_columns_and_classes(hf_cache, kwargs, pattern):
@@ -141,7 +149,9 @@ def _hub(monkeypatch, splits: dict[str, datasets.Dataset] | Exception):
 
 
 def _hub_split(n: int, labels: list[int]) -> datasets.Dataset:
-    features = datasets.Features({"sentence": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])})
+    features = datasets.Features(
+        {"sentence": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])}
+    )
     return datasets.Dataset.from_dict({"sentence": [f"s{i}" for i in range(n)], "label": labels}, features=features)
 
 
@@ -155,8 +165,14 @@ def test_hub_dataset_uses_its_test_split(monkeypatch):
 
 
 def test_hub_unlabelled_test_split_falls_back_to_validation(monkeypatch):
-    _hub(monkeypatch, {"train": _hub_split(20, [0, 1] * 10), "test": _hub_split(4, [-1] * 4),
-                       "validation": _hub_split(8, [0, 1] * 4)})
+    _hub(
+        monkeypatch,
+        {
+            "train": _hub_split(20, [0, 1] * 10),
+            "test": _hub_split(4, [-1] * 4),
+            "validation": _hub_split(8, [0, 1] * 4),
+        },
+    )
     splits = load_splits(DataConfig(dataset="hf:glue:sst2", text_column="sentence"), seed=0)
     assert splits.test["id"] == [f"validation:{i}" for i in range(8)]
 

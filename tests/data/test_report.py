@@ -41,12 +41,16 @@ def test_report_files(tmp_path):
 
     with open(tmp_path / "label_histogram.csv") as handle:
         assert list(csv.reader(handle)) == [
-            ["client", "cat", "dog", "eel", "total"], ["0", "2", "1", "0", "3"], ["1", "0", "1", "2", "3"]
+            ["client", "cat", "dog", "eel", "total"],
+            ["0", "2", "1", "0", "3"],
+            ["1", "0", "1", "2", "3"],
         ]
     png = (tmp_path / "partition_heatmap.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
     assert summary["sizes"] == [3, 3] and summary["num_classes"] == 3
-    assert summary["effective_classes"][0] == pytest.approx(math.exp(-(2 / 3 * math.log(2 / 3) + 1 / 3 * math.log(1 / 3))), abs=1e-4)
+    assert summary["effective_classes"][0] == pytest.approx(
+        math.exp(-(2 / 3 * math.log(2 / 3) + 1 / 3 * math.log(1 / 3))), abs=1e-4
+    )
     assert sorted(os.listdir(tmp_path)) == ["label_histogram.csv", "partition.json", "partition_heatmap.png"]
 
 

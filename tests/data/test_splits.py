@@ -66,7 +66,9 @@ def test_derived_streams_are_independent_and_accept_negative_seeds():
 def test_image_arrays_round_trip_through_arrow(shape):
     images = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
     ids = np.array([f"im{i}" for i in range(5)], dtype=object)
-    source = Source(columns={"image": images, "id": ids}, labels=np.zeros(5, np.int64), names=["a"], input_column="image")
+    source = Source(
+        columns={"image": images, "id": ids}, labels=np.zeros(5, np.int64), names=["a"], input_column="image"
+    )
     ds = to_dataset(source, np.array([1, 3, 4]), np.array([0, 1, 1]))
     assert ds.column_names == ["image", "label", "id"]
     assert type(ds.features["image"]).__name__ == f"Array{len(shape) - 1}D"

@@ -40,10 +40,18 @@ def test_lexnames_are_the_45_lexicographer_files():
 @pytest.mark.parametrize(
     ("offset", "supersense", "lemma", "text"),
     [
-        ("03481172", "noun.artifact", "hammer",
-         "a hand tool with a heavy rigid head and a handle; used to deliver an impulsive force by striking"),
-        ("07516354", "noun.feeling", "anger",
-         "a strong emotion; a feeling that is oriented toward some real or supposed grievance"),
+        (
+            "03481172",
+            "noun.artifact",
+            "hammer",
+            "a hand tool with a heavy rigid head and a handle; used to deliver an impulsive force by striking",
+        ),
+        (
+            "07516354",
+            "noun.feeling",
+            "anger",
+            "a strong emotion; a feeling that is oriented toward some real or supposed grievance",
+        ),
         ("15169873", "noun.time", "week", "any period of seven consecutive days"),
         ("00001930", "noun.Tops", "physical entity", "an entity that has physical existence"),
     ],
@@ -88,8 +96,11 @@ def test_caps_split_and_seed():
 
 def test_missing_package_names_the_apt_command(monkeypatch, tmp_path):
     monkeypatch.setattr(wordnet, "WORDNET_DIR", tmp_path / "absent")
-    with pytest.raises(ConfigError, match=r"^data.dataset=wordnet_supersense: .*data.noun not found; install it "
-                                          r"with `apt-get install --no-install-recommends wordnet-base`$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^data.dataset=wordnet_supersense: .*data.noun not found; install it "
+        r"with `apt-get install --no-install-recommends wordnet-base`$",
+    ):
         load_splits(DataConfig(), seed=0)
 
 

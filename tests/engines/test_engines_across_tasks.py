@@ -4,9 +4,9 @@ and a run of every task resumes from its checkpoint to the uninterrupted run's m
 from __future__ import annotations
 
 import pytest
+from fedsub_fixtures import TASK_SECTIONS, assert_close, strip_timing, task_config
 
 from fedsub.engines.simulation import Simulation
-from fedsub_fixtures import TASK_SECTIONS, assert_close, strip_timing, task_config
 
 TASKS = [kind for kind in TASK_SECTIONS if kind != "classification"]  # classification: test_flower_grid, test_resume
 

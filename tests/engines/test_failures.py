@@ -5,13 +5,13 @@ import math
 
 import pytest
 import torch
+from fedsub_fixtures import tiny_config
 
 from fedsub.config import FailureConfig
 from fedsub.core.tensors import weighted_mean
 from fedsub.core.types import ClientUpdate, Payload
 from fedsub.engines.failures import run_client, simulated_fault, skip_reason
 from fedsub.engines.simulation import Simulation
-from fedsub_fixtures import tiny_config
 
 
 def make(tiny_data, path, rounds=1, **failures):
@@ -51,9 +51,14 @@ def test_a_crashing_client_is_dropped_and_the_rest_aggregated_with_renormalised_
 
 def test_a_non_finite_loss_drops_the_client(tiny_data, tmp_path):
     sim = make(tiny_data, tmp_path)
-    sabotage(sim, 2, lambda u: ClientUpdate(u.client_id, u.payload, u.num_examples, {**u.metrics, "train_loss": math.nan}))
+    sabotage(
+        sim, 2, lambda u: ClientUpdate(u.client_id, u.payload, u.num_examples, {**u.metrics, "train_loss": math.nan})
+    )
     [record] = sim.run()
-    assert record["dropped"] == [{"client": 2, "reason": "non-finite train_loss nan"}] and record["aggregated"] == [0, 1]
+    assert record["dropped"] == [{"client": 2, "reason": "non-finite train_loss nan"}] and record["aggregated"] == [
+        0,
+        1,
+    ]
 
 
 def test_below_min_clients_the_round_is_skipped_and_the_model_unchanged(tiny_data, tmp_path):
@@ -94,7 +99,11 @@ def test_run_client_outcomes():
     late = run_client(cfg, 0, "straggler", lambda: update)
     assert (late.update, late.reason, late.keep_state) == (None, "straggler", True)  # it trained, just too late
     slow = run_client(FailureConfig(deadline_s=1e-9), 0, None, lambda: update)
-    assert slow.update is None and slow.reason.startswith("deadline: trained ") and slow.reason.endswith("> deadline_s 1e-09")
+    assert (
+        slow.update is None
+        and slow.reason.startswith("deadline: trained ")
+        and slow.reason.endswith("> deadline_s 1e-09")
+    )
     assert skip_reason(FailureConfig(min_clients=2), 1) == "1 usable update < min_clients 2"
     assert skip_reason(FailureConfig(min_clients=2), 2) is None
 

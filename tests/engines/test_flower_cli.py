@@ -9,10 +9,10 @@ pytest.importorskip("flwr")
 from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key  # noqa: E402
+from fedsub_fixtures import write_csv_experiment  # noqa: E402
 
 from fedsub.app.cli import main  # noqa: E402
 from fedsub.engines.flower.loopback import free_port  # noqa: E402
-from fedsub_fixtures import write_csv_experiment  # noqa: E402
 
 
 def test_certs_are_a_ca_a_loopback_server_cert_and_node_keys(tmp_path, capsys):
@@ -29,12 +29,30 @@ def test_certs_are_a_ca_a_loopback_server_cert_and_node_keys(tmp_path, capsys):
         assert isinstance(private.curve, ec.SECP384R1) and private.public_key() == public
         assert (tmp_path / "c" / f"node{k}").stat().st_mode & 0o077 == 0  # private keys: owner only
     assert main(["flower", "certs", str(tmp_path / "c")]) == 2
-    assert capsys.readouterr().err.strip().endswith("ca.crt exists; choose an empty folder (certificates are never overwritten)")
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith("ca.crt exists; choose an empty folder (certificates are never overwritten)")
+    )
 
 
 def test_superlink_without_tls_or_insecure_is_exit_2(tmp_path, capsys):
     config = write_csv_experiment(tmp_path, ["fedit"])
-    assert main(["run", str(config), "--set", "engine=flower", "--set", "flower.superlink=127.0.0.1:9091", "--out", str(tmp_path / "r")]) == 2
+    assert (
+        main(
+            [
+                "run",
+                str(config),
+                "--set",
+                "engine=flower",
+                "--set",
+                "flower.superlink=127.0.0.1:9091",
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "flower.root_certificates" in err and "flower.insecure=true" in err
 
@@ -43,7 +61,19 @@ def test_superlink_without_tls_or_insecure_is_exit_2(tmp_path, capsys):
 def test_unreachable_superlink_is_exit_2_naming_the_address(tmp_path, capsys):
     config = write_csv_experiment(tmp_path, ["fedit"])
     address = f"127.0.0.1:{free_port()}"  # nothing listens there
-    argv = ["run", str(config), "--quiet", "--set", "engine=flower", "--set", f"flower.superlink={address}", "--set", "flower.insecure=true", "--out", str(tmp_path / "r")]
+    argv = [
+        "run",
+        str(config),
+        "--quiet",
+        "--set",
+        "engine=flower",
+        "--set",
+        f"flower.superlink={address}",
+        "--set",
+        "flower.insecure=true",
+        "--out",
+        str(tmp_path / "r"),
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"field flower.superlink: submitting to {address} failed" in err[0]

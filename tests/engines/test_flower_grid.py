@@ -8,9 +8,10 @@ import pytest
 
 pytest.importorskip("flwr")
 
-from fedsub.config import load_config  # noqa: E402
-from fedsub.app.run import run_experiment  # noqa: E402
 from fedsub_fixtures import assert_close, strip_timing, write_csv_experiment  # noqa: E402
+
+from fedsub.app.run import run_experiment  # noqa: E402
+from fedsub.config import load_config  # noqa: E402
 
 # fedgalore with factored downlink and AJIVE: client state (held weights, optimizer) across rounds;
 # fedsa_lora: each client's own B in its node's context.state
@@ -57,10 +58,13 @@ def test_flower_run_directory_has_the_simulator_files(runs):
 
 
 def local_run(tiny_data, tmp_path, faults, min_clients=1):
-    from fedsub.engines.flower.engine import FlowerLocal
     from fedsub_fixtures import tiny_config
 
-    cfg = tiny_config(engine="flower", flower={"round_timeout": 5, "startup_timeout": 0}, failures={"min_clients": min_clients})
+    from fedsub.engines.flower.engine import FlowerLocal
+
+    cfg = tiny_config(
+        engine="flower", flower={"round_timeout": 5, "startup_timeout": 0}, failures={"min_clients": min_clients}
+    )
     engine = FlowerLocal(cfg, cfg.methods[0], tiny_data, tmp_path / "fedit")
     return engine.run(faults=faults), engine
 
@@ -71,7 +75,9 @@ def test_failing_and_dead_clients_are_left_out_of_the_round(tiny_data, tmp_path)
         assert record["clients"] == [0, 1, 2] and record["aggregated"] == [1] and record["accuracy"] is not None
         assert [f["client"] for f in record["dropped"]] == [0, 2] and record["skipped"] is None
         assert "RuntimeError: injected failure on partition 0" in record["dropped"][0]["reason"]
-        assert record["dropped"][1]["reason"] == "no reply after 0s (flower.round_timeout=5.0s)"  # the local grid does not sleep
+        assert (
+            record["dropped"][1]["reason"] == "no reply after 0s (flower.round_timeout=5.0s)"
+        )  # the local grid does not sleep
         assert record["bytes_up"] > 0 and record["bytes_down"] == 3 * record["bytes_up"]  # fedit: A, B both ways
 
 
@@ -91,19 +97,26 @@ def test_round_below_min_clients_is_skipped_with_the_reason(tiny_data, tmp_path)
 
 
 def test_flower_superlink_must_be_host_port():
-    from fedsub.errors import ConfigError
     from fedsub_fixtures import tiny_config
 
-    with pytest.raises(ConfigError, match="field flower.superlink: 'localhost' is not host:port; give the SuperLink's address"):
+    from fedsub.errors import ConfigError
+
+    with pytest.raises(
+        ConfigError, match="field flower.superlink: 'localhost' is not host:port; give the SuperLink's address"
+    ):
         tiny_config(engine="flower", flower={"superlink": "localhost", "insecure": True})
-    assert tiny_config(engine="flower", flower={"superlink": "127.0.0.1:9091", "insecure": True}).flower.superlink == "127.0.0.1:9091"
+    assert (
+        tiny_config(engine="flower", flower={"superlink": "127.0.0.1:9091", "insecure": True}).flower.superlink
+        == "127.0.0.1:9091"
+    )
 
 
 def test_simulated_dropouts_and_stragglers_match_the_simulator(tiny_data, tmp_path):
     """failures.* means the same on both engines: the same clients drop, for the same reasons."""
+    from fedsub_fixtures import tiny_config
+
     from fedsub.engines.flower.engine import FlowerLocal
     from fedsub.engines.simulation import Simulation
-    from fedsub_fixtures import tiny_config
 
     cfg = tiny_config(engine="flower", flower={"round_timeout": 5, "startup_timeout": 0},
                       federation={"num_clients": 3, "clients_per_round": 3, "rounds": 4},

@@ -20,7 +20,18 @@ from fedsub.engines.flower.records import (  # noqa: E402
     update_to_record,
 )
 
-DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64, torch.bool]
+DTYPES = [
+    torch.float32,
+    torch.float64,
+    torch.float16,
+    torch.bfloat16,
+    torch.int8,
+    torch.uint8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.bool,
+]
 
 
 def over_the_wire(content: RecordDict) -> RecordDict:
@@ -70,15 +81,23 @@ def test_non_contiguous_tensor_round_trips():
 
 
 def test_update_round_trip_keeps_weight_and_metrics():
-    update = ClientUpdate(2, Payload({"b": sample(torch.bfloat16)}, {"k": 1}), 17, {"train_loss": 0.123456789012345, "steps": 2.0})
+    update = ClientUpdate(
+        2, Payload({"b": sample(torch.bfloat16)}, {"k": 1}), 17, {"train_loss": 0.123456789012345, "steps": 2.0}
+    )
     back = record_to_update(over_the_wire(update_to_record(update)))
     assert (back.client_id, back.num_examples, back.metrics) == (2, 17, update.metrics)
     assert_same(back.payload.tensors["b"], update.payload.tensors["b"])
 
 
 def test_client_state_round_trips_through_context_state():
-    state = {"global_version": 3, "global_weights": {"w": sample(torch.float32)},
-             "optimizer": {"state": {0: {"exp_avg": sample(torch.bfloat16), "step": torch.tensor(4.0)}}, "param_groups": [{"lr": 0.1, "betas": (0.9, 0.999)}]}}
+    state = {
+        "global_version": 3,
+        "global_weights": {"w": sample(torch.float32)},
+        "optimizer": {
+            "state": {0: {"exp_avg": sample(torch.bfloat16), "step": torch.tensor(4.0)}},
+            "param_groups": [{"lr": 0.1, "betas": (0.9, 0.999)}],
+        },
+    }
     context_state = RecordDict()
     assert load_client_state(context_state) == {}
     save_client_state(context_state, state)

@@ -18,13 +18,14 @@ import pytest
 
 pytest.importorskip("flwr")
 
+from fedsub_fixtures import one_line_error, tiny_config, untimed_records, write_csv_experiment  # noqa: E402
+
 from fedsub.app.cli import main  # noqa: E402
+from fedsub.app.run import run_experiment  # noqa: E402
 from fedsub.config import load_config  # noqa: E402
 from fedsub.core.checkpoint import CRASH_ENV  # noqa: E402
-from fedsub.errors import CheckpointError  # noqa: E402
 from fedsub.engines.rounds import RoundLoop  # noqa: E402
-from fedsub.app.run import run_experiment  # noqa: E402
-from fedsub_fixtures import one_line_error, tiny_config, untimed_records, write_csv_experiment  # noqa: E402
+from fedsub.errors import CheckpointError  # noqa: E402
 
 STATELESS = ["fedit", {"name": "fedgalore", "rank": 2, "downlink": "dense", "sync": "mean", "proj_refresh_rounds": 2}]
 STATEFUL = {"name": "fedgalore", "rank": 2, "sync": "none"}  # each client keeps its optimizer moments
@@ -89,13 +90,19 @@ def test_resuming_a_checkpoint_with_client_state_on_the_nodes_is_refused(tiny_da
     # a deployment refuses before submitting anything (nothing listens at the address)
     from fedsub.engines.flower.deploy import FlowerDeployment
 
-    cfg = flower_config(STATEFUL).model_copy(update={"flower": flower_config(STATEFUL).flower.model_copy(update={"superlink": "127.0.0.1:9", "insecure": True})})
+    cfg = flower_config(STATEFUL).model_copy(
+        update={
+            "flower": flower_config(STATEFUL).flower.model_copy(update={"superlink": "127.0.0.1:9", "insecure": True})
+        }
+    )
     with pytest.raises(CheckpointError, match="keeps client state on the Flower nodes"):
         FlowerDeployment(cfg, cfg.methods[0], tmp_path / "fedgalore", resume=True).run()
 
 
 def test_fedsub_run_resume_refuses_node_state_in_one_line(tmp_path, monkeypatch, capsys):
-    config = write_csv_experiment(tmp_path, [STATEFUL], engine="flower", flower={"round_timeout": 5, "startup_timeout": 0})
+    config = write_csv_experiment(
+        tmp_path, [STATEFUL], engine="flower", flower={"round_timeout": 5, "startup_timeout": 0}
+    )
     out = tmp_path / "run"
     undo = stop_at(monkeypatch, 1)
     assert main(["run", str(config), "--out", str(out), "--quiet"]) == 130
@@ -114,13 +121,17 @@ def test_the_deployed_server_app_resumes_from_its_checkpoint(tmp_path, monkeypat
     from fedsub.engines.flower.grid import LocalGrid
     from fedsub.engines.flower.server import run_config_text
 
-    config = write_csv_experiment(tmp_path, ["fedit"], federation={"num_clients": 3, "clients_per_round": 2, "rounds": 3},
+    config = write_csv_experiment(tmp_path, ["fedit"], federation={"num_clients": 3, "clients_per_round": 2,
+                                                                         "rounds": 3},
                                   engine="flower", flower={"round_timeout": 5, "startup_timeout": 0})  # fmt: skip
     cfg = load_config(config)
 
     def serve(out, resume=False):
         run_config = {CONFIG_KEY: run_config_text(cfg), METHOD_KEY: "fedit", OUT_KEY: str(out), RESUME_KEY: resume}
-        server_main(LocalGrid(client_app, 3, run_config), Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config=run_config))
+        server_main(
+            LocalGrid(client_app, 3, run_config),
+            Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config=run_config),
+        )
 
     serve(tmp_path / "ref")
     undo = stop_at(monkeypatch, 2)
@@ -128,7 +139,9 @@ def test_the_deployed_server_app_resumes_from_its_checkpoint(tmp_path, monkeypat
         serve(tmp_path / "cut")
     undo()
     serve(tmp_path / "cut", resume=True)
-    assert untimed_records(tmp_path / "cut" / "fedit" / "metrics.jsonl") == untimed_records(tmp_path / "ref" / "fedit" / "metrics.jsonl")
+    assert untimed_records(tmp_path / "cut" / "fedit" / "metrics.jsonl") == untimed_records(
+        tmp_path / "ref" / "fedit" / "metrics.jsonl"
+    )
     assert (tmp_path / "cut" / "fedit" / "final_model.safetensors").is_file()
 
 
@@ -139,7 +152,8 @@ def _cli(args, env):
 
 def test_fedsub_run_killed_mid_checkpoint_resumes_to_the_uninterrupted_metrics(tmp_path):
     """SIGKILL (the process, its in-process nodes with it) half-way through round 2's checkpoint."""
-    config = write_csv_experiment(tmp_path, ["fedit"], federation={"num_clients": 3, "clients_per_round": 2, "rounds": 3},
+    config = write_csv_experiment(tmp_path, ["fedit"], federation={"num_clients": 3, "clients_per_round": 2,
+                                                                         "rounds": 3},
                                   engine="flower", flower={"round_timeout": 5, "startup_timeout": 0})  # fmt: skip
     run_experiment(load_config(config), tmp_path / "ref", quiet=True)
     cut = tmp_path / "cut"
@@ -150,5 +164,7 @@ def test_fedsub_run_killed_mid_checkpoint_resumes_to_the_uninterrupted_metrics(t
     assert child.exitcode == -signal.SIGKILL
     assert json.loads((cut / "fedit" / "checkpoint" / "checkpoint.json").read_text())["round"] == 1
     assert main(["run", "--resume", str(cut), "--quiet"]) == 0
-    assert untimed_records(cut / "fedit" / "metrics.jsonl") == untimed_records(tmp_path / "ref" / "fedit" / "metrics.jsonl")
+    assert untimed_records(cut / "fedit" / "metrics.jsonl") == untimed_records(
+        tmp_path / "ref" / "fedit" / "metrics.jsonl"
+    )
     assert (cut / "fedit" / "summary.json").is_file() and not (cut / "fedit" / "checkpoint").exists()

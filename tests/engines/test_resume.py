@@ -5,9 +5,9 @@ import json
 
 import pytest
 import torch
+from fedsub_fixtures import tiny_config, untimed_records
 
 from fedsub.engines.simulation import Simulation
-from fedsub_fixtures import tiny_config, untimed_records
 
 # Methods with the most state to carry: client optimizer moments (fedftg, fedgalore sync none),
 # per-client weight copies and a delta history (fedgalore factored downlink), merged bases (flora).
@@ -21,7 +21,9 @@ CASES = [
 
 
 def make(tiny_data, path, method, rounds=3, resume=False, **sections):
-    cfg = tiny_config(methods=[method], federation={"num_clients": 3, "clients_per_round": 2, "rounds": rounds}, **sections)
+    cfg = tiny_config(
+        methods=[method], federation={"num_clients": 3, "clients_per_round": 2, "rounds": rounds}, **sections
+    )
     return Simulation(cfg, cfg.methods[0], tiny_data, path, resume=resume)
 
 
@@ -38,7 +40,9 @@ def stop_at(monkeypatch, round_index):
     return lambda: monkeypatch.setattr(Simulation, "run_round", original)
 
 
-@pytest.mark.parametrize("name, options", CASES, ids=[f"{n}-{'-'.join(map(str, o.values())) or 'default'}" for n, o in CASES])
+@pytest.mark.parametrize(
+    "name, options", CASES, ids=[f"{n}-{'-'.join(map(str, o.values())) or 'default'}" for n, o in CASES]
+)
 def test_resume_after_an_interrupt_equals_the_uninterrupted_run(tiny_data, tmp_path, monkeypatch, name, options):
     method = {"name": name, **options}
     reference = make(tiny_data, tmp_path / "ref", method)
@@ -80,7 +84,9 @@ def test_a_checkpoint_of_another_config_is_refused(tiny_data, tmp_path):
     from fedsub.errors import CheckpointError
 
     make(tiny_data, tmp_path / "a", "fedit", rounds=2).run()
-    other = make(tiny_data, tmp_path / "a", "fedit", rounds=2, resume=True, train={"local_steps": 2, "batch_size": 4, "lr": 0.5})
+    other = make(
+        tiny_data, tmp_path / "a", "fedit", rounds=2, resume=True, train={"local_steps": 2, "batch_size": 4, "lr": 0.5}
+    )
     with pytest.raises(CheckpointError, match="another config"):
         other.run()
 

@@ -13,11 +13,11 @@ import signal
 import time
 
 import numpy as np
+from fedsub_fixtures import untimed_records, write_csv_experiment
 
+from fedsub.app.run import run_experiment
 from fedsub.config import load_config
 from fedsub.core.checkpoint import CRASH_ENV
-from fedsub.app.run import run_experiment
-from fedsub_fixtures import untimed_records, write_csv_experiment
 
 ROUNDS = 6
 METHOD = {"name": "fedgalore", "sync": "none", "proj_refresh_rounds": 2}  # client moments, weight copies, deltas
@@ -43,7 +43,9 @@ def checkpoint_round(run_dir):
 
 
 def test_sigkill_mid_checkpoint_and_mid_round_then_resume_gives_the_uninterrupted_metrics(tmp_path):
-    config = write_csv_experiment(tmp_path, [METHOD], federation={"num_clients": 3, "clients_per_round": 2, "rounds": ROUNDS})
+    config = write_csv_experiment(
+        tmp_path, [METHOD], federation={"num_clients": 3, "clients_per_round": 2, "rounds": ROUNDS}
+    )
     overrides = ["train.local_steps=6"]
     run_experiment(load_config(config, overrides), tmp_path / "ref", quiet=True)
     cut = tmp_path / "cut"
@@ -51,7 +53,9 @@ def test_sigkill_mid_checkpoint_and_mid_round_then_resume_gives_the_uninterrupte
 
     # killed by the checkpoint writer itself, half of a tensors file on disk, at a seeded round
     crash_round = int(rng.integers(2, ROUNDS - 2))
-    first = fedsub(str(config), "--out", str(cut), "--set", overrides[0], env={CRASH_ENV: f"tensors-half:{crash_round}"})
+    first = fedsub(
+        str(config), "--out", str(cut), "--set", overrides[0], env={CRASH_ENV: f"tensors-half:{crash_round}"}
+    )
     first.join(timeout=120)
     assert first.exitcode == -signal.SIGKILL
     assert checkpoint_round(cut) == crash_round - 1  # the pointer still names the last complete checkpoint
@@ -66,8 +70,12 @@ def test_sigkill_mid_checkpoint_and_mid_round_then_resume_gives_the_uninterrupte
     second.kill()
     second.join(timeout=60)
     done = checkpoint_round(cut)
-    assert second.exitcode == -signal.SIGKILL and crash_round <= done < ROUNDS, f"second run reached round {done} before the kill"
+    assert second.exitcode == -signal.SIGKILL and crash_round <= done < ROUNDS, (
+        f"second run reached round {done} before the kill"
+    )
 
     run_experiment(load_config(cut / "config.yaml"), cut, quiet=True, resume=True)
-    assert untimed_records(cut / "fedgalore" / "metrics.jsonl") == untimed_records(tmp_path / "ref" / "fedgalore" / "metrics.jsonl")
+    assert untimed_records(cut / "fedgalore" / "metrics.jsonl") == untimed_records(
+        tmp_path / "ref" / "fedgalore" / "metrics.jsonl"
+    )
     assert (cut / "fedgalore" / "summary.json").is_file() and not (cut / "fedgalore" / "checkpoint").exists()

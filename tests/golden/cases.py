@@ -42,7 +42,12 @@ TASKS = {
     "generation": {
         "task": {"kind": "generation", "max_new_tokens": 4, "eval_generate": 6},
         "model": {**SMOLLM, "max_length": 40},
-        "data": {"dataset": f"{DATA}/instructions.jsonl", "text_column": "instruction", "label_column": "category", "test_fraction": 0.25},
+        "data": {
+            "dataset": f"{DATA}/instructions.jsonl",
+            "text_column": "instruction",
+            "label_column": "category",
+            "test_fraction": 0.25,
+        },
         "partition": {"scheme": "iid", "min_partition_size": 2},
         # small eval batches: a batch's logits are batch x length x 49152 (SmolLM2's vocabulary)
         "train": {"local_steps": 2, "batch_size": 4, "lr": 1.0e-2, "eval_batch_size": 8},
@@ -56,7 +61,11 @@ TASKS = {
     },
     "image_classification": {
         "task": {"kind": "image_classification"},
-        "model": {"name": "efficientnet_lite0", "tiny": True, "target_modules": ["_expand_conv", "_project_conv", "_conv_head"]},
+        "model": {
+            "name": "efficientnet_lite0",
+            "tiny": True,
+            "target_modules": ["_expand_conv", "_project_conv", "_conv_head"],
+        },
         "data": {"dataset": "digits", "num_classes": 3, "max_train_per_class": 8, "max_test_per_class": 4},
         "partition": {"scheme": "dirichlet", "alpha": 1.0, "min_partition_size": 2},
     },
@@ -99,7 +108,8 @@ def demo() -> dict[str, Any]:
 # in-process grid, failures, and the demo.
 CASES: dict[str, Any] = {
     "fedavg_full": classification(
-        "fedavg_full", [{"name": "fedavg_full", "lr": 1.0e-3}],
+        "fedavg_full",
+        [{"name": "fedavg_full", "lr": 1.0e-3}],
         # also the train options the other cases leave at their defaults
         train={"local_steps": None, "local_epochs": 1.0, "weight_decay": 0.01, "max_grad_norm": 1.0},
     ),
@@ -107,18 +117,41 @@ CASES: dict[str, Any] = {
     # the default: hybrid projectors (round 1 from the warm-up sketch, the refresh at round 3 from
     # the round-2 sketch), AJIVE-synchronised moments, factored downlink (clients catch up on
     # missed rounds' deltas)
-    "fedgalore_ajive": classification("fedgalore_ajive", [{"name": "fedgalore", "rank": 4, "proj_source": "hybrid", "proj_refresh_rounds": 2, "sync": "ajive"}], rounds=3),
+    "fedgalore_ajive": classification(
+        "fedgalore_ajive",
+        [{"name": "fedgalore", "rank": 4, "proj_source": "hybrid", "proj_refresh_rounds": 2, "sync": "ajive"}],
+        rounds=3,
+    ),
     # FedGaLore-minus: each client keeps its optimizer state; hybrid with svd_rounds 1, so the
     # refresh at round 3 switches to a random projector and the kept moments are transported
     "fedgalore_sync_none": classification(
         "fedgalore_sync_none",
-        [{"name": "fedgalore", "rank": 4, "proj_source": "hybrid", "svd_rounds": 1, "proj_refresh_rounds": 2, "sync": "none", "moments_on_refresh": "transport"}],
+        [
+            {
+                "name": "fedgalore",
+                "rank": 4,
+                "proj_source": "hybrid",
+                "svd_rounds": 1,
+                "proj_refresh_rounds": 2,
+                "sync": "none",
+                "moments_on_refresh": "transport",
+            }
+        ],
         rounds=3,
     ),
     # random projectors refreshed every round, moments averaged, dense downlink
     "fedgalore_random_mean": classification(
         "fedgalore_random_mean",
-        [{"name": "fedgalore", "rank": 4, "proj_source": "random", "proj_refresh_rounds": 1, "sync": "mean", "downlink": "dense"}],
+        [
+            {
+                "name": "fedgalore",
+                "rank": 4,
+                "proj_source": "random",
+                "proj_refresh_rounds": 1,
+                "sync": "mean",
+                "downlink": "dense",
+            }
+        ],
     ),
     "fedit": classification("fedit", [{"name": "fedit", "rank": 4, "lora_alpha": 8}]),
     # clients hold state (their own B): 2 of 3 sampled, so a client's B waits for it across rounds
@@ -128,7 +161,9 @@ CASES: dict[str, Any] = {
     "flexlora": classification("flexlora", [{"name": "flexlora", "rank": 4, "client_ranks": [2, 4, 3]}]),
     "flora": classification("flora", [{"name": "flora", "rank": 4, "client_ranks": [2, 4, 3]}]),
     "subspace_reg": classification("subspace_reg", [{"name": "subspace_reg", "rank": 4}]),
-    "svd_redistribute": classification("svd_redistribute", [{"name": "svd_redistribute", "rank": 4, "max_update_norm": 0.5}]),
+    "svd_redistribute": classification(
+        "svd_redistribute", [{"name": "svd_redistribute", "rank": 4, "max_update_norm": 0.5}]
+    ),
     # the task kinds (classification: every case above); fedgalore too where its code differs
     # (causal LMs have no new head; conv kernels as matrices)
     "task_generation": task("generation", ["fedit", {"name": "fedgalore", "rank": 4}]),
@@ -139,7 +174,9 @@ CASES: dict[str, Any] = {
     # simulated dropouts and stragglers, norm-rejected updates, rounds skipped for want of a quorum,
     # evaluation every 2nd round (records with null metrics)
     "failures": classification(
-        "failures", [{"name": "fedit", "rank": 4}], rounds=4,
+        "failures",
+        [{"name": "fedit", "rank": 4}],
+        rounds=4,
         federation={"num_clients": 4, "clients_per_round": 4, "eval_every": 2},
         failures={"dropout_prob": 0.25, "straggler_prob": 0.25, "min_clients": 2},
         validation={"max_norm": 0.27},

@@ -158,8 +158,7 @@ def test_hand_worked_singular_values_thresholds_and_parts() -> None:
 
 
 def test_identifiability_check_is_switchable_and_keeps_close_pairs() -> None:
-    unchecked = ajive(_two_hand_blocks(80.0), signal_ranks=2, center=False, joint_rank=2,
-                      check_identifiability=False)
+    unchecked = ajive(_two_hand_blocks(80.0), signal_ranks=2, center=False, joint_rank=2, check_identifiability=False)
     assert unchecked.joint_rank == 2
     # theta = 20 deg: 3 cos(10 deg) = 2.95 >= 2.75, the bisector stays joint.
     assert ajive(_two_hand_blocks(20.0), signal_ranks=2, center=False, joint_rank=2).joint_rank == 2
@@ -322,8 +321,9 @@ def test_kernels_match_lapack() -> None:
         torch.testing.assert_close(_top_eig_gram(y, g), ref, rtol=1e-12, atol=0)
     alpha, beta = torch.randn(40, 9, generator=g, dtype=F64), torch.randn(40, 8, generator=g, dtype=F64)
     tri = torch.diag_embed(alpha) + torch.diag_embed(beta, 1) + torch.diag_embed(beta, -1)
-    torch.testing.assert_close(_tridiagonal_top_eig(alpha, beta), torch.linalg.eigvalsh(tri)[:, -1],
-                               rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(
+        _tridiagonal_top_eig(alpha, beta), torch.linalg.eigvalsh(tri)[:, -1], rtol=1e-14, atol=1e-14
+    )
 
 
 def _direct_randdir(n: int, ranks: tuple[int, ...], count: int, seed: int, omega=None) -> np.ndarray:
@@ -444,15 +444,23 @@ def _two_directions() -> list[torch.Tensor]:
     return [torch.outer(_e(4, 0), b), torch.outer(u, b)]
 
 
-@pytest.mark.parametrize(("weights", "omega", "phi_deg"), [(None, (1.0, 1.0), 30.0), ([3.0, 1.0], (1.5, 0.5), 9.553),
-                                                           ([1.0, 3.0], (0.5, 1.5), 50.447)])
+@pytest.mark.parametrize(
+    ("weights", "omega", "phi_deg"),
+    [(None, (1.0, 1.0), 30.0), ([3.0, 1.0], (1.5, 0.5), 9.553), ([1.0, 3.0], (0.5, 1.5), 50.447)],
+)
 def test_block_weights_tilt_the_joint_direction_to_the_heavy_block(weights, omega, phi_deg) -> None:
     # M_w M_w^T = omega_1 e1 e1^T + omega_2 u u^T (a = 60 deg between them): its top eigenvector
     # lies at phi = atan2(omega_2 sin 2a, omega_1 + omega_2 cos 2a) / 2 from e1, with eigenvalue
     # 1 + sqrt((omega_1 - omega_2)^2 / 4 + omega_1 omega_2 cos^2 a) (omega sums to K = 2).
     # Equal weights: the bisector, 30 deg; weights 3 : 1 pull it to 9.55 deg, 1 : 3 to 50.45 deg.
-    res = ajive(_two_directions(), signal_ranks=1, center=False, joint_rank=1, check_identifiability=False,
-                block_weights=weights)
+    res = ajive(
+        _two_directions(),
+        signal_ranks=1,
+        center=False,
+        joint_rank=1,
+        check_identifiability=False,
+        block_weights=weights,
+    )
     o1, o2 = omega
     phi = math.atan2(o2 * math.sin(math.radians(120.0)), o1 + o2 * math.cos(math.radians(120.0))) / 2
     assert math.degrees(phi) == pytest.approx(phi_deg, abs=1e-3)
@@ -470,7 +478,10 @@ def test_equal_block_weights_are_the_unweighted_ajive_bit_for_bit() -> None:
     for weights in ([1.0, 1.0, 1.0], [0.1, 0.1, 0.1], [7, 7, 7]):  # 0.1 * 3 / 0.3 != 1 in floats
         same = ajive(blocks, n_wedin_samples=200, n_randdir_samples=200, block_weights=weights)
         assert (same.joint_rank, same.wedin_bound, same.random_direction_bound) == (
-            plain.joint_rank, plain.wedin_bound, plain.random_direction_bound)
+            plain.joint_rank,
+            plain.wedin_bound,
+            plain.random_direction_bound,
+        )
         assert torch.equal(same.joint_basis, plain.joint_basis)
         assert all(torch.equal(a, b) for a, b in zip(same.block_joint, plain.block_joint))
     weighted = ajive(blocks, n_wedin_samples=200, n_randdir_samples=200, block_weights=[3.0, 1.0, 1.0])
@@ -513,10 +524,15 @@ def test_weighted_random_direction_bound_keeps_each_weight_with_its_block() -> N
 
 def test_block_weights_checks() -> None:
     blocks = _two_directions()
-    cases = [([1.0], "block_weights has 1 entries for 2 blocks"), ([1.0, 0.0], "block_weights must be positive"),
-             ([1.0, -2.0], "block_weights must be positive"), ([1.0, math.inf], "block_weights must be positive"),
-             ([1.0, math.nan], "block_weights must be positive"), (["a", 1.0], "block_weights must be a sequence"),
-             (3.0, "block_weights must be a sequence")]
+    cases = [
+        ([1.0], "block_weights has 1 entries for 2 blocks"),
+        ([1.0, 0.0], "block_weights must be positive"),
+        ([1.0, -2.0], "block_weights must be positive"),
+        ([1.0, math.inf], "block_weights must be positive"),
+        ([1.0, math.nan], "block_weights must be positive"),
+        (["a", 1.0], "block_weights must be a sequence"),
+        (3.0, "block_weights must be a sequence"),
+    ]
     for bad, message in cases:
         with pytest.raises(ValueError, match=message):
             ajive(blocks, signal_ranks=1, joint_rank=1, block_weights=bad)

@@ -77,7 +77,9 @@ def test_floor_lifts_v_hat_to_a_share_of_the_weighted_mean() -> None:
     # AJIVE keeps row 0 of sum_k p_k V_k (joint basis e1); V_bar = [[2.5, 7.5], [0, 0.75], [2.25, 0], 0].
     kwargs = dict(center=False, signal_ranks=2, joint_rank=1)
     default, _ = sync_second_moments(_hand_moments(), [1.0, 3.0], **kwargs)
-    torch.testing.assert_close(default, torch.tensor([[2.5, 7.5], [0, 0], [0, 0], [0, 0]], dtype=F64), rtol=0, atol=1e-14)
+    torch.testing.assert_close(
+        default, torch.tensor([[2.5, 7.5], [0, 0], [0, 0], [0, 0]], dtype=F64), rtol=0, atol=1e-14
+    )
     floored, _ = sync_second_moments(_hand_moments(), [1.0, 3.0], floor=0.5, **kwargs)
     expected = torch.tensor([[2.5, 7.5], [0.0, 0.375], [1.125, 0.0], [0.0, 0.0]], dtype=F64)
     torch.testing.assert_close(floored, expected, rtol=0, atol=1e-14)
@@ -116,7 +118,10 @@ def test_client_weighting_pulls_v_hat_towards_the_heavy_client() -> None:
     moments = [torch.outer(e1, b), torch.outer(u, b)]
     kwargs = dict(center=False, signal_ranks=1, joint_rank=1, check_identifiability=False)
     expected = {}
-    for name, phi in (("equal", math.radians(30.0)), ("clients", math.atan2(0.5 * math.sin(2 * a), 1.5 + 0.5 * math.cos(2 * a)) / 2)):
+    for name, phi in (
+        ("equal", math.radians(30.0)),
+        ("clients", math.atan2(0.5 * math.sin(2 * a), 1.5 + 0.5 * math.cos(2 * a)) / 2),
+    ):
         basis = torch.tensor([math.cos(phi), math.sin(phi), 0.0], dtype=F64)
         expected[name] = torch.outer(basis, basis) @ (0.75 * e1 + 0.25 * u)[:, None] @ b[None]
         out, _ = sync_second_moments(moments, [3.0, 1.0], weighting=name, **kwargs)
@@ -132,16 +137,22 @@ def test_relative_difference_exact_numbers() -> None:
     assert relative_difference(v_bar.clone(), v_bar) == 0.0
     assert relative_difference(torch.zeros(2, 2), torch.zeros(2, 2)) == 0.0
     assert relative_difference(torch.ones(2, 2), torch.zeros(2, 2)) == math.inf
-    assert torch.equal(weighted_mean([torch.ones(2), torch.full((2,), 5.0)], normalised_weights([3.0, 1.0], 2)), torch.full((2,), 2.0))
+    assert torch.equal(
+        weighted_mean([torch.ones(2), torch.full((2,), 5.0)], normalised_weights([3.0, 1.0], 2)), torch.full((2,), 2.0)
+    )
 
 
 def test_rule_checks_name_the_argument() -> None:
     v = torch.rand(5, 2, generator=torch.Generator().manual_seed(2))
-    bad = [(dict(transform="log"), "transform must be 'none' or 'sqrt'"),
-           (dict(weighting="sizes"), "weighting must be 'equal' or 'clients'"),
-           (dict(floor=1.0), "floor must be a number in \\[0, 1\\)"), (dict(floor=-0.1), "floor must be"),
-           (dict(floor=math.nan), "floor must be"), (dict(floor=True), "floor must be"),
-           (dict(weighting="clients", block_weights=[1.0, 2.0]), "weighting='clients' sets block_weights itself")]
+    bad = [
+        (dict(transform="log"), "transform must be 'none' or 'sqrt'"),
+        (dict(weighting="sizes"), "weighting must be 'equal' or 'clients'"),
+        (dict(floor=1.0), "floor must be a number in \\[0, 1\\)"),
+        (dict(floor=-0.1), "floor must be"),
+        (dict(floor=math.nan), "floor must be"),
+        (dict(floor=True), "floor must be"),
+        (dict(weighting="clients", block_weights=[1.0, 2.0]), "weighting='clients' sets block_weights itself"),
+    ]
     for rules, message in bad:
         with pytest.raises(ValueError, match=message):
             sync_second_moments([v, v + 1], [1.0, 1.0], **rules)
@@ -152,7 +163,9 @@ def test_rule_checks_name_the_argument() -> None:
 
 
 # ----------------------------------------------------------------------------- synthetic model
-def shared_plus_drift(seed: int = 2, drift: float = 3.0, noise: float = 0.05) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def shared_plus_drift(
+    seed: int = 2, drift: float = 3.0, noise: float = 0.05
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """6 clients, m = 64, r = 8 (float32, as uploaded): V_k = S + D_k + E_k with S = a b^T
     (a, b ~ U(0.5, 1.5), shared by all), D_k a rank-1 drift of magnitude ~drift on client k's own
     4 rows (rows 4k..4k+3; e.g. the rows its labels excite) and E_k ~ noise U(0, 1): all >= 0."""
@@ -161,7 +174,9 @@ def shared_plus_drift(seed: int = 2, drift: float = 3.0, noise: float = 0.05) ->
     moments = []
     for k in range(6):
         d = torch.zeros(64, 8, dtype=F64)
-        d[4 * k : 4 * k + 4] = drift * torch.rand(4, 1, generator=g, dtype=F64) @ torch.rand(1, 8, generator=g, dtype=F64)
+        d[4 * k : 4 * k + 4] = (
+            drift * torch.rand(4, 1, generator=g, dtype=F64) @ torch.rand(1, 8, generator=g, dtype=F64)
+        )
         moments.append((a @ b + d + noise * torch.rand(64, 8, generator=g, dtype=F64)).float())
     return (a @ b).float(), moments
 

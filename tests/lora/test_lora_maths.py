@@ -4,17 +4,20 @@ import pytest
 import torch
 
 from fedsub.lora.aggregate import average_non_lora
-
 from fedsub.lora.maths import clip_factor, factored_svd, fresh_lora_a, pad_rank, slice_rank, split_svd, truncated_svd
-
 from fedsub.lora.names import LoraKeys, lora_layers, non_lora
 
 PREFIX = "base_model.model.bert.encoder.layer.0.attention.self.query"
 
 
 def test_lora_layers_groups_peft_names_by_prefix():
-    names = [f"{PREFIX}.lora_A.default.weight", f"{PREFIX}.lora_B.default.weight", f"{PREFIX}.base_layer.weight",
-             "other.lora_A.default.weight", "base_model.model.classifier.modules_to_save.default.weight"]
+    names = [
+        f"{PREFIX}.lora_A.default.weight",
+        f"{PREFIX}.lora_B.default.weight",
+        f"{PREFIX}.base_layer.weight",
+        "other.lora_A.default.weight",
+        "base_model.model.classifier.modules_to_save.default.weight",
+    ]
     layers = lora_layers(names)
     assert layers == {PREFIX: LoraKeys(PREFIX, names[0], names[1])}  # "other" has no B
     assert layers[PREFIX].base == f"{PREFIX}.base_layer.weight"
@@ -77,5 +80,8 @@ def test_fresh_lora_a_is_seeded_and_within_the_peft_init_bound():
 
 
 def test_average_non_lora_averages_only_the_head():
-    ups = [{"h": torch.tensor([1.0]), "x.lora_A.d.w": torch.ones(1)}, {"h": torch.tensor([3.0]), "x.lora_A.d.w": torch.zeros(1)}]
+    ups = [
+        {"h": torch.tensor([1.0]), "x.lora_A.d.w": torch.ones(1)},
+        {"h": torch.tensor([3.0]), "x.lora_A.d.w": torch.zeros(1)},
+    ]
     assert average_non_lora(ups, [0.25, 0.75]) == {"h": torch.tensor([2.5])}

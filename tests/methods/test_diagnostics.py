@@ -4,13 +4,21 @@ import math
 
 import pytest
 import torch
+from fedsub_fixtures import tiny_config
 
 from fedsub.core.registry import build_method
 from fedsub.core.types import ClientUpdate, Payload, ServerState
-from fedsub.diagnostics.maths import basis_overlap, column_basis, dense_diagnostics, factored_diagnostics, lora_diagnostics, numerical_rank, update_gram
+from fedsub.diagnostics.maths import (
+    basis_overlap,
+    column_basis,
+    dense_diagnostics,
+    factored_diagnostics,
+    lora_diagnostics,
+    numerical_rank,
+    update_gram,
+)
 from fedsub.engines.simulation import Simulation
 from fedsub.methods.fedgalore.state import FedGaLoreState
-from fedsub_fixtures import tiny_config
 
 E = torch.eye(3, dtype=torch.float64)
 
@@ -27,7 +35,13 @@ def test_identical_clients_give_overlap_cosine_and_ratio_one():
     b = torch.tensor([[1.0, 0.0], [2.0, 1.0], [0.0, 3.0]], dtype=torch.float64)
     a = torch.tensor([[1.0, -1.0], [0.5, 2.0]], dtype=torch.float64)
     d = lora_diagnostics([[(b, a)] * 3], [0.2, 0.3, 0.5], [(b, a)], rank=2)
-    for key in ("diag_basis_overlap", "diag_basis_overlap_sqrt", "diag_cancellation_ratio", "diag_cos_client_global", "diag_cos_pairwise"):
+    for key in (
+        "diag_basis_overlap",
+        "diag_basis_overlap_sqrt",
+        "diag_cancellation_ratio",
+        "diag_cos_client_global",
+        "diag_cos_pairwise",
+    ):
         assert d[key] == pytest.approx(1.0, abs=1e-12), key
     assert d["diag_rank_mean"] == d["diag_rank_max"] == 2.0
     assert d["diag_truncation_energy"] == pytest.approx(0.0, abs=1e-12)
@@ -36,7 +50,12 @@ def test_identical_clients_give_overlap_cosine_and_ratio_one():
 def test_orthogonal_clients_give_pairwise_cosine_zero_and_inflate_the_rank():
     # ΔW_1 = e1 e1ᵀ, ΔW_2 = e2 e2ᵀ, weights 3/4, 1/4: ΔW̄ = diag(3/4, 1/4, 0) -> rank 2 from rank-1 clients.
     clients = [[(col(0), row(0)), (col(1), row(1))]]
-    aggregated = [(torch.cat([col(0), col(1)], 1) * torch.tensor([0.75, 0.25], dtype=torch.float64), torch.eye(2, dtype=torch.float64))]
+    aggregated = [
+        (
+            torch.cat([col(0), col(1)], 1) * torch.tensor([0.75, 0.25], dtype=torch.float64),
+            torch.eye(2, dtype=torch.float64),
+        )
+    ]
     d = lora_diagnostics(clients, [0.75, 0.25], aggregated, rank=1)
     assert d["diag_cos_pairwise"] == 0.0
     norm_mean = math.sqrt(0.75**2 + 0.25**2)
@@ -58,7 +77,10 @@ def test_opposite_clients_cancel_completely():
 
 def test_gram_is_the_frobenius_inner_product_over_layers():
     gen = torch.Generator().manual_seed(1)
-    pairs = [(torch.randn(4, 2, generator=gen, dtype=torch.float64), torch.randn(2, 3, generator=gen, dtype=torch.float64)) for _ in range(3)]
+    pairs = [
+        (torch.randn(4, 2, generator=gen, dtype=torch.float64), torch.randn(2, 3, generator=gen, dtype=torch.float64))
+        for _ in range(3)
+    ]
     dense = torch.stack([(b @ a).flatten() for b, a in pairs])
     assert torch.allclose(update_gram(pairs), dense @ dense.T, atol=1e-12)
 
@@ -165,7 +187,9 @@ def test_fedgalore_round_diagnostics_by_hand_leave_the_decay_out():
     _, metrics = method.aggregate_train(state, ups)
     assert metrics["diag_cos_pairwise"] == pytest.approx(10 / 14, abs=1e-7)
     assert metrics["diag_cancellation_ratio"] == pytest.approx(math.sqrt(12.5 / 14), abs=1e-7)
-    assert metrics["diag_cos_client_global"] == pytest.approx((11 + 13) / (math.sqrt(14) * math.sqrt(12.5)) / 2, abs=1e-7)
+    assert metrics["diag_cos_client_global"] == pytest.approx(
+        (11 + 13) / (math.sqrt(14) * math.sqrt(12.5)) / 2, abs=1e-7
+    )
     assert metrics["diag_rank_max"] == 1.0 and "diag_truncation_energy" not in metrics
 
 
@@ -175,13 +199,17 @@ def test_subspace_and_dense_rounds_report_diagnostics_unless_turned_off(tiny_dat
     sim = Simulation(cfg, cfg.methods[0], tiny_data, tmp_path / name)
     record = sim.run_round(0)
     keys = {"diag_cancellation_ratio", "diag_cos_client_global", "diag_cos_pairwise", "diag_rank_mean", "diag_rank_max"}
-    assert {k for k in record if k.startswith("diag_")} == keys | ({"diag_truncation_energy"} if name == "fedftg" else set())
+    assert {k for k in record if k.startswith("diag_")} == keys | (
+        {"diag_truncation_energy"} if name == "fedftg" else set()
+    )
     assert 0.0 < record["diag_cancellation_ratio"] <= 1.0 + 1e-9
     # The claim: FedGaLore's aggregate stays within its rank 8 (shared P); FedFTG's per-client
     # projectors and full fine-tuning inflate it (3 clients x 8 = 24 of 32 and full rank 32 here).
     assert (record["diag_rank_max"] <= 8.0) == (name == "fedgalore")
     if name == "fedavg_full":  # the target weights only: no head, no biases
-        assert sim.method.matrix_names and all(n.endswith(".weight") and "classifier" not in n for n in sim.method.matrix_names)
+        assert sim.method.matrix_names and all(
+            n.endswith(".weight") and "classifier" not in n for n in sim.method.matrix_names
+        )
     cfg = tiny_config(methods=[{"name": name, "diagnostics": False}])
     record = Simulation(cfg, cfg.methods[0], tiny_data, tmp_path / f"{name}-off").run_round(0)
     assert not [k for k in record if k.startswith("diag_")]

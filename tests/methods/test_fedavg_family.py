@@ -2,12 +2,12 @@
 
 import pytest
 import torch
+from fedsub_fixtures import tiny_config
 
 from fedsub.core.registry import build_method
 from fedsub.core.tensors import max_abs_diff
 from fedsub.core.types import ClientUpdate, Payload, ServerState
 from fedsub.engines.simulation import Simulation
-from fedsub_fixtures import tiny_config
 
 
 def update(client_id, n, **tensors):
@@ -18,8 +18,12 @@ def update(client_id, n, **tensors):
 def test_aggregate_is_the_example_weighted_mean(name):
     method = build_method(name, {"diagnostics": False})  # diagnostics: test_diagnostics.py
     state = ServerState(0, {"x.lora_A": torch.zeros(2, 3), "x.lora_B": torch.zeros(3, 2), "head": torch.zeros(2)})
-    a = update(0, 1, **{"x.lora_B": torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]), "head": torch.tensor([1.0, 0.0])})
-    b = update(1, 3, **{"x.lora_B": torch.tensor([[5.0, 6.0], [7.0, 8.0], [9.0, 10.0]]), "head": torch.tensor([0.0, 4.0])})
+    a = update(
+        0, 1, **{"x.lora_B": torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]), "head": torch.tensor([1.0, 0.0])}
+    )
+    b = update(
+        1, 3, **{"x.lora_B": torch.tensor([[5.0, 6.0], [7.0, 8.0], [9.0, 10.0]]), "head": torch.tensor([0.0, 4.0])}
+    )
     new, _ = method.aggregate_train(state, [a, b])
     assert torch.equal(new.tensors["x.lora_B"], torch.tensor([[4.0, 5.0], [6.0, 7.0], [8.0, 9.0]]))
     assert torch.equal(new.tensors["head"], torch.tensor([0.25, 3.0]))
@@ -45,7 +49,9 @@ def test_fedit_averages_factors_separately_which_is_biased():
 def test_ffa_lora_average_of_b_equals_average_of_products():
     A = torch.tensor([[1.0, 2.0, 0.0], [0.0, 1.0, -1.0]])  # shared, frozen
     B1, B2 = torch.tensor([[1.0, 0.0], [2.0, 1.0]]), torch.tensor([[0.0, 3.0], [1.0, -1.0]])
-    method = build_method("ffa_lora", {"diagnostics": False})  # a hand state: no FrozenFactors (diagnostics: test_diagnostics.py)
+    method = build_method(
+        "ffa_lora", {"diagnostics": False}
+    )  # a hand state: no FrozenFactors (diagnostics: test_diagnostics.py)
     new, _ = method.aggregate_train(ServerState(0, {"B": torch.zeros(2, 2)}), [update(0, 2, B=B1), update(1, 1, B=B2)])
     assert torch.allclose(new.tensors["B"] @ A, (2 * B1 @ A + B2 @ A) / 3, atol=1e-6)
 

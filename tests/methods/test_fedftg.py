@@ -2,13 +2,13 @@
 
 import pytest
 import torch
+from fedsub_fixtures import tiny_config
 
 from fedsub.core.registry import build_method
 from fedsub.core.types import ClientUpdate, Payload, ServerState
 from fedsub.engines.simulation import Simulation
 from fedsub.methods.fedftg import lower_half
 from fedsub.optim.galore_model import layer_index
-from fedsub_fixtures import tiny_config
 
 
 def simulation(tiny_data, tmp_path, **options):
@@ -27,9 +27,14 @@ def test_layer_index_and_lower_half():
 def test_default_trains_the_lower_half_up_projections_and_the_head_only(tiny_data, tmp_path):
     sim = simulation(tiny_data, tmp_path)  # tiny model: 2 blocks -> block 0
     assert sim.method.galore_names == ["bert.encoder.layer.0.intermediate.dense.weight"]
-    assert sorted(sim.workspace.trainable_names()) == sorted(sim.method.galore_names + ["classifier.weight", "classifier.bias"])
+    assert sorted(sim.workspace.trainable_names()) == sorted(
+        sim.method.galore_names + ["classifier.weight", "classifier.bias"]
+    )
     chosen = simulation(tiny_data, tmp_path, modules=["query", "value"], layers=[1])
-    assert chosen.method.galore_names == ["bert.encoder.layer.1.attention.self.query.weight", "bert.encoder.layer.1.attention.self.value.weight"]
+    assert chosen.method.galore_names == [
+        "bert.encoder.layer.1.attention.self.query.weight",
+        "bert.encoder.layer.1.attention.self.value.weight",
+    ]
     with pytest.raises(ValueError, match="no linear layer matches"):
         simulation(tiny_data, tmp_path, modules=["nope"])
 

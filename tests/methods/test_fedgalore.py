@@ -3,6 +3,7 @@ update, shared projectors, sync none == centralised GaLore-AdamW, AJIVE / mean s
 
 import pytest
 import torch
+from fedsub_fixtures import tiny_config
 
 from fedsub.core.registry import build_method
 from fedsub.core.types import ClientUpdate, Payload, ServerState
@@ -12,7 +13,6 @@ from fedsub.methods.fedgalore.state import FedGaLoreState
 from fedsub.optim import GaLoreAdamW
 from fedsub.optim.galore_model import galore_optimizer
 from fedsub.optim.projector import choose_side, project_back
-from fedsub_fixtures import tiny_config
 
 
 def hand_method(**options):
@@ -48,7 +48,9 @@ def test_server_aggregates_in_factored_form_exact_numbers():
 def test_mean_sync_is_the_weighted_mean_and_ajive_of_identical_moments_returns_them():
     V1, V2 = torch.tensor([[1.0], [2.0], [4.0]]), torch.tensor([[5.0], [2.0], [0.0]])
     zeros, h = torch.zeros(3, 1), torch.zeros(2)
-    mean, _ = hand_method(sync="mean").aggregate_train(hand_state(), [hand_update(0, 1, zeros, 1.0, h, V1), hand_update(1, 3, zeros, 1.0, h, V2)])
+    mean, _ = hand_method(sync="mean").aggregate_train(
+        hand_state(), [hand_update(0, 1, zeros, 1.0, h, V1), hand_update(1, 3, zeros, 1.0, h, V2)]
+    )
     assert torch.equal(mean.extra.v_hat["w"], torch.tensor([[4.0], [2.0], [1.0]]))
     V = torch.tensor([[0.25], [1.5], [3.0]])
     updates = [hand_update(k, n, zeros, 1.0, h, V.clone()) for k, n in enumerate([1, 2, 5])]
@@ -65,9 +67,13 @@ def test_ajive_sync_of_differing_moments_is_non_negative_and_reports_ranks():
     base = torch.rand(16, 1, generator=gen) @ torch.rand(1, 3, generator=gen)  # shared rank-1 signal
     method = hand_method(sync="ajive", ajive_samples=50)
     method.shapes = {"w": torch.Size([16, 4])}
-    state = ServerState(0, {"w": torch.zeros(16, 4), "h": torch.zeros(2)},
-                        FedGaLoreState(projectors={"w": torch.eye(4)[:3]}))
-    updates = [hand_update(k, 1, torch.zeros(16, 3), 1.0, torch.zeros(2), base + 0.01 * torch.rand(16, 3, generator=gen)) for k in range(3)]
+    state = ServerState(
+        0, {"w": torch.zeros(16, 4), "h": torch.zeros(2)}, FedGaLoreState(projectors={"w": torch.eye(4)[:3]})
+    )
+    updates = [
+        hand_update(k, 1, torch.zeros(16, 3), 1.0, torch.zeros(2), base + 0.01 * torch.rand(16, 3, generator=gen))
+        for k in range(3)
+    ]
     new, metrics = method.aggregate_train(state, updates)
     assert (new.extra.v_hat["w"] >= 0).all()
     assert 0 <= metrics["ajive_joint_rank_min"] <= metrics["ajive_joint_rank_max"] <= 3
@@ -78,10 +84,14 @@ def test_transport_on_refresh_maps_v_hat_to_the_new_basis_and_reset_drops_it():
     updates = [hand_update(0, 1, torch.zeros(3, 1), 1.0, torch.zeros(2), V)]
     state = hand_state()
     state.round = 1  # next round (2) refreshes: proj_refresh_rounds = 2, random source
-    kept, _ = hand_method(sync="mean", proj_source="random", moments_on_refresh="transport").aggregate_train(state, updates)
+    kept, _ = hand_method(sync="mean", proj_source="random", moments_on_refresh="transport").aggregate_train(
+        state, updates
+    )
     q = state.extra.projectors["w"] @ kept.extra.projectors["w"].mT  # 1 x 1
     assert 0 < q**2 < 1  # the new direction is partly outside span(P_old) ...
-    assert torch.allclose(kept.extra.v_hat["w"], V * q**2 + (1 - q**2) * V)  # ... filled with the mean energy: rank 1 keeps V
+    assert torch.allclose(
+        kept.extra.v_hat["w"], V * q**2 + (1 - q**2) * V
+    )  # ... filled with the mean energy: rank 1 keeps V
     assert kept.extra.refresh == 1 and not torch.equal(kept.extra.projectors["w"], state.extra.projectors["w"])
     dropped, _ = hand_method(sync="mean", proj_source="random").aggregate_train(state, updates)
     assert dropped.extra.v_hat == {}
@@ -133,7 +143,9 @@ def record_projectors(monkeypatch):
 
 @pytest.mark.parametrize("source", ["svd", "random"])
 def test_all_clients_of_a_round_use_the_servers_projector(tiny_data, tmp_path, monkeypatch, source):
-    sim = simulation(tiny_data, tmp_path, options={"proj_source": source, "proj_refresh_rounds": 1, "rank": 2, "sync": "mean"})
+    sim = simulation(
+        tiny_data, tmp_path, options={"proj_source": source, "proj_refresh_rounds": 1, "rank": 2, "sync": "mean"}
+    )
     calls, per_client = record_projectors(monkeypatch), len(sim.method.galore_names)
     for round_index in range(2):
         sim.warmup(round_index, [0, 1, 2])  # round 1's svd projector is the warm-up sketch's (then run_round skips it)
@@ -149,7 +161,11 @@ def test_all_clients_of_a_round_use_the_servers_projector(tiny_data, tmp_path, m
 
 
 def test_sketch_has_width_r_plus_o_and_the_next_projector_comes_from_it(tiny_data, tmp_path):
-    sim = simulation(tiny_data, tmp_path, options={"proj_source": "rsvd", "proj_refresh_rounds": 1, "rank": 2, "oversampling": 3, "sync": "none"})
+    sim = simulation(
+        tiny_data,
+        tmp_path,
+        options={"proj_source": "rsvd", "proj_refresh_rounds": 1, "rank": 2, "oversampling": 3, "sync": "none"},
+    )
     payload = sim.method.configure_train(sim.state, 0)
     assert payload.scalars["sketch"] is True
     update = sim.method.client_train(sim.workspace, payload, sim.client_context(0, 0))
@@ -194,7 +210,9 @@ def test_bytes_up_at_rank_r_at_most_fedit_on_square_matrices(tiny_data, tmp_path
     assert shapes and all(m == n for m, n in shapes)
     up_galore, up_fedit = galore.run_round(0)["bytes_up"], fedit.run_round(0)["bytes_up"]
     assert 0 < up_galore <= up_fedit
-    payload = galore.method.client_train(galore.workspace, galore.method.configure_train(galore.state, 0), galore.client_context(1, 0)).payload
+    payload = galore.method.client_train(
+        galore.workspace, galore.method.configure_train(galore.state, 0), galore.client_context(1, 0)
+    ).payload
     matrices = sum(t.numel() for n, t in payload.tensors.items() if n.startswith(("R::", "V::")))
     assert matrices == sum(2 * m * 4 for m, _ in shapes)  # R and V: m x r each
 
@@ -222,9 +240,19 @@ def test_ajive_blocks_share_the_long_side_for_left_side_matrices(monkeypatch):
 def test_factored_downlink_gives_bit_identical_runs_to_the_dense_downlink(tiny_data, tmp_path, source):
     """2 of 3 clients per round, history 1: clients catch up by one delta, by dense weights (two
     rounds behind), and some hold nothing but the base; every path must give the dense run's numbers."""
-    options = {"rank": 2, "proj_source": source, "svd_rounds": 2, "proj_refresh_rounds": 1, "sync": "mean", "downlink_history": 1}
+    options = {
+        "rank": 2,
+        "proj_source": source,
+        "svd_rounds": 2,
+        "proj_refresh_rounds": 1,
+        "sync": "mean",
+        "downlink_history": 1,
+    }
     fed = {"num_clients": 3, "clients_per_round": 2, "rounds": 5}
-    runs = {mode: simulation(tiny_data, tmp_path / mode, options={**options, "downlink": mode}, federation=fed) for mode in ("dense", "factored")}
+    runs = {
+        mode: simulation(tiny_data, tmp_path / mode, options={**options, "downlink": mode}, federation=fed)
+        for mode in ("dense", "factored")
+    }
     records = {mode: [sim.run_round(t) for t in range(5)] for mode, sim in runs.items()}
     for dense, factored in zip(records["dense"], records["factored"]):
         assert dense["accuracy"] == factored["accuracy"] and dense["train_loss"] == factored["train_loss"]
@@ -244,7 +272,9 @@ def test_factored_downlink_bytes_are_the_head_and_one_r_bar_per_matrix(tiny_data
     assert payload.nbytes() == 4 * (r_bar + head)
     assert payload.scalars["deltas"] == 1 and payload.scalars["delta0_decay"] == sim.state.extra.deltas[0].decay
     assert not [n for n in payload.tensors if n in sim.method.galore_names]  # no dense matrix goes down
-    dense = simulation(tiny_data, tmp_path / "d", options={"rank": 2, "proj_source": "random", "sync": "none", "downlink": "dense"})
+    dense = simulation(
+        tiny_data, tmp_path / "d", options={"rank": 2, "proj_source": "random", "sync": "none", "downlink": "dense"}
+    )
     dense.run_round(0)
     assert dense.method.configure_train(dense.state, 0).nbytes() > 10 * payload.nbytes()
 
@@ -253,8 +283,9 @@ def test_a_fixed_ajive_joint_rank_keeps_the_shared_direction_instead_of_the_mean
     gen = torch.Generator().manual_seed(1)
     shared = torch.rand(16, 1, generator=gen) @ torch.rand(1, 3, generator=gen)
     moments = [shared + 0.3 * torch.rand(16, 3, generator=gen) for _ in range(3)]
-    state = ServerState(0, {"w": torch.zeros(16, 4), "h": torch.zeros(2)},
-                        FedGaLoreState(projectors={"w": torch.eye(4)[:3]}))
+    state = ServerState(
+        0, {"w": torch.zeros(16, 4), "h": torch.zeros(2)}, FedGaLoreState(projectors={"w": torch.eye(4)[:3]})
+    )
     updates = [hand_update(k, 1, torch.zeros(16, 3), 1.0, torch.zeros(2), v) for k, v in enumerate(moments)]
     results = {}
     for joint in (None, 1):
@@ -268,18 +299,36 @@ def test_a_fixed_ajive_joint_rank_keeps_the_shared_direction_instead_of_the_mean
         assert torch.allclose(results[None][0].extra.v_hat["w"], mean)
 
 
-AJIVE_RULES = {"ajive_input": "sqrt", "ajive_weighting": "clients", "ajive_floor": 0.5, "ajive_joint_rank": 1, "ajive_identifiability": False}
+AJIVE_RULES = {
+    "ajive_input": "sqrt",
+    "ajive_weighting": "clients",
+    "ajive_floor": 0.5,
+    "ajive_joint_rank": 1,
+    "ajive_identifiability": False,
+}
 
 
-@pytest.mark.parametrize(("sync", "rules"), [("mean", {}), ("ajive", {}), ("ajive", AJIVE_RULES)], ids=["mean", "ajive", "ajive-rules"])
-def test_synced_single_client_equals_centralised_galore_adamw_with_first_moment_restarts(tiny_data, tmp_path, monkeypatch, sync, rules):
+@pytest.mark.parametrize(
+    ("sync", "rules"), [("mean", {}), ("ajive", {}), ("ajive", AJIVE_RULES)], ids=["mean", "ajive", "ajive-rules"]
+)
+def test_synced_single_client_equals_centralised_galore_adamw_with_first_moment_restarts(
+    tiny_data, tmp_path, monkeypatch, sync, rules
+):
     """docs/methods.md point 4: one client, full participation, V_hat synced back to it each round. It
     must follow one GaLore-AdamW whose second moment (and its step count) carries on across rounds
     and whose first moment restarts at every round boundary, over 4 rounds with a projector refresh
     (reset) at round 3, from a warm-up sketch and a sketched P. The head's AdamW state restarts
     every round in both (clients build a fresh optimizer). Failed on the raw-v upload (installed
     with step=None: its first steps after a sync were ~14x too large): max difference 0.31."""
-    options = {"sync": sync, "proj_source": "svd", "proj_refresh_rounds": 2, "rank": 2, "scale": 0.5, "ajive_samples": 20, **rules}
+    options = {
+        "sync": sync,
+        "proj_source": "svd",
+        "proj_refresh_rounds": 2,
+        "rank": 2,
+        "scale": 0.5,
+        "ajive_samples": 20,
+        **rules,
+    }
     overrides = dict(federation={"num_clients": 1, "clients_per_round": 1, "rounds": 4}, train__weight_decay=0.1)
     sim = as_float64(simulation(tiny_data, tmp_path, options=options, **overrides))
     reference = build_workspace(sim.cfg, build_method("fedgalore", options), tiny_data)
@@ -340,10 +389,14 @@ def test_head_trains_at_the_runs_lr_and_seeds_follow_the_run_seed(tiny_data, tmp
     """head_lr defaults to the run's train.lr (not the method's GaLore lr); seed None -> the run seed."""
     cfg = tiny_config(methods=[{"name": "fedgalore", "lr": 1e-4, "rank": 2}], seed=3)
     sim = Simulation(cfg, cfg.methods[0], tiny_data, tmp_path / "a")
-    optimizer, _ = galore_optimizer(sim.workspace, sim.method.galore_names, sim.settings, head_lr=sim.method.options.head_lr)
+    optimizer, _ = galore_optimizer(
+        sim.workspace, sim.method.galore_names, sim.settings, head_lr=sim.method.options.head_lr
+    )
     assert [g["lr"] for g in optimizer.param_groups] == [1e-4, cfg.train.lr]
     assert sim.method.options.seed == 3
-    other = Simulation(tiny_config(methods=[{"name": "fedgalore", "rank": 2}], seed=4), cfg.methods[0], tiny_data, tmp_path / "b")
+    other = Simulation(
+        tiny_config(methods=[{"name": "fedgalore", "rank": 2}], seed=4), cfg.methods[0], tiny_data, tmp_path / "b"
+    )
     first = lambda s: next(iter(s.state.extra.projectors.values()))  # noqa: E731
     assert not torch.equal(first(sim), first(other))  # different run seeds, different random projectors
     pinned = build_method("fedgalore", {"rank": 2, "seed": 7}, run_seed=3)
@@ -351,21 +404,26 @@ def test_head_trains_at_the_runs_lr_and_seeds_follow_the_run_seed(tiny_data, tmp
 
 
 def test_warmup_sketch_gives_round_one_an_informed_projector_and_counts_its_bytes(tiny_data, tmp_path):
-    sim = simulation(tiny_data, tmp_path, options={"rank": 2, "proj_source": "hybrid", "sync": "mean", "warmup_batches": 2})
+    sim = simulation(
+        tiny_data, tmp_path, options={"rank": 2, "proj_source": "hybrid", "sync": "mean", "warmup_batches": 2}
+    )
     random_p = dict(sim.state.extra.projectors)
     warm = sim.method.warmup.configure(sim.state, 0)
     assert warm.scalars == {"warmup": True} and set(warm.tensors) == set(sim.method.head_names)
     update = sim.method.warmup.client(sim.workspace, warm, sim.client_context(0, 0))
     width = 2 * 2  # r + o, o = r
     assert {n: tuple(t.shape) for n, t in update.payload.tensors.items()} == {
-        f"S::{n}": (n_ if m >= n_ else m, width) for n, (m, n_) in sim.method.shapes.items()}  # the projected side x (r + o)
+        f"S::{n}": (n_ if m >= n_ else m, width) for n, (m, n_) in sim.method.shapes.items()
+    }  # the projected side x (r + o)
     record = sim.run_round(0)
     assert record["warmup_sketched"] == 1.0 and record["seconds_warmup"] > 0
     installed = sim.state.extra.deltas[0].projectors  # round 1 trained in the warm-up's P
     assert installed is not None and not any(torch.equal(installed[n], random_p[n]) for n in random_p)
     sketch_bytes = sum(t.numel() * 4 for t in update.payload.tensors.values()) * 3
     head_bytes = sum(sim.state.tensors[n].numel() * 4 for n in sim.method.head_names) * 3
-    plain = simulation(tiny_data, tmp_path / "c", options={"rank": 2, "proj_source": "hybrid", "sync": "mean", "warmup_batches": 0})
+    plain = simulation(
+        tiny_data, tmp_path / "c", options={"rank": 2, "proj_source": "hybrid", "sync": "mean", "warmup_batches": 0}
+    )
     plain_record = plain.run_round(0)
     assert "warmup_sketched" not in plain_record and plain.method.warmup is None  # declared absent
     p_bytes = 3 * sum(p.numel() * 4 for p in installed.values())  # the sketched P goes down to each client
@@ -395,17 +453,37 @@ def test_ajive_rule_options_are_validated_in_one_line_naming_the_fields():
     assert "methods[fedgalore].ajive_weighting" in error_of(ajive_weighting="sizes")
     fixed = validate_config({"methods": [{"name": "fedgalore", "ajive_identifiability": False, "ajive_joint_rank": 1}]})
     assert fixed.methods[0].options.ajive_identifiability is False
-    assert check_method_options(validate_config({"methods": [{"name": "fedgalore", "sync": "mean", "ajive_samples": 20}]}))  # as before
+    assert check_method_options(
+        validate_config({"methods": [{"name": "fedgalore", "sync": "mean", "ajive_samples": 20}]})
+    )  # as before
 
 
 def test_ajive_rule_options_map_onto_the_sync_arguments():
     from fedsub.methods.fedgalore.sync import sync_rules
 
     default = sync_rules(build_method("fedgalore", {"seed": 4, "ajive_samples": 30}).options)
-    assert default == {"seed": 4, "n_wedin_samples": 30, "n_randdir_samples": 30, "transform": "none", "weighting": "equal", "floor": 0.0}
-    rules = sync_rules(build_method("fedgalore", {"seed": 4, "ajive_samples": 30, "ajive_signal_rank": 2, **AJIVE_RULES}).options)
-    assert rules == {"seed": 4, "n_wedin_samples": 30, "n_randdir_samples": 30, "signal_ranks": 2, "joint_rank": 1,
-                     "check_identifiability": False, "transform": "sqrt", "weighting": "clients", "floor": 0.5}
+    assert default == {
+        "seed": 4,
+        "n_wedin_samples": 30,
+        "n_randdir_samples": 30,
+        "transform": "none",
+        "weighting": "equal",
+        "floor": 0.0,
+    }
+    rules = sync_rules(
+        build_method("fedgalore", {"seed": 4, "ajive_samples": 30, "ajive_signal_rank": 2, **AJIVE_RULES}).options
+    )
+    assert rules == {
+        "seed": 4,
+        "n_wedin_samples": 30,
+        "n_randdir_samples": 30,
+        "signal_ranks": 2,
+        "joint_rank": 1,
+        "check_identifiability": False,
+        "transform": "sqrt",
+        "weighting": "clients",
+        "floor": 0.5,
+    }
 
 
 def test_v_hat_rel_diff_is_zero_for_the_mean_and_measures_the_ajive_sync_exactly():
@@ -414,21 +492,35 @@ def test_v_hat_rel_diff_is_zero_for_the_mean_and_measures_the_ajive_sync_exactly
     gen = torch.Generator().manual_seed(1)
     shared = torch.rand(16, 1, generator=gen) @ torch.rand(1, 3, generator=gen)
     moments = [shared + 0.3 * torch.rand(16, 3, generator=gen) for _ in range(3)]
-    state = ServerState(0, {"w": torch.zeros(16, 4), "h": torch.zeros(2)},
-                        FedGaLoreState(projectors={"w": torch.eye(4)[:3]}))
-    updates = [hand_update(k, n, torch.zeros(16, 3), 1.0, torch.zeros(2), v) for k, (n, v) in enumerate(zip([1, 2, 5], moments))]
+    state = ServerState(
+        0, {"w": torch.zeros(16, 4), "h": torch.zeros(2)}, FedGaLoreState(projectors={"w": torch.eye(4)[:3]})
+    )
+    updates = [
+        hand_update(k, n, torch.zeros(16, 3), 1.0, torch.zeros(2), v)
+        for k, (n, v) in enumerate(zip([1, 2, 5], moments))
+    ]
     v_bar = (moments[0] + 2 * moments[1] + 5 * moments[2]) / 8
     runs = {}
-    for name, options in {"mean": {"sync": "mean"}, "ajive": {"sync": "ajive", "ajive_signal_rank": 1, **AJIVE_RULES}}.items():
+    for name, options in {
+        "mean": {"sync": "mean"},
+        "ajive": {"sync": "ajive", "ajive_signal_rank": 1, **AJIVE_RULES},
+    }.items():
         method = hand_method(ajive_samples=50, **options)
         method.shapes = {"w": torch.Size([16, 4])}
         runs[name] = method.aggregate_train(state, updates)
     new, metrics = runs["mean"]
-    assert metrics["v_hat_rel_diff_mean"] == metrics["v_hat_rel_diff_max"] == 0.0 and "ajive_joint_rank_mean" not in metrics
+    assert (
+        metrics["v_hat_rel_diff_mean"] == metrics["v_hat_rel_diff_max"] == 0.0
+        and "ajive_joint_rank_mean" not in metrics
+    )
     new, metrics = runs["ajive"]
     v_hat = new.extra.v_hat["w"]
     assert metrics["ajive_joint_rank_max"] == 1.0
-    assert metrics["v_hat_rel_diff_mean"] == metrics["v_hat_rel_diff_max"] == pytest.approx(relative_difference(v_hat, v_bar), rel=1e-6)
+    assert (
+        metrics["v_hat_rel_diff_mean"]
+        == metrics["v_hat_rel_diff_max"]
+        == pytest.approx(relative_difference(v_hat, v_bar), rel=1e-6)
+    )
     assert metrics["v_hat_rel_diff_max"] > 0.01
     assert bool((v_hat >= 0.5 * v_bar - 1e-6).all())  # ajive_floor 0.5
 

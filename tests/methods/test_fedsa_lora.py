@@ -5,6 +5,7 @@ import dataclasses
 
 import pytest
 import torch
+from fedsub_fixtures import tiny_config
 from pydantic import ValidationError
 
 from fedsub.config import ConfigError, validate_config
@@ -15,7 +16,6 @@ from fedsub.engines.simulation import Simulation
 from fedsub.lora.adapters import LoraOptions
 from fedsub.lora.names import LORA_A, LORA_B, lora_layers
 from fedsub.methods.fedsa_lora import KEPT_B, FedSALoRA
-from fedsub_fixtures import tiny_config
 
 A, B = "q.lora_A.default.weight", "q.lora_B.default.weight"
 A1, A2 = torch.tensor([[1.0, 2.0, 3.0], [0.0, -1.0, 4.0]]), torch.tensor([[5.0, 2.0, -1.0], [4.0, 3.0, 0.0]])
@@ -42,7 +42,9 @@ def test_bytes_up_and_down_are_a_and_the_head_and_no_b_crosses_the_wire(tiny_dat
     params = s.workspace.parameters_by_name()
     sent = s.method.configure_train(s.state, 0)
     assert [n for n in sent.tensors if LORA_A in n] and not [n for n in sent.tensors if LORA_B in n]
-    a_and_head = sum(params[n].numel() * params[n].element_size() for n in s.workspace.trainable_names() if LORA_B not in n)
+    a_and_head = sum(
+        params[n].numel() * params[n].element_size() for n in s.workspace.trainable_names() if LORA_B not in n
+    )
     record = s.run_round(0)
     assert record["bytes_up"] == record["bytes_down"] == 3 * a_and_head
     update = s.method.client_train(s.workspace, s.method.configure_train(s.state, 0), s.client_context(1, 0))
@@ -109,4 +111,6 @@ def test_diagnostics_are_refused_not_computed_from_a_b_the_server_never_saw():
     with pytest.raises(DiagnosticsUnavailable, match="the clients keep LoRA B"):
         lora_round_diagnostics(LoraOptions(rank=2), FedSALoRA.diagnostics, layers, ups, {"q": (torch.zeros(3, 2), A1)})
     with pytest.raises(DiagnosticsUnavailable, match="stays on the clients"):
-        client_factors([u.payload.tensors for u in ups], layers["q"], FedSALoRA.diagnostics, shared=[{B: torch.zeros(3, 2)}])
+        client_factors(
+            [u.payload.tensors for u in ups], layers["q"], FedSALoRA.diagnostics, shared=[{B: torch.zeros(3, 2)}]
+        )

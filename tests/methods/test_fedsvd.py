@@ -1,12 +1,12 @@
 """FedSVD: the aggregated product B̄ A_prev is preserved, A is re-orthogonalised, clients send B only."""
 
 import torch
+from fedsub_fixtures import tiny_config
 
 from fedsub.core.registry import build_method
 from fedsub.core.types import ClientUpdate, Payload, ServerState
 from fedsub.engines.simulation import Simulation
 from fedsub.lora.maths import fedsvd_factors
-from fedsub_fixtures import tiny_config
 
 A, B = "q.lora_A.default.weight", "q.lora_B.default.weight"
 A_PREV = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
@@ -19,7 +19,9 @@ def test_fedsvd_factors_preserve_the_product_with_orthonormal_a():
     b, a = fedsvd_factors((B1 + B2) / 2, A_PREV, rank=2)
     assert torch.allclose(b @ a, M, atol=1e-12)
     assert torch.allclose(a @ a.mT, torch.eye(2, dtype=torch.float64), atol=1e-12)
-    assert torch.allclose(b.mT @ b, torch.diag(torch.tensor([5.0, 1.0], dtype=torch.float64)), atol=1e-12)  # S² = (√5)², 1²
+    assert torch.allclose(
+        b.mT @ b, torch.diag(torch.tensor([5.0, 1.0], dtype=torch.float64)), atol=1e-12
+    )  # S² = (√5)², 1²
 
 
 def test_aggregate_uses_the_uploaded_b_and_the_servers_a():

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from fedsub_fixtures import tiny_config
 from pydantic import ValidationError
 
 from fedsub.core.registry import build_method
@@ -10,7 +11,6 @@ from fedsub.engines.simulation import Simulation
 from fedsub.lora.maths import flexlora_factors, stack_factors
 from fedsub.lora.names import lora_layers
 from fedsub.lora.ranks import client_rank
-from fedsub_fixtures import tiny_config
 
 A, B = "q.lora_A.default.weight", "q.lora_B.default.weight"
 # p = (1/2, 1/2), s = 2: ΔW̄ = 2 (B1 A1 + B2 A2) / 2 = diag(3, 2, 1); client 2 has rank 1.
@@ -59,7 +59,9 @@ def test_server_keeps_the_max_rank_and_slices_per_client():
 def test_client_ranks_from_a_list_or_a_seeded_distribution():
     options = build_method("flexlora", {"rank": 8, "client_ranks": [2, 4]}).options
     assert [client_rank(options, k) for k in range(5)] == [2, 4, 2, 4, 2]
-    options = build_method("flexlora", {"rank": 8, "client_ranks": {"choices": [2, 8], "probs": [0.5, 0.5], "seed": 3}}).options
+    options = build_method(
+        "flexlora", {"rank": 8, "client_ranks": {"choices": [2, 8], "probs": [0.5, 0.5], "seed": 3}}
+    ).options
     drawn = [client_rank(options, k) for k in range(40)]
     assert drawn == [client_rank(options, k) for k in range(40)] and set(drawn) == {2, 8}
     assert client_rank(build_method("flexlora", {"rank": 4}).options, 7) == 4

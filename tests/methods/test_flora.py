@@ -1,13 +1,13 @@
 """FLoRA: the stacked product is the exact weighted sum, the merge, fresh adapters, honest bytes."""
 
 import torch
+from fedsub_fixtures import tiny_config
 
 from fedsub.core.registry import build_method
 from fedsub.core.types import ClientUpdate, Payload, ServerState
 from fedsub.engines.simulation import Simulation
 from fedsub.lora.maths import merge_update, stack_factors
 from fedsub.lora.names import lora_layers
-from fedsub_fixtures import tiny_config
 
 A, B, W = "q.lora_A.default.weight", "q.lora_B.default.weight", "q.base_layer.weight"
 # Two clients of ranks 2 and 1 on a 3 x 2 weight; p = (1/4, 3/4), s = lora_alpha / rank = 4 / 2 = 2.
@@ -26,8 +26,10 @@ def test_stacked_product_is_the_weighted_sum_of_client_products():
 def test_aggregate_merges_into_the_base_weight_and_averages_the_head():
     method = build_method("flora", {"rank": 2, "lora_alpha": 4.0})
     state = ServerState(0, {W: torch.ones(3, 2), "head": torch.zeros(2)})
-    ups = [ClientUpdate(0, Payload({A: A1, B: B1, "head": torch.tensor([4.0, 0.0])}), 1),
-           ClientUpdate(1, Payload({A: A2, B: B2, "head": torch.tensor([0.0, 4.0])}), 3)]
+    ups = [
+        ClientUpdate(0, Payload({A: A1, B: B1, "head": torch.tensor([4.0, 0.0])}), 1),
+        ClientUpdate(1, Payload({A: A2, B: B2, "head": torch.tensor([0.0, 4.0])}), 3),
+    ]
     new, metrics = method.aggregate_train(state, ups)
     assert torch.equal(new.tensors[W], torch.tensor([[4.5, -1.0], [1.0, 1.5], [3.0, 1.0]]))
     assert torch.equal(new.tensors["head"], torch.tensor([1.0, 3.0]))
@@ -64,6 +66,8 @@ def test_global_model_is_w0_plus_the_merged_updates_with_silent_adapters(tiny_da
         assert torch.equal(params[k.base], s.state.tensors[k.base])
         assert not params[k.b].any()
     # Round 0 trains on W0 even after the workspace held merged weights (the client's own copy).
-    payload = s.method.configure_train(ServerState(0, {n: t for n, t in s.state.tensors.items() if "base_layer" not in n}), 0)
+    payload = s.method.configure_train(
+        ServerState(0, {n: t for n, t in s.state.tensors.items() if "base_layer" not in n}), 0
+    )
     s.method.client_train(s.workspace, payload, s.client_context(0, 0))
     assert all(torch.equal(params[k.base], w0[k.base]) for k in s.method.layers.values())

@@ -10,12 +10,12 @@ import json
 import math
 
 import pytest
+from fedsub_fixtures import TASK_SECTIONS, task_config
 
 from fedsub.core.method import LoraFactors
 from fedsub.core.registry import available_methods
 from fedsub.core.tensors import max_abs_diff
 from fedsub.engines.simulation import Simulation
-from fedsub_fixtures import TASK_SECTIONS, task_config
 
 METHODS = sorted(available_methods())
 TASKS = list(TASK_SECTIONS)
@@ -45,7 +45,13 @@ def test_two_rounds_log_finite_metrics_and_bytes(task_data, tmp_path, kind, name
         assert all(math.isfinite(v) for v in numbers(record).values()), record
         assert all(record[key] is not None for key in sim.data.task.metric_keys), record
     if sim.method.diagnostics is not None and sim.method.options.diagnostics:  # what the method declares it reports
-        keys = ["diag_cancellation_ratio", "diag_cos_client_global", "diag_cos_pairwise", "diag_rank_mean", "diag_rank_max"]
+        keys = [
+            "diag_cancellation_ratio",
+            "diag_cos_client_global",
+            "diag_cos_pairwise",
+            "diag_rank_mean",
+            "diag_rank_max",
+        ]
         lora = isinstance(sim.method.diagnostics, LoraFactors)  # basis overlap needs a LoRA B
         assert all(key in records[-1] for key in keys + ["diag_basis_overlap"] * lora), records[-1]
     else:

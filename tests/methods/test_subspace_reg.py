@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fedsub_fixtures import tiny_config
 
 from fedsub.config import load_config
 from fedsub.core.registry import build_method
@@ -14,7 +15,6 @@ from fedsub.engines.simulation import Simulation
 from fedsub.lora.maths import subspace_penalty
 from fedsub.lora.names import lora_layers
 from fedsub.methods.subspace_reg import penalty
-from fedsub_fixtures import tiny_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -35,7 +35,9 @@ def test_penalty_value_and_gradient_on_a_hand_case():
 
 def test_penalty_equals_the_dense_formula_on_random_factors():
     gen = torch.Generator().manual_seed(0)
-    b, a, b_g, a_g = (torch.randn(*shape, generator=gen, dtype=torch.float64) for shape in [(5, 2), (2, 4), (5, 2), (2, 4)])
+    b, a, b_g, a_g = (
+        torch.randn(*shape, generator=gen, dtype=torch.float64) for shape in [(5, 2), (2, 4), (5, 2), (2, 4)]
+    )
     dense = 0.5 * 0.3 * (1.5 * b @ a - 1.5 * b_g @ a_g).square().sum() + 0.5 * 0.2 * (b - b_g).square().sum()
     dense = dense + 0.5 * 0.1 * (a.square().sum() + b.square().sum())
     assert float(subspace_penalty([(b, a)], [(b_g, a_g)], 1.5, 0.3, 0.2, 0.1)) == pytest.approx(float(dense), rel=1e-12)
@@ -47,7 +49,9 @@ def test_server_basis_is_orthonormal_and_the_norm_restored():
     state = ServerState(0, {A: torch.zeros(2, 3), B: torch.zeros(3, 2)})
     b1, a1 = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]), torch.tensor([[3.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
     b2, a2 = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0]]), torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
-    new, metrics = method.aggregate_train(state, [ClientUpdate(0, Payload({A: a1, B: b1}), 1), ClientUpdate(1, Payload({A: a2, B: b2}), 1)])
+    new, metrics = method.aggregate_train(
+        state, [ClientUpdate(0, Payload({A: a1, B: b1}), 1), ClientUpdate(1, Payload({A: a2, B: b2}), 1)]
+    )
     b, a = new.tensors[B].double(), new.tensors[A].double()
     assert torch.allclose(b.mT @ b, torch.eye(2, dtype=torch.float64), atol=1e-6)  # B_g = U_r
     restored = math.sqrt(14 / 13) * torch.diag(torch.tensor([3.0, 2.0, 0.0], dtype=torch.float64))
@@ -68,7 +72,9 @@ def test_client_penalty_starts_at_the_l2_term(tiny_data, tmp_path):
     s.workspace.write(payload.tensors)
     layers = lora_layers(payload.tensors).values()
     l2 = sum(payload.tensors[k.a].square().sum() + payload.tensors[k.b].square().sum() for k in layers) / len(layers)
-    assert penalty(s.workspace, payload, s.method.options)(s.workspace.model).item() == pytest.approx(0.25 * float(l2), rel=1e-5)
+    assert penalty(s.workspace, payload, s.method.options)(s.workspace.model).item() == pytest.approx(
+        0.25 * float(l2), rel=1e-5
+    )
 
 
 def test_zero_weights_train_exactly_like_svd_redistribution(tiny_data, tmp_path):

@@ -20,12 +20,15 @@ def norm(b, a, scale=2.0):
     return float(torch.linalg.matrix_norm(scale * b @ a))
 
 
-@pytest.mark.parametrize(("max_norm", "rescale", "expected"), [
-    (None, True, math.sqrt(14)),  # the truncation's lost energy restored
-    (None, False, math.sqrt(13)),
-    (1.0, True, 1.0),  # clipped, then restored to the clipped norm
-    (1.0, False, math.sqrt(13 / 14)),
-])
+@pytest.mark.parametrize(
+    ("max_norm", "rescale", "expected"),
+    [
+        (None, True, math.sqrt(14)),  # the truncation's lost energy restored
+        (None, False, math.sqrt(13)),
+        (1.0, True, 1.0),  # clipped, then restored to the clipped norm
+        (1.0, False, math.sqrt(13 / 14)),
+    ],
+)
 def test_clip_and_rescale_set_the_norm_of_the_refactored_update(max_norm, rescale, expected):
     b, a = svd_refactor(*STACK, rank=2, scale=2.0, split="symmetric", max_norm=max_norm, rescale=rescale)
     assert norm(b, a) == pytest.approx(expected, abs=1e-12)
@@ -42,7 +45,10 @@ def test_aggregate_keeps_the_norm_of_the_averaged_update():
     method = build_method("svd_redistribute", {"rank": 2, "lora_alpha": 4.0})
     assert method.options.rescale and method.options.max_update_norm is None
     state = ServerState(0, {A: torch.zeros(2, 3), B: torch.zeros(3, 2), "head": torch.zeros(1)})
-    ups = [ClientUpdate(k, Payload({A: a, B: b, "head": torch.tensor([2.0 * k])}), 1) for k, (b, a) in enumerate([(B1, A1), (B2, A2)])]
+    ups = [
+        ClientUpdate(k, Payload({A: a, B: b, "head": torch.tensor([2.0 * k])}), 1)
+        for k, (b, a) in enumerate([(B1, A1), (B2, A2)])
+    ]
     new, metrics = method.aggregate_train(state, ups)
     assert norm(new.tensors[B].double(), new.tensors[A].double()) == pytest.approx(math.sqrt(14), rel=1e-6)
     assert torch.equal(new.tensors["head"], torch.tensor([1.0]))

@@ -4,9 +4,9 @@ and the model (an HF config read from disk only where the name leaves it open)."
 import json
 
 import pytest
+from fedsub_fixtures import tiny_config, write_csv_experiment
 
 from fedsub.models import ModelKind, plan_model
-from fedsub_fixtures import tiny_config, write_csv_experiment
 
 
 def folder_model(tmp_path, architecture: str) -> str:
@@ -39,9 +39,15 @@ def test_multiple_choice_reads_an_unknown_models_config_once_to_choose_the_scori
     causal, encoder = folder_model(tmp_path, "LlamaForCausalLM"), folder_model(tmp_path, "BertForMaskedLM")
     plan = plan_model(tiny_config(task={"kind": "multiple_choice"}, model={"name": causal}))
     assert plan.kind is ModelKind.CAUSAL_LM and plan.causal_lm and not plan.needs_head
-    assert plan_model(tiny_config(task={"kind": "multiple_choice"}, model={"name": encoder})).kind is ModelKind.MULTIPLE_CHOICE
+    assert (
+        plan_model(tiny_config(task={"kind": "multiple_choice"}, model={"name": encoder})).kind
+        is ModelKind.MULTIPLE_CHOICE
+    )
     assert reads == [causal, encoder]
-    assert plan_model(tiny_config(model={"name": causal})).kind is ModelKind.SEQUENCE_CLASSIFIER and reads == [causal, encoder]
+    assert plan_model(tiny_config(model={"name": causal})).kind is ModelKind.SEQUENCE_CLASSIFIER and reads == [
+        causal,
+        encoder,
+    ]
 
 
 def test_is_causal_lm_reads_the_architecture(tmp_path):

@@ -73,11 +73,18 @@ def test_load_keeps_float32_state_for_bf16_params() -> None:
 
 def test_same_seed_gives_identical_random_projectors() -> None:
     a, b = _params(0), _params(1)  # different weights and gradients, same shapes
-    opt_a, opt_b = _opt(a, proj_type="random", seed=7, update_proj_gap=2), _opt(b, proj_type="random", seed=7, update_proj_gap=2)
+    opt_a, opt_b = (
+        _opt(a, proj_type="random", seed=7, update_proj_gap=2),
+        _opt(b, proj_type="random", seed=7, update_proj_gap=2),
+    )
     opt_c = _opt(_params(0), proj_type="random", seed=8)
     for opt, ps in ((opt_a, a), (opt_b, b), (opt_c, opt_c.param_groups[0]["params"])):
         _steps(opt, ps, 0, 1)
-    pa, pb, pc = opt_a.get_projector(a[0]), opt_b.get_projector(b[0]), opt_c.get_projector(opt_c.param_groups[0]["params"][0])
+    pa, pb, pc = (
+        opt_a.get_projector(a[0]),
+        opt_b.get_projector(b[0]),
+        opt_c.get_projector(opt_c.param_groups[0]["params"][0]),
+    )
     assert torch.equal(pa, pb) and not torch.equal(pa, pc)
     torch.testing.assert_close(pa @ pa.T, torch.eye(3), atol=1e-6, rtol=0)
     _steps(opt_a, a, 1, 2)

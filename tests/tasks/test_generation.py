@@ -12,16 +12,19 @@ from fedsub.tasks.generation import IGNORE, pad_left, response_loss, text_metric
 
 @pytest.fixture(scope="module")
 def task():
+    from fedsub_fixtures import task_config
+
     from fedsub.models import plan_model
     from fedsub.tasks import build_task
-    from fedsub_fixtures import task_config
 
     cfg = task_config("generation", "fedit")
     return build_task(cfg, plan_model(cfg), "instruction", 3)
 
 
 def test_labels_cover_exactly_the_response_and_eos(task):
-    data = task.encode(["Define the word 'cat'.", "Use 'saw' in a sentence, please, in many words."], ["a pet", "he saw it"])
+    data = task.encode(
+        ["Define the word 'cat'.", "Use 'saw' in a sentence, please, in many words."], ["a pet", "he saw it"]
+    )
     tok = task.tokenizer
     for row in range(2):
         prompt = data.prompts[row]
@@ -39,7 +42,9 @@ def test_response_loss_is_cross_entropy_over_the_labelled_positions_only():
     logits = torch.randn(1, 5, 7)
     labels = torch.tensor([[IGNORE, IGNORE, 3, 6, IGNORE]])
     # position t predicts token t+1: only logits 1 and 2 are scored, against 3 and 6
-    expected = (F.cross_entropy(logits[0, 1:2], torch.tensor([3])) + F.cross_entropy(logits[0, 2:3], torch.tensor([6]))) / 2
+    expected = (
+        F.cross_entropy(logits[0, 1:2], torch.tensor([3])) + F.cross_entropy(logits[0, 2:3], torch.tensor([6]))
+    ) / 2
     assert response_loss(logits, labels).item() == pytest.approx(expected.item(), rel=1e-6)
     changed = logits.clone()
     changed[0, 0] += 100.0  # a prompt position: the loss must not move
@@ -64,9 +69,10 @@ def test_left_padding_puts_every_prompt_against_the_right_edge():
 
 
 def test_evaluate_reports_perplexity_as_exp_loss_and_generates(task, task_data):
-    from fedsub.engines.setup import build_workspace
-    from fedsub.core.registry import build_method
     from fedsub_fixtures import task_config
+
+    from fedsub.core.registry import build_method
+    from fedsub.engines.setup import build_workspace
 
     cfg = task_config("generation", "fedit")
     workspace = build_workspace(cfg, build_method("fedit", cfg.methods[0].options), task_data("generation"))

@@ -41,11 +41,12 @@ def test_loglik_encoding_labels_only_the_ending(task_data):
 
 def test_encoder_head_scoring_trains_and_evaluates(tmp_path):
     """MiniLM (tiny) with AutoModelForMultipleChoice: one logit per (context, ending)."""
+    from fedsub_fixtures import CHOICES, tiny_config
+
     from fedsub.engines.setup import FederatedData
     from fedsub.engines.simulation import Simulation
     from fedsub.models import plan_model
     from fedsub.tasks import build_task
-    from fedsub_fixtures import CHOICES, tiny_config
 
     cfg = tiny_config(task={"kind": "multiple_choice"}, methods=["fedit"])
     plan = plan_model(cfg)
@@ -54,7 +55,9 @@ def test_encoder_head_scoring_trains_and_evaluates(tmp_path):
     rows = CHOICES * 6
     data = task.encode([c for c, _, _ in rows], [e for _, e, _ in rows], [a for _, _, a in rows])
     parts = [torch.arange(0, 6), torch.arange(6, 12), torch.arange(12, 18)]
-    sim = Simulation(cfg, cfg.methods[0], FederatedData(task, data, data, parts, ["0", "1", "2", "3"], {}, plan), tmp_path)
+    sim = Simulation(
+        cfg, cfg.methods[0], FederatedData(task, data, data, parts, ["0", "1", "2", "3"], {}, plan), tmp_path
+    )
     records = sim.run()
     assert sim.workspace.head_modules == ["classifier"]
     assert 0.0 <= records[-1]["accuracy"] <= 1.0 and math.isfinite(records[-1]["test_loss"])

@@ -6,9 +6,16 @@ import pytest
 import torch
 from torch import nn
 
+from fedsub.models.vision import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PointwiseConv,
+    efficientnet_weights_path,
+    load_efficientnet_lite0,
+    pointwise,
+)
 from fedsub.optim.galore_model import MatrixConv2d, as_matrix_modules
 from fedsub.tasks.vision import to_pixels
-from fedsub.models.vision import IMAGENET_MEAN, IMAGENET_STD, PointwiseConv, efficientnet_weights_path, load_efficientnet_lite0, pointwise
 
 # ImageNet classes of the buildings in sklearn's china.jpg (a temple roof): bell cote, castle,
 # church, dome, monastery, mosque, palace, stupa

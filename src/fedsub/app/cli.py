@@ -24,13 +24,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedsub", description="Federated fine-tuning under non-IID data.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run an experiment config (every method it lists)")
-    run.add_argument("config", nargs="?", help="YAML experiment config (see configs/); with --resume: default DIR/config.yaml")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. train.lr=1e-4 (repeatable)")
+    run.add_argument(
+        "config", nargs="?", help="YAML experiment config (see configs/); with --resume: default DIR/config.yaml"
+    )
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. train.lr=1e-4 (repeatable)",
+    )
     run.add_argument("--out", type=Path, help="run directory (default runs/<name>-<time>)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    run.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its checkpoints (finished methods are kept)")
+    run.add_argument(
+        "--resume",
+        type=Path,
+        metavar="DIR",
+        help="continue the run in DIR from its checkpoints (finished methods are kept)",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress output")
-    run.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events to <run>/<method>/tensorboard/")
+    run.add_argument(
+        "--tensorboard", action="store_true", help="also write TensorBoard events to <run>/<method>/tensorboard/"
+    )
     add_grid_commands(sub)
     sub.add_parser("methods", help="list the registered methods and their options")
     flower = sub.add_parser("flower", help="Flower deployment helpers (engine: flower)")
@@ -42,23 +58,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_grid_commands(sub) -> None:
-    """`fedsub compare`, `fedsub report`, `fedsub export` (fedsub.app.compare, fedsub.reporting.results, fedsub.app.export)."""
+    """`fedsub compare`, `fedsub report`, `fedsub export`.
+
+    (fedsub.app.compare, fedsub.reporting.results, fedsub.app.export)
+    """
     compare = sub.add_parser("compare", help="run methods x alphas x seeds (resumable), then tables and plots")
     compare.add_argument("config", help="YAML experiment config listing the methods")
     compare.add_argument("--methods", help="comma-separated method keys of the config (label or name; default: all)")
-    compare.add_argument("--alphas", help="comma-separated partition.alpha values, e.g. 0.1,0.5 (default: the config's)")
+    compare.add_argument(
+        "--alphas", help="comma-separated partition.alpha values, e.g. 0.1,0.5 (default: the config's)"
+    )
     compare.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (default: the config's)")
-    compare.add_argument("--out", type=Path, help="grid directory (default runs/<name>-compare); finished cells there are kept")
-    compare.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config field (repeatable)")
+    compare.add_argument(
+        "--out", type=Path, help="grid directory (default runs/<name>-compare); finished cells there are kept"
+    )
+    compare.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field (repeatable)",
+    )
     compare.add_argument("--quiet", action="store_true", help="no progress output")
     compare.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events per method")
     report = sub.add_parser("report", help="rebuild results.csv, results.md and plots from compare or run directories")
     report.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="fedsub compare or run directories")
     report.add_argument("--out", type=Path, help="where to write (default: the DIR, when only one is given)")
-    export = sub.add_parser("export", help="the global model of a finished method as a PEFT adapter or a merged HF model")
+    export = sub.add_parser(
+        "export", help="the global model of a finished method as a PEFT adapter or a merged HF model"
+    )
     export.add_argument("run_dir", type=Path, help="a fedsub run directory (or a compare cell alpha-A/seed-S)")
     export.add_argument("--method", help="method key (needed when the run holds several)")
-    export.add_argument("--format", required=True, choices=["peft", "merged"], help="peft: LoRA methods only; merged: every method")
+    export.add_argument(
+        "--format", required=True, choices=["peft", "merged"], help="peft: LoRA methods only; merged: every method"
+    )
     export.add_argument("--out", type=Path, required=True, help="folder to write (must be new or empty)")
 
 
@@ -116,7 +150,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     quiet_datasets()
     grid = parse_grid(load_experiment(args.config, args.overrides), args.methods, args.alphas, args.seeds)
     check_tensorboard_flag(args)
-    run_grid(grid, args.out or Path("runs") / f"{grid.cfg.name}-compare", make_console(args.quiet), tensorboard=args.tensorboard)
+    run_grid(
+        grid,
+        args.out or Path("runs") / f"{grid.cfg.name}-compare",
+        make_console(args.quiet),
+        tensorboard=args.tensorboard,
+    )
     return 0
 
 
@@ -163,14 +202,25 @@ def cmd_flower(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"run": cmd_run, "compare": cmd_compare, "report": cmd_report, "export": cmd_export, "methods": cmd_methods, "flower": cmd_flower}[args.command]
+    handler = {
+        "run": cmd_run,
+        "compare": cmd_compare,
+        "report": cmd_report,
+        "export": cmd_export,
+        "methods": cmd_methods,
+        "flower": cmd_flower,
+    }[args.command]
     try:
         return handler(args)
     except ConfigError as err:
         print(f"fedsub: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        again = "run the same fedsub compare again" if args.command == "compare" else "continue with fedsub run --resume DIR"
+        again = (
+            "run the same fedsub compare again"
+            if args.command == "compare"
+            else "continue with fedsub run --resume DIR"
+        )
         print(f"fedsub: interrupted; {again}", file=sys.stderr)
         return 130
 

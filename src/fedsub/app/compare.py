@@ -66,7 +66,10 @@ def parse_alphas(text: str, cfg: ExperimentConfig) -> list[str]:
         if not ok:
             raise ConfigError(f"--alphas: {alpha!r} is not a positive number; give e.g. --alphas 0.1,0.5")
     if len(alphas) > 1 and cfg.partition.scheme not in ALPHA_SCHEMES:
-        raise ConfigError(f"--alphas: partition.scheme {cfg.partition.scheme} has no alpha; give one alpha or --set partition.scheme=dirichlet")
+        raise ConfigError(
+            f"--alphas: partition.scheme {cfg.partition.scheme} has no alpha; give one alpha or --set "
+            f"partition.scheme=dirichlet"
+        )
     return alphas
 
 
@@ -75,7 +78,9 @@ def parse_list(flag: str, text: str, kind: type, example: str) -> list:
     try:
         values = [kind(item) for item in items if item]
     except ValueError:
-        raise ConfigError(f"{flag}: {text!r} is not a comma-separated list of {kind.__name__}s; e.g. {flag} {example}") from None
+        raise ConfigError(
+            f"{flag}: {text!r} is not a comma-separated list of {kind.__name__}s; e.g. {flag} {example}"
+        ) from None
     if not values or len(values) != len(items) or len(set(values)) != len(values):
         raise ConfigError(f"{flag}: {text!r} needs distinct, non-empty comma-separated values; e.g. {flag} {example}")
     return values
@@ -88,7 +93,10 @@ def run_grid(grid: Grid, out: Path, console: Console, *, tensorboard: bool = Fal
     keys = [m.key for m in grid.cfg.methods]
     total = len(keys) * len(grid.cells())
     done = sum(is_finished(grid.cell_dir(out, a, s), k) for a, s in grid.cells() for k in keys)
-    console.print(f"[bold]fedsub compare[/] {grid.cfg.name}: {len(keys)} methods x alphas {grid.alphas} x seeds {grid.seeds}; {done}/{total} cells finished")
+    console.print(
+        f"[bold]fedsub compare[/] {grid.cfg.name}: {len(keys)} methods x alphas {grid.alphas} x seeds {grid.seeds}; "
+        f"{done}/{total} cells finished"
+    )
     with progress_bars(console) as progress:
         task = progress.add_task("grid", total=total, completed=done)
         for alpha, seed in grid.cells():

@@ -45,10 +45,16 @@ def read_final_model(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
         return {name: handle.get_tensor(name) for name in handle.keys()}, metadata
 
 
-def rebuild_global_model(cfg: ExperimentConfig, plan: ModelPlan, spec: MethodSpec, tensors: dict[str, torch.Tensor], label_names: list[str]):
+def rebuild_global_model(
+    cfg: ExperimentConfig, plan: ModelPlan, spec: MethodSpec, tensors: dict[str, torch.Tensor], label_names: list[str]
+):
     """The starting model of the run (seeded base + prepare_model) with the saved tensors written in."""
-    labels_only = FederatedData(None, None, None, [], label_names, {}, plan)  # the model needs only the labels and its plan
-    workspace = build_workspace(cfg.model_copy(update={"device": "cpu"}), build_method(spec.name, spec.options), labels_only)
+    labels_only = FederatedData(
+        None, None, None, [], label_names, {}, plan
+    )  # the model needs only the labels and its plan
+    workspace = build_workspace(
+        cfg.model_copy(update={"device": "cpu"}), build_method(spec.name, spec.options), labels_only
+    )
     workspace.write(tensors)
     workspace.model.eval()
     return workspace.model
@@ -59,7 +65,10 @@ def pick_method(cfg: ExperimentConfig, run_dir: Path, key: str | None) -> Method
     if key is None:
         saved = [k for k in keys if (run_dir / k / FINAL_MODEL).is_file()]
         if len(saved) != 1:
-            raise ConfigError(f"--method: {run_dir} holds {len(saved)} finished methods with a model ({', '.join(saved) or 'none'}); name one")
+            raise ConfigError(
+                f"--method: {run_dir} holds {len(saved)} finished methods with a model "
+                f"({', '.join(saved) or 'none'}); name one"
+            )
         key = saved[0]
     if key not in keys:
         raise ConfigError(f"--method: {key!r} is not a method of {run_dir} (it has {', '.join(keys)})")
@@ -75,12 +84,17 @@ def export_model(run_dir: Path, out: Path, fmt: str, key: str | None = None) -> 
     spec = pick_method(cfg, run_dir, key)
     path = run_dir / spec.key / FINAL_MODEL
     if not path.is_file():
-        raise ConfigError(f"{path} not found: method {spec.key} is unfinished or was run before fedsub saved final models; re-run it")
+        raise ConfigError(
+            f"{path} not found: method {spec.key} is unfinished or was run before fedsub saved final models; re-run it"
+        )
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"--out {out} exists and is not empty; choose another folder")
     plan = plan_model(cfg)
     if plan.path is None:
-        raise ConfigError(f"fedsub export: {cfg.model.name} is not a Hugging Face model and has no HF folder format; its final weights are {path} (safetensors)")
+        raise ConfigError(
+            f"fedsub export: {cfg.model.name} is not a Hugging Face model and has no HF folder format; its final "
+            f"weights are {path} (safetensors)"
+        )
     tensors, metadata = read_final_model(path)
     label_names = json.loads(metadata["label_names"])
     model = rebuild_global_model(cfg, plan, spec, tensors, label_names)
@@ -102,7 +116,10 @@ def check_peft_exportable(model: Any, tensors: dict[str, torch.Tensor], spec: Me
     dense = [n for n in tensors if ".lora_" not in n and ".modules_to_save." not in n]
     if not isinstance(model, PeftModel) or dense:
         changed = f" (it changes {dense[0]})" if dense else ""
-        raise ConfigError(f"--format peft: method {spec.key} ({spec.name}) is not a LoRA adapter on the base model{changed}; use --format merged")
+        raise ConfigError(
+            f"--format peft: method {spec.key} ({spec.name}) is not a LoRA adapter on the base model{changed}; use "
+            f"--format merged"
+        )
 
 
 def merged(model: Any) -> Any:

@@ -22,7 +22,14 @@ from rich.progress import Progress
 from rich.table import Table
 
 from fedsub.app.console import make_console, progress_bars
-from fedsub.config import ExperimentConfig, MethodSpec, check_method_options, config_to_dict, load_config, method_to_dict
+from fedsub.config import (
+    ExperimentConfig,
+    MethodSpec,
+    check_method_options,
+    config_to_dict,
+    load_config,
+    method_to_dict,
+)
 from fedsub.core.checkpoint import checkpoint_round
 from fedsub.core.io import atomic_write_text
 from fedsub.engines.engine import make_engine
@@ -46,7 +53,9 @@ def prepare_run_dir(out: Path, overwrite: bool) -> Path:
 def resume_dir(out: Path) -> Path:
     """A run directory that `--resume` can continue: it exists and holds the run's config.yaml."""
     if not (Path(out) / "config.yaml").is_file():
-        raise ConfigError(f"--resume {out}: no config.yaml there, so not a fedsub run directory; pass the directory a run wrote")
+        raise ConfigError(
+            f"--resume {out}: no config.yaml there, so not a fedsub run directory; pass the directory a run wrote"
+        )
     return Path(out)
 
 
@@ -113,7 +122,9 @@ def run_into(
         if is_finished(run_dir, spec.key):
             continue
         if data is None:
-            console.print(f"[bold]fedsub[/] {cfg.name}: loading data and partitioning over {cfg.federation.num_clients} clients")
+            console.print(
+                f"[bold]fedsub[/] {cfg.name}: loading data and partitioning over {cfg.federation.num_clients} clients"
+            )
             data = prepare_data(cfg, run_dir)
         if on_method:
             on_method(spec)
@@ -139,12 +150,18 @@ def merge_methods(existing: ExperimentConfig, cfg: ExperimentConfig, run_dir: Pa
         old.pop(key), new.pop(key)
     if old != new:
         field, was, now = first_difference(old, new)
-        raise ConfigError(f"run directory {run_dir}: its config.yaml has {field}={was!r}, this run {now!r}; use another --out or the same config")
+        raise ConfigError(
+            f"run directory {run_dir}: its config.yaml has {field}={was!r}, this run {now!r}; use another --out or "
+            f"the same config"
+        )
     by_key = {m.key: m for m in existing.methods}
     for spec in cfg.methods:
         if spec.key in by_key and method_to_dict(by_key[spec.key]) != method_to_dict(spec):
             field, was, now = first_difference(method_to_dict(by_key[spec.key]), method_to_dict(spec))
-            raise ConfigError(f"run directory {run_dir}: method {spec.key} there has {field}={was!r}, this run {now!r}; give this variant another label or use another --out")
+            raise ConfigError(
+                f"run directory {run_dir}: method {spec.key} there has {field}={was!r}, this run {now!r}; give this "
+                f"variant another label or use another --out"
+            )
     merged = list(existing.methods) + [m for m in cfg.methods if m.key not in by_key]
     return existing.model_copy(update={"methods": merged})
 
@@ -163,7 +180,9 @@ def write_run_summary(cfg: ExperimentConfig, run_dir: Path, data: FederatedData 
     summaries = [json.loads((run_dir / key / "summary.json").read_text()) for key in finished]
     curves = {key: read_metrics(run_dir / key / "metrics.jsonl") for key in finished}
     heterogeneity = data.heterogeneity if data else json.loads((run_dir / "partition.json").read_text())["summary"]
-    atomic_write_text(run_dir / "summary.json", json.dumps({"methods": summaries, "heterogeneity": heterogeneity}, indent=2))
+    atomic_write_text(
+        run_dir / "summary.json", json.dumps({"methods": summaries, "heterogeneity": heterogeneity}, indent=2)
+    )
     atomic_write_text(run_dir / "results.md", markdown_table(summaries))
     plot_metric(curves, run_dir / "accuracy.png", title=f"{cfg.name}: test accuracy per round")
     return summaries

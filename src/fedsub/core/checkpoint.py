@@ -75,7 +75,11 @@ def encode(value: Any, tensors: dict[str, torch.Tensor], seen: dict[int, str], w
     if isinstance(value, np.ndarray):
         return {"$ndarray": _tensor_key(torch.from_numpy(np.ascontiguousarray(value)), tensors, seen)}
     if isinstance(value, dict):
-        return {"$dict": [[encode(k, tensors, seen, where), encode(v, tensors, seen, f"{where}.{k}")] for k, v in value.items()]}
+        return {
+            "$dict": [
+                [encode(k, tensors, seen, where), encode(v, tensors, seen, f"{where}.{k}")] for k, v in value.items()
+            ]
+        }
     if isinstance(value, tuple):
         return {"$tuple": [encode(v, tensors, seen, f"{where}[{i}]") for i, v in enumerate(value)]}
     if isinstance(value, list):
@@ -102,7 +106,9 @@ def dense_order(tensor: torch.Tensor) -> list[int]:
     return dims if tensor.permute(dims).is_contiguous() else list(range(tensor.dim()))
 
 
-def _tensor_key(tensor: torch.Tensor, tensors: dict[str, torch.Tensor], seen: dict[int, str], order: list[int] | None = None) -> str:
+def _tensor_key(
+    tensor: torch.Tensor, tensors: dict[str, torch.Tensor], seen: dict[int, str], order: list[int] | None = None
+) -> str:
     if id(tensor) in seen:
         return seen[id(tensor)]
     key = f"t{len(tensors)}"
@@ -145,7 +151,9 @@ def decode(node: Any, tensors: dict[str, torch.Tensor]) -> Any:
 def _available(device: str) -> str:
     # Without this, torch's own "Torch not compiled with CUDA enabled" traceback would be the message.
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CheckpointError(f"it holds tensors on {device}, but torch sees no CUDA device here; resume on a machine with CUDA")
+        raise CheckpointError(
+            f"it holds tensors on {device}, but torch sees no CUDA device here; resume on a machine with CUDA"
+        )
     return device
 
 
@@ -203,11 +211,16 @@ def save_checkpoint(folder: str | Path, ckpt: Checkpoint) -> Path:
     crash_point("tensors-written", ckpt.round)
     pointer = {"format": FORMAT, "round": ckpt.round, "fingerprint": ckpt.fingerprint, "tensors_file": name,
                "tensors_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-               "structure": structure, "records": ckpt.records, "clients_on_nodes": list(ckpt.clients_on_nodes)}  # fmt: skip
+               "structure": structure, "records": ckpt.records,
+               "clients_on_nodes": list(ckpt.clients_on_nodes)}  # fmt: skip
     atomic_write_text(folder / POINTER, json.dumps(pointer))
     crash_point("pointer-written", ckpt.round)
     for stale in folder.iterdir():  # older tensors files and temp files of killed writes
-        if stale.name != name and stale.name != POINTER and (stale.suffix == ".safetensors" or stale.name.endswith(".tmp")):
+        if (
+            stale.name != name
+            and stale.name != POINTER
+            and (stale.suffix == ".safetensors" or stale.name.endswith(".tmp"))
+        ):
             stale.unlink(missing_ok=True)
     return folder / POINTER
 
@@ -245,7 +258,9 @@ def load_checkpoint(folder: str | Path) -> Checkpoint | None:
         server = structure["server"]
         return Checkpoint(
             round=int(pointer["round"]),
-            server=ServerState(int(server["round"]), decode(server["tensors"], tensors), decode(server["extra"], tensors)),
+            server=ServerState(
+                int(server["round"]), decode(server["tensors"], tensors), decode(server["extra"], tensors)
+            ),
             clients=decode(structure["clients"], tensors),
             records=list(pointer["records"]),
             partition=decode(structure["partition"], tensors),

@@ -42,7 +42,9 @@ def register(name: str) -> Callable[[T], T]:
             raise ValueError(f"method {name!r} registered twice")
         missing = missing_members(cls)
         if missing:
-            raise TypeError(f"method {name!r}: {cls.__name__} does not define {', '.join(missing)} (fedsub.core.method.Method)")
+            raise TypeError(
+                f"method {name!r}: {cls.__name__} does not define {', '.join(missing)} (fedsub.core.method.Method)"
+            )
         if not (isinstance(cls.Options, type) and issubclass(cls.Options, BaseModel)):
             raise TypeError(f"method {name!r}: class needs an Options pydantic model")
         cls.name = name

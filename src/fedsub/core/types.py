@@ -97,7 +97,9 @@ class TrainSettings:
     local_epochs: float | None = None
     weight_decay: float = 0.0
     max_grad_norm: float | None = None
-    head_lr: float | None = None  # the run's train.lr: densely trained heads of the GaLore methods (their own lr is lower)
+    head_lr: float | None = (
+        None  # the run's train.lr: densely trained heads of the GaLore methods (their own lr is lower)
+    )
 
     def steps_for(self, num_examples: int) -> int:
         if self.local_epochs is not None:

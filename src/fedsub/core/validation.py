@@ -60,7 +60,9 @@ def validate_update(
     if reason:
         return reason
     for name in spec:
-        reason = check_tensor(name, tensors[name], spec[name]) or check_norm(name, tensors[name], sent.tensors.get(name), max_norm)
+        reason = check_tensor(name, tensors[name], spec[name]) or check_norm(
+            name, tensors[name], sent.tensors.get(name), max_norm
+        )
         if reason:
             return reason
     return None
@@ -76,7 +78,9 @@ def check_names(tensors: dict, spec: UpdateSpec) -> str | None:
     unexpected = sorted(str(n) for n in tensors if n not in spec)
     missing = sorted(n for n in spec if n not in tensors)
     if unexpected:
-        return f"unexpected tensor {unexpected[0]!r}" + (f" (+{len(unexpected) - 1} more)" if len(unexpected) > 1 else "")
+        return f"unexpected tensor {unexpected[0]!r}" + (
+            f" (+{len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
+        )
     if missing:
         return f"missing tensor {missing[0]!r}" + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else "")
     return None
@@ -88,7 +92,8 @@ def check_tensor(name: str, value: Any, spec: TensorSpec) -> str | None:
     if tuple(value.shape) != spec.shape:
         return f"tensor {name!r} has shape {tuple(value.shape)}, expected {spec.shape}"
     if spec.dtype is not None and value.dtype != spec.dtype:
-        return f"tensor {name!r} has dtype {str(value.dtype).removeprefix('torch.')}, expected {str(spec.dtype).removeprefix('torch.')}"
+        got, want = str(value.dtype).removeprefix("torch."), str(spec.dtype).removeprefix("torch.")
+        return f"tensor {name!r} has dtype {got}, expected {want}"
     if not value.is_floating_point():
         return f"tensor {name!r} has dtype {str(value.dtype).removeprefix('torch.')}, expected a floating dtype"
     if not bool(torch.isfinite(value).all()):
@@ -99,7 +104,11 @@ def check_tensor(name: str, value: Any, spec: TensorSpec) -> str | None:
 def check_norm(name: str, value: torch.Tensor, sent: torch.Tensor | None, max_norm: float | None) -> str | None:
     if max_norm is None:
         return None
-    change = value.float() - sent.to(value.device).float() if sent is not None and sent.shape == value.shape else value.float()
+    change = (
+        value.float() - sent.to(value.device).float()
+        if sent is not None and sent.shape == value.shape
+        else value.float()
+    )
     norm = float(torch.linalg.vector_norm(change))
     if not math.isfinite(norm) or norm > max_norm:
         return f"tensor {name!r}: update norm {norm:.4g} > max_norm {max_norm:g}"

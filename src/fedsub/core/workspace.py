@@ -20,7 +20,16 @@ if TYPE_CHECKING:
 
 
 class Workspace:
-    def __init__(self, model: nn.Module, task: Task, train_data: EncodedData, test_data: EncodedData, device: str = "cpu", head_modules=(), target_modules=()):
+    def __init__(
+        self,
+        model: nn.Module,
+        task: Task,
+        train_data: EncodedData,
+        test_data: EncodedData,
+        device: str = "cpu",
+        head_modules=(),
+        target_modules=(),
+    ):
         self.model = model.to(device)
         self.task = task
         self.train_data = train_data

@@ -29,7 +29,9 @@ def load_local_file(cfg: DataConfig) -> tuple[Source, None]:
     try:
         table = datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as err:  # the builders raise many types; the user needs only the reason
-        raise ConfigError(f"data.dataset: cannot read {path} as {builder} ({_first_line(_root_cause(err))}); fix or replace the file") from None
+        raise ConfigError(
+            f"data.dataset: cannot read {path} as {builder} ({_first_line(_root_cause(err))}); fix or replace the file"
+        ) from None
     (source,) = make_sources(cfg, {"row": table})
     return source, None
 
@@ -88,8 +90,7 @@ def _require_columns(cfg: DataConfig, table: datasets.Dataset) -> None:
     for field, column in (("text_column", cfg.text_column), ("label_column", cfg.label_column)):
         if column not in table.column_names:
             raise ConfigError(
-                f"data.{field}: column {column!r} not in {cfg.dataset}; "
-                f"columns are: {', '.join(table.column_names)}"
+                f"data.{field}: column {column!r} not in {cfg.dataset}; columns are: {', '.join(table.column_names)}"
             )
     feature = table.features[cfg.text_column]
     if not isinstance(feature, datasets.Value):
@@ -124,9 +125,7 @@ def _column_values(table: datasets.Dataset, column: str) -> list[Any]:
     return table.select_columns([column]).with_format("arrow")[:].column(0).to_pylist()
 
 
-def encode_labels(
-    raw: list[list[Any]], feature: Any, column: str = "label"
-) -> tuple[list[np.ndarray], list[str]]:
+def encode_labels(raw: list[list[Any]], feature: Any, column: str = "label") -> tuple[list[np.ndarray], list[str]]:
     """Class codes for each split (-1 = missing label) and the class names.
 
     A `ClassLabel` keeps its names; strings get codes in sorted-name order; integers (or integral

@@ -48,7 +48,16 @@ def read_synsets(root: str) -> tuple[tuple[str, int, str, str, str, str], ...]:
                 head, _, gloss = line.rstrip("\n").partition(" | ")
                 offset, lex, _ss, _cnt, word = head.split(" ", 5)[:5]
                 definition, examples = parse_gloss(gloss)
-                rows.append((f"wn:{pos}:{offset}", int(lex), pos, word.replace("_", " "), definition, examples[0] if examples else ""))
+                rows.append(
+                    (
+                        f"wn:{pos}:{offset}",
+                        int(lex),
+                        pos,
+                        word.replace("_", " "),
+                        definition,
+                        examples[0] if examples else "",
+                    )
+                )
     return tuple(rows)
 
 
@@ -66,8 +75,20 @@ def load_wordnet_instructions(root: Path | None = None) -> Source:
             responses.append(response)
             pos.append(p)
             lemmas.append(lemma)
-    columns = {"instruction": _obj(instructions), "response": _obj(responses), "id": _obj(ids), "pos": _obj(pos), "lemma": _obj(lemmas)}
-    return Source(columns=columns, labels=np.array(labels, dtype=np.int64), names=list(LEXNAMES), input_column="instruction", order_by_size=True)
+    columns = {
+        "instruction": _obj(instructions),
+        "response": _obj(responses),
+        "id": _obj(ids),
+        "pos": _obj(pos),
+        "lemma": _obj(lemmas),
+    }
+    return Source(
+        columns=columns,
+        labels=np.array(labels, dtype=np.int64),
+        names=list(LEXNAMES),
+        input_column="instruction",
+        order_by_size=True,
+    )
 
 
 def load_wordnet_choice(root: Path | None = None, seed: int = 0) -> Source:
@@ -84,7 +105,9 @@ def load_wordnet_choice(root: Path | None = None, seed: int = 0) -> Source:
     ids, contexts, choices, answers, pos, supersense = [], [], [], [], [], []
     for index, (sid, lex, p, lemma, definition, _) in enumerate(synsets):
         pool = by_pos[p]
-        distractors = [synsets[pool[j]][4] for j in rng.choice(len(pool), NUM_CHOICES + 2, replace=False) if pool[j] != index]
+        distractors = [
+            synsets[pool[j]][4] for j in rng.choice(len(pool), NUM_CHOICES + 2, replace=False) if pool[j] != index
+        ]
         distractors = [d for d in dict.fromkeys(distractors) if d != definition][: NUM_CHOICES - 1]
         answer = int(rng.integers(NUM_CHOICES))
         options = distractors[:answer] + [definition] + distractors[answer:]
@@ -94,8 +117,19 @@ def load_wordnet_choice(root: Path | None = None, seed: int = 0) -> Source:
         answers.append(answer)
         pos.append(p)
         supersense.append(LEXNAMES[lex])
-    columns = {"context": _obj(contexts), "choices": _obj(choices), "id": _obj(ids), "pos": _obj(pos), "supersense": _obj(supersense)}
-    return Source(columns=columns, labels=np.array(answers, dtype=np.int64), names=[f"choice {i}" for i in range(NUM_CHOICES)], input_column="context")
+    columns = {
+        "context": _obj(contexts),
+        "choices": _obj(choices),
+        "id": _obj(ids),
+        "pos": _obj(pos),
+        "supersense": _obj(supersense),
+    }
+    return Source(
+        columns=columns,
+        labels=np.array(answers, dtype=np.int64),
+        names=[f"choice {i}" for i in range(NUM_CHOICES)],
+        input_column="context",
+    )
 
 
 def _obj(values: list) -> np.ndarray:

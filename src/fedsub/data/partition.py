@@ -51,7 +51,9 @@ def partition(
 def group_codes(dataset: datasets.Dataset, column: str, field: str = "column") -> np.ndarray:
     """The column as int codes 0..G-1 in sorted-value order (cheap comparisons for any type)."""
     if column not in dataset.column_names:
-        raise ConfigError(f"{field}: column {column!r} not in the dataset; columns are: {', '.join(dataset.column_names)}")
+        raise ConfigError(
+            f"{field}: column {column!r} not in the dataset; columns are: {', '.join(dataset.column_names)}"
+        )
     data = dataset.select_columns([column]).with_format("arrow")[:].column(0)
     if data.null_count:
         raise ConfigError(f"{field}: column {column!r} has {data.null_count} missing values; fill or drop them")
@@ -121,13 +123,19 @@ def _shards(codes: np.ndarray, cfg: PartitionConfig, num_clients: int, seed: int
 
     def draw(attempt_seed: int) -> Parts:
         partitioner = PathologicalPartitioner(
-            num_partitions=num_clients, partition_by=_KEY, num_classes_per_partition=cfg.classes_per_client,
-            class_assignment_mode="first-deterministic", shuffle=False, seed=attempt_seed,
+            num_partitions=num_clients,
+            partition_by=_KEY,
+            num_classes_per_partition=cfg.classes_per_client,
+            class_assignment_mode="first-deterministic",
+            shuffle=False,
+            seed=attempt_seed,
         )
         try:
             return _run_flwr(partitioner, codes)
         except ValueError as err:  # a class drawn by more clients than it has examples
-            raise ConfigError(f"partition.classes_per_client: {_first_sentence(err)}; lower it or num_clients") from None
+            raise ConfigError(
+                f"partition.classes_per_client: {_first_sentence(err)}; lower it or num_clients"
+            ) from None
 
     return _first_valid(draw, seed, cfg, num_clients, SHARDS_TRIES, "partition.classes_per_client")
 

@@ -121,8 +121,9 @@ def _annotate(ax: Any, hist: np.ndarray) -> None:
     threshold = hist.max() / 2 if hist.size else 0
     for (k, c), count in np.ndenumerate(hist):
         if count:
-            ax.text(c, k, str(count), ha="center", va="center", fontsize=6,
-                    color="black" if count > threshold else "white")
+            ax.text(
+                c, k, str(count), ha="center", va="center", fontsize=6, color="black" if count > threshold else "white"
+            )
 
 
 def _classes(dataset: datasets.Dataset, column: str, label_names: list[str] | None) -> tuple[np.ndarray, list[str]]:

@@ -83,7 +83,9 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
     if cfg.val_fraction > 0:
         kept, held = stratified_split(train_labels[train_rows], cfg.val_fraction, derive_rng(seed, _VAL_STREAM))
         if len(held) == 0:
-            raise ConfigError(f"data.val_fraction: the validation split of {cfg.dataset} is empty; raise it or use more data")
+            raise ConfigError(
+                f"data.val_fraction: the validation split of {cfg.dataset} is empty; raise it or use more data"
+            )
         train_rows, val_rows = train_rows[kept], train_rows[held]
         if cfg.eval_split == "val":
             test, test_rows, test_labels = train, val_rows, train_labels
@@ -136,7 +138,9 @@ def choose_classes(
     return remap, [train.names[c] for c in kept]
 
 
-def stratified_split(labels: np.ndarray, test_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(
+    labels: np.ndarray, test_fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Sorted (train rows, test rows): per class, round(test_fraction * n) random rows go to test,
     leaving at least one in train. Rows with label -1 are dropped."""
     train, test = [], []

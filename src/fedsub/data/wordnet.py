@@ -22,14 +22,51 @@ INSTALL_HINT = "apt-get install --no-install-recommends wordnet-base"
 # The 45 lexicographer files in lex_filenum order (WordNet `lexnames(5)`); Debian ships no
 # `lexnames` file, so they are hardcoded. Nouns are 03..28 (26 supersenses).
 LEXNAMES: tuple[str, ...] = (
-    "adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.animal", "noun.artifact",
-    "noun.attribute", "noun.body", "noun.cognition", "noun.communication", "noun.event",
-    "noun.feeling", "noun.food", "noun.group", "noun.location", "noun.motive", "noun.object",
-    "noun.person", "noun.phenomenon", "noun.plant", "noun.possession", "noun.process",
-    "noun.quantity", "noun.relation", "noun.shape", "noun.state", "noun.substance", "noun.time",
-    "verb.body", "verb.change", "verb.cognition", "verb.communication", "verb.competition",
-    "verb.consumption", "verb.contact", "verb.creation", "verb.emotion", "verb.motion",
-    "verb.perception", "verb.possession", "verb.social", "verb.stative", "verb.weather", "adj.ppl",
+    "adj.all",
+    "adj.pert",
+    "adv.all",
+    "noun.Tops",
+    "noun.act",
+    "noun.animal",
+    "noun.artifact",
+    "noun.attribute",
+    "noun.body",
+    "noun.cognition",
+    "noun.communication",
+    "noun.event",
+    "noun.feeling",
+    "noun.food",
+    "noun.group",
+    "noun.location",
+    "noun.motive",
+    "noun.object",
+    "noun.person",
+    "noun.phenomenon",
+    "noun.plant",
+    "noun.possession",
+    "noun.process",
+    "noun.quantity",
+    "noun.relation",
+    "noun.shape",
+    "noun.state",
+    "noun.substance",
+    "noun.time",
+    "verb.body",
+    "verb.change",
+    "verb.cognition",
+    "verb.communication",
+    "verb.competition",
+    "verb.consumption",
+    "verb.contact",
+    "verb.creation",
+    "verb.emotion",
+    "verb.motion",
+    "verb.perception",
+    "verb.possession",
+    "verb.social",
+    "verb.stative",
+    "verb.weather",
+    "adj.ppl",
 )
 
 
@@ -49,9 +86,7 @@ def load_wordnet_supersense(root: Path | None = None) -> Source:
     """All noun synsets as a `Source` (labels = lex_filenum, ordered by class size downstream)."""
     path = Path(root or WORDNET_DIR) / "data.noun"
     if not path.is_file():
-        raise ConfigError(
-            f"data.dataset=wordnet_supersense: {path} not found; install it with `{INSTALL_HINT}`"
-        )
+        raise ConfigError(f"data.dataset=wordnet_supersense: {path} not found; install it with `{INSTALL_HINT}`")
     stat = path.stat()
     offsets, lexnums, pos, lemmas, texts = _parse_cached(str(path), stat.st_mtime_ns, stat.st_size)
     # Codes index LEXNAMES directly; classes with no example are dropped downstream.

@@ -181,7 +181,11 @@ def dense_diagnostics(
         truncated.append(energy)
     if gram is None:
         return {}
-    metrics = {**update_geometry(gram, weights), "diag_rank_mean": sum(ranks) / len(ranks), "diag_rank_max": float(max(ranks))}
+    metrics = {
+        **update_geometry(gram, weights),
+        "diag_rank_mean": sum(ranks) / len(ranks),
+        "diag_rank_max": float(max(ranks)),
+    }
     if rank is not None:
         metrics["diag_truncation_energy"] = sum(truncated) / len(truncated)
     return metrics

@@ -50,7 +50,9 @@ def factor(name: str, source: Source, upload: Tensors, shared: Sequence[Tensors]
     raise DiagnosticsUnavailable(f"LoRA tensor {name!r} stays on the clients")
 
 
-def client_factors(uploads: Sequence[Tensors], keys: LoraKeys, inputs: LoraFactors, shared: Sequence[Tensors] = ()) -> list[Factors]:
+def client_factors(
+    uploads: Sequence[Tensors], keys: LoraKeys, inputs: LoraFactors, shared: Sequence[Tensors] = ()
+) -> list[Factors]:
     """Each client's (B_k, A_k) of one layer, each factor from its declared source."""
     return [(factor(keys.b, inputs.b, u, shared), factor(keys.a, inputs.a, u, shared)) for u in uploads]
 
@@ -107,7 +109,9 @@ def dense_round_diagnostics(
     return dense_diagnostics(clients, weights, inputs.rank)
 
 
-def factored_round_diagnostics(options, uploads: Sequence[Tensors], weights: Sequence[float], factor_names: Sequence[str]) -> Metrics:
+def factored_round_diagnostics(
+    options, uploads: Sequence[Tensors], weights: Sequence[float], factor_names: Sequence[str]
+) -> Metrics:
     """`factored_diagnostics` of a GaLore-factored round from the uploaded R_k (named `factor_names`)."""
     if not options.diagnostics:
         return {}

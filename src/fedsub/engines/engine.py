@@ -20,13 +20,17 @@ class Engine(Protocol):
 
     checkpoint_dir: Path  # <method>/checkpoint: what --resume continues from
 
-    def run(self, on_round: Callable[[dict], None] | None = None, on_client: Callable[[], None] | None = None) -> list[dict]: ...
+    def run(
+        self, on_round: Callable[[dict], None] | None = None, on_client: Callable[[], None] | None = None
+    ) -> list[dict]: ...
 
     def save_final_model(self, label_names: list[str]) -> None:
         """Write <method>/final_model.safetensors (a deployment's ServerApp already has: nothing to do)."""
 
 
-def make_engine(cfg: ExperimentConfig, spec: MethodSpec, data: FederatedData, method_dir: Path, resume: bool = False) -> Engine:
+def make_engine(
+    cfg: ExperimentConfig, spec: MethodSpec, data: FederatedData, method_dir: Path, resume: bool = False
+) -> Engine:
     """The simulator, or (engine: flower) Flower's in-process grid or a SuperLink submission."""
     if cfg.engine == "flower":
         from fedsub.engines.flower import flower_engine  # late: flwr is an optional extra, imported only when asked for

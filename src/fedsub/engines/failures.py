@@ -43,7 +43,9 @@ def simulated_fault(cfg: FailureConfig, seed: int, round_index: int, client_id: 
     return None
 
 
-def run_client(cfg: FailureConfig, client_id: int, fault: str | None, train: Callable[[], ClientUpdate]) -> ClientOutcome:
+def run_client(
+    cfg: FailureConfig, client_id: int, fault: str | None, train: Callable[[], ClientUpdate]
+) -> ClientOutcome:
     """Train one client and decide whether its update reaches the server.
 
     A dropout never trains (state untouched). A straggler trains (its local state moves on, as a
@@ -57,7 +59,9 @@ def run_client(cfg: FailureConfig, client_id: int, fault: str | None, train: Cal
         update = train()
     except Exception as err:  # any failure of one client must not end the federation
         message = str(err).splitlines()[0] if str(err) else ""
-        return ClientOutcome(client_id, None, f"error: {type(err).__name__}: {message}"[:300], time.perf_counter() - tic, False)
+        return ClientOutcome(
+            client_id, None, f"error: {type(err).__name__}: {message}"[:300], time.perf_counter() - tic, False
+        )
     return reply_outcome(cfg, client_id, update, time.perf_counter() - tic, fault)
 
 
@@ -70,7 +74,9 @@ def finite_train_loss(update: ClientUpdate) -> bool:
     return isinstance(loss, (int, float)) and math.isfinite(loss)
 
 
-def reply_outcome(cfg: FailureConfig, client_id: int, update: ClientUpdate, seconds: float, fault: str | None) -> ClientOutcome:
+def reply_outcome(
+    cfg: FailureConfig, client_id: int, update: ClientUpdate, seconds: float, fault: str | None
+) -> ClientOutcome:
     """A trained client's reply, as the server takes it (both engines): dropped with its state
     discarded if its train loss is not finite; dropped (state kept) if it is a simulated straggler
     or trained longer than failures.deadline_s."""
@@ -79,7 +85,9 @@ def reply_outcome(cfg: FailureConfig, client_id: int, update: ClientUpdate, seco
     if fault == "straggler":
         return ClientOutcome(client_id, None, "straggler", seconds)
     if cfg.deadline_s is not None and seconds > cfg.deadline_s:
-        return ClientOutcome(client_id, None, f"deadline: trained {seconds:.2f} s > deadline_s {cfg.deadline_s:g}", seconds)
+        return ClientOutcome(
+            client_id, None, f"deadline: trained {seconds:.2f} s > deadline_s {cfg.deadline_s:g}", seconds
+        )
     return ClientOutcome(client_id, update, None, seconds)
 
 
@@ -91,7 +99,10 @@ def skip_reason(cfg: FailureConfig, accepted: int) -> str | None:
 
 
 def screen_outcomes(
-    outcomes: list[ClientOutcome], sent: dict[int, Payload], expected: Callable[[int, Payload], UpdateSpec], max_norm: float | None
+    outcomes: list[ClientOutcome],
+    sent: dict[int, Payload],
+    expected: Callable[[int, Payload], UpdateSpec],
+    max_norm: float | None,
 ) -> tuple[list[ClientUpdate], list[dict], list[dict]]:
     """Split a round's replies into the accepted updates, the dropped clients and the rejected
     updates (each with its reason, as metrics.jsonl records them), validating every reply against

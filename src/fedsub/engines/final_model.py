@@ -30,5 +30,11 @@ def save_final_model(server, method_dir: Path, label_names: list[str]) -> Path:
     workspace, state, spec = server.workspace, server.state, server.spec
     server.method.load_global(workspace, state)
     tensors = {n: t.contiguous() for n, t in workspace.read(saved_names(workspace, state)).items()}
-    metadata = {"format": FORMAT_TAG, "method": spec.name, "key": spec.key, "rounds": str(state.round), "label_names": json.dumps(label_names)}
+    metadata = {
+        "format": FORMAT_TAG,
+        "method": spec.name,
+        "key": spec.key,
+        "rounds": str(state.round),
+        "label_names": json.dumps(label_names),
+    }
     return atomic_write_bytes(Path(method_dir) / FINAL_MODEL, safetensors.torch.save(tensors, metadata=metadata))

@@ -93,7 +93,8 @@ class RoundLoop:
         self.state: ServerState = self.method.init(self.workspace)
         self.checkpoint_dir = out_dir / "checkpoint"
 
-    def run(self, clients: Clients, on_round: Callable[[dict], None] | None = None, on_client: Callable[[], None] | None = None,
+    def run(self, clients: Clients, on_round: Callable[[dict], None] | None = None,
+            on_client: Callable[[], None] | None = None,
             resume: bool = False, play_round: RoundFn | None = None) -> list[dict]:  # fmt: skip
         """All rounds left. `play_round(index, on_client)` plays one (default: `run_round` with
         `clients`); the simulator passes its own method, so a test can interrupt it at any round."""
@@ -107,7 +108,9 @@ class RoundLoop:
             for round_index in range(len(records), self.cfg.federation.rounds):
                 record = play_round(round_index, on_client)
                 records.append(record)
-                self.maybe_checkpoint(clients, round_index, records)  # before the log line: a kill between the two loses nothing
+                self.maybe_checkpoint(
+                    clients, round_index, records
+                )  # before the log line: a kill between the two loses nothing
                 log.write(json.dumps(record) + "\n")
                 log.flush()
                 if on_round:
@@ -132,7 +135,9 @@ class RoundLoop:
         replies = clients.exchange(Exchange(round_index, kind, sent, faults), on_client)
         return [replies[c] if c in replies else ClientOutcome(c, None, away[c]) for c in sampled]
 
-    def warmup(self, clients: Clients, round_index: int, sampled: list[int], away: dict[int, str] | None = None) -> dict | None:
+    def warmup(
+        self, clients: Clients, round_index: int, sampled: list[int], away: dict[int, str] | None = None
+    ) -> dict | None:
         """The method's warm-up exchange before this round's training, if it declares one and asks."""
         exchange = self.method.warmup
         if exchange is None:
@@ -149,7 +154,9 @@ class RoundLoop:
         """Screen and aggregate the warm-up replies; what the round's record adds."""
         tic = time.perf_counter()
         expected = partial(exchange.update_spec, self.state)
-        accepted, dropped, rejected = screen_outcomes(outcomes, sent, expected, None)  # a sketch is no change: no max_norm
+        accepted, dropped, rejected = screen_outcomes(
+            outcomes, sent, expected, None
+        )  # a sketch is no change: no max_norm
         self.state, metrics = exchange.aggregate(self.state, accepted)
         return {
             "bytes_up": sum(payload_bytes(o.update.payload) for o in outcomes if o.update is not None),
@@ -180,7 +187,8 @@ class RoundLoop:
             **evaluation,
             "train_loss": mean_train_loss(accepted),
             "clients": clients,
-            "bytes_up": warm["bytes_up"] + sum(payload_bytes(o.update.payload) for o in outcomes if o.update is not None),
+            "bytes_up": warm["bytes_up"]
+            + sum(payload_bytes(o.update.payload) for o in outcomes if o.update is not None),
             "bytes_down": warm["bytes_down"] + sum(p.nbytes() for p in sent.values()),
             "aggregated": [u.client_id for u in accepted] if skipped is None else [],
             "dropped": warm["dropped"] + dropped,
@@ -219,7 +227,9 @@ class RoundLoop:
         if every == 0 or (done % every and done != self.cfg.federation.rounds):
             return
         saved = clients.saved_states()
-        ckpt = Checkpoint(done, self.state, saved.held, records, self.data.parts, rng_state(), self.fingerprint(), saved.on_nodes)
+        ckpt = Checkpoint(
+            done, self.state, saved.held, records, self.data.parts, rng_state(), self.fingerprint(), saved.on_nodes
+        )
         save_checkpoint(self.checkpoint_dir, ckpt)
 
     def restore(self, clients: Clients) -> list[dict]:
@@ -229,14 +239,27 @@ class RoundLoop:
             return []
         where = self.checkpoint_dir
         if ckpt.fingerprint != self.fingerprint():
-            raise CheckpointError(f"checkpoint {where} was written by another config or method; resume with the run's own config.yaml, or delete {where}")
-        if len(ckpt.partition) != len(self.data.parts) or not all(torch.equal(a, b) for a, b in zip(ckpt.partition, self.data.parts)):
-            raise CheckpointError(f"checkpoint {where}: the data or its partition changed since it was written; restore the data file, or delete {where}")
+            raise CheckpointError(
+                f"checkpoint {where} was written by another config or method; resume with the run's own config.yaml, "
+                f"or delete {where}"
+            )
+        if len(ckpt.partition) != len(self.data.parts) or not all(
+            torch.equal(a, b) for a, b in zip(ckpt.partition, self.data.parts)
+        ):
+            raise CheckpointError(
+                f"checkpoint {where}: the data or its partition changed since it was written; restore the data file, "
+                f"or delete {where}"
+            )
         if ckpt.round != len(ckpt.records) or ckpt.round > self.cfg.federation.rounds:
-            raise CheckpointError(f"checkpoint {where}: {len(ckpt.records)} records for round {ckpt.round}; delete {where}")
+            raise CheckpointError(
+                f"checkpoint {where}: {len(ckpt.records)} records for round {ckpt.round}; delete {where}"
+            )
         fresh = self.state.extra  # the method's typed server state, as its init gives it
         if fresh is not None and type(ckpt.server.extra) is not type(fresh):
-            raise CheckpointError(f"checkpoint {where} holds this method's server state in an older form than its {type(fresh).__name__}; delete {where} to restart it from round 1")
+            raise CheckpointError(
+                f"checkpoint {where} holds this method's server state in an older form than its "
+                f"{type(fresh).__name__}; delete {where} to restart it from round 1"
+            )
         clients.restore_states(ClientStates(ckpt.clients, ckpt.clients_on_nodes), where)
         self.state = ckpt.server
         restore_rng(ckpt.rng)

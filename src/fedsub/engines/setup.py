@@ -60,7 +60,9 @@ def prepare_data(cfg: ExperimentConfig, run_dir: Path) -> FederatedData:
     splits = load_splits(cfg.data, cfg.seed)
     check_input(cfg, splits.input_column)
     parts = partition(splits.train, cfg.partition, cfg.federation.num_clients, cfg.seed)
-    heterogeneity = save_partition_report(run_dir, parts, splits.train, splits.label_names, cfg=cfg.partition, seed=cfg.seed)
+    heterogeneity = save_partition_report(
+        run_dir, parts, splits.train, splits.label_names, cfg=cfg.partition, seed=cfg.seed
+    )
     task = build_task(cfg, plan, splits.input_column, len(splits.label_names))
     train, test = task.encode_dataset(splits.train), task.encode_dataset(splits.test)
     client_parts = [torch.as_tensor(np.asarray(p), dtype=torch.long) for p in parts]

@@ -42,13 +42,17 @@ class InProcessClients:
                 if on_client:
                     on_client()
             else:
-                outcomes[client_id] = self.warm_up_client(exchange.round, client_id, payload, exchange.faults[client_id])
+                outcomes[client_id] = self.warm_up_client(
+                    exchange.round, client_id, payload, exchange.faults[client_id]
+                )
         return outcomes
 
     def train_client(self, round_index: int, client_id: int, payload: Payload, fault: str | None) -> ClientOutcome:
         """One client's local round; its state changes persist only if it did not fail."""
         context = self.client_context(round_index, client_id)
-        outcome = run_client(self.cfg.failures, client_id, fault, lambda: self.method.client_train(self.workspace, payload, context))
+        outcome = run_client(
+            self.cfg.failures, client_id, fault, lambda: self.method.client_train(self.workspace, payload, context)
+        )
         if outcome.keep_state:
             self.states[client_id] = context.state
         elif fault != "dropout":
@@ -60,7 +64,9 @@ class InProcessClients:
     def warm_up_client(self, round_index: int, client_id: int, payload: Payload, fault: str | None) -> ClientOutcome:
         context = self.client_context(round_index, client_id)  # a copy: the warm-up keeps no state
         exchange = self.method.warmup  # a warm-up exchange is only sent for a method that declares one
-        outcome = run_client(self.cfg.failures, client_id, fault, lambda: exchange.client(self.workspace, payload, context))
+        outcome = run_client(
+            self.cfg.failures, client_id, fault, lambda: exchange.client(self.workspace, payload, context)
+        )
         self.workspace.model.zero_grad(set_to_none=True)
         return outcome
 
@@ -84,7 +90,9 @@ class InProcessClients:
 class Simulation:
     """Runs one method of an experiment in this process, round by round (see RoundLoop.run)."""
 
-    def __init__(self, cfg: ExperimentConfig, spec: MethodSpec, data: FederatedData, out_dir: Path, resume: bool = False):
+    def __init__(
+        self, cfg: ExperimentConfig, spec: MethodSpec, data: FederatedData, out_dir: Path, resume: bool = False
+    ):
         self.cfg, self.spec, self.data, self.out_dir, self.resume = cfg, spec, data, out_dir, resume
         reset_peak_rss()
         setup = set_up_method(cfg, spec, data)
@@ -93,7 +101,9 @@ class Simulation:
         self.loop = RoundLoop(cfg, spec, data, setup, out_dir)
         self.checkpoint_dir = self.loop.checkpoint_dir
 
-    def run(self, on_round: Callable[[dict], None] | None = None, on_client: Callable[[], None] | None = None) -> list[dict]:
+    def run(
+        self, on_round: Callable[[dict], None] | None = None, on_client: Callable[[], None] | None = None
+    ) -> list[dict]:
         return self.loop.run(self.clients, on_round, on_client, resume=self.resume, play_round=self.run_round)
 
     def run_round(self, round_index: int, on_client: Callable[[], None] | None = None) -> dict:

@@ -30,10 +30,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fedsub.linalg.ajive_bounds import _SAMPLE_DTYPE, _random_direction_bound, _wedin_bound
+from fedsub.linalg.ajive_bounds import _random_direction_bound, _wedin_bound
 
 __all__ = ["AJIVEResult", "ajive"]
-
 
 
 @dataclass(frozen=True)
@@ -279,9 +278,7 @@ def _scree_elbow(sv: _BlockSVD) -> int:
     return int(torch.argmax(gaps[:n_cand])) + 1
 
 
-def _resolve_signal_ranks(
-    given: int | Sequence[int] | None, svds: list[_BlockSVD], xs: list[Tensor]
-) -> list[int]:
+def _resolve_signal_ranks(given: int | Sequence[int] | None, svds: list[_BlockSVD], xs: list[Tensor]) -> list[int]:
     if given is None:
         return [_scree_elbow(sv) for sv in svds]
     ranks = [int(given)] * len(svds) if isinstance(given, (int, np.integer)) else [int(r) for r in given]
@@ -293,8 +290,7 @@ def _resolve_signal_ranks(
             raise ValueError(f"signal_ranks[{k}]={r} must lie in [0, min(n, d_k)={min(x.shape)}]")
         if r > sv.numerical_rank:
             warnings.warn(
-                f"signal_ranks[{k}]={r} exceeds the block's numerical rank {sv.numerical_rank}; "
-                "lowered to it",
+                f"signal_ranks[{k}]={r} exceeds the block's numerical rank {sv.numerical_rank}; lowered to it",
                 RuntimeWarning,
                 stacklevel=3,
             )

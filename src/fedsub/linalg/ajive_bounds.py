@@ -146,9 +146,7 @@ def _chunks(n_samples: int, per_sample: int) -> list[int]:
 
 
 # ----------------------------------------------------------------------------- the two bounds
-def _noise_norm_samples(
-    s_perp: Tensor, n_complement: int, n_cols: int, n_samples: int, gen: torch.Generator
-) -> Tensor:
+def _noise_norm_samples(s_perp: Tensor, n_complement: int, n_cols: int, n_samples: int, gen: torch.Generator) -> Tensor:
     """(G, S) draws of ||diag(s_perp[g]) W[:p]||_2, W uniform n_complement x n_cols orthonormal.
 
     This is ||X^T Q|| (or ||X Q||) for Q uniform orthonormal in the complement of the block's

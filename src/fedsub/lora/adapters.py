@@ -19,7 +19,9 @@ class LoraOptions(BaseModel):
     rank: int = Field(8, gt=0, description="LoRA rank r")
     lora_alpha: float = Field(16.0, gt=0, description="LoRA scale s = lora_alpha / r")
     lora_dropout: float = Field(0.0, ge=0, lt=1)
-    diagnostics: bool = Field(True, description="subspace diagnostics every round (diag_* metrics, see fedsub/diagnostics)")
+    diagnostics: bool = Field(
+        True, description="subspace diagnostics every round (diag_* metrics, see fedsub/diagnostics)"
+    )
 
 
 def add_lora(workspace: Workspace, options: LoraOptions) -> None:
@@ -33,7 +35,10 @@ def add_lora(workspace: Workspace, options: LoraOptions) -> None:
     modules = dict(workspace.model.named_modules())
     convs = [t for t in workspace.target_modules if isinstance(modules.get(t), torch.nn.Conv2d)]
     if convs:  # the server maths (stacking, SVD, diagnostics) take factors as matrices
-        raise ConfigError(f"field model.target_modules: LoRA methods adapt linear layers, not the Conv2d {convs[0]!r}; target linear / pointwise layers or use fedgalore, fedftg or fedavg_full")
+        raise ConfigError(
+            f"field model.target_modules: LoRA methods adapt linear layers, not the Conv2d {convs[0]!r}; target "
+            f"linear / pointwise layers or use fedgalore, fedftg or fedavg_full"
+        )
     config = LoraConfig(
         r=options.rank,
         lora_alpha=options.lora_alpha,

@@ -27,7 +27,9 @@ def average_non_lora(uploads: Sequence[dict[str, Tensor]], weights: Sequence[flo
     return weighted_sum(list(uploads), weights, names) if names else {}
 
 
-def aggregate_lora(state: ServerState, updates: Sequence[ClientUpdate], layers: dict[str, LoraKeys], rule: LayerRule) -> ServerState:
+def aggregate_lora(
+    state: ServerState, updates: Sequence[ClientUpdate], layers: dict[str, LoraKeys], rule: LayerRule
+) -> ServerState:
     """The next server state: the head FedAvg'ed, then each LoRA layer's tensors as `rule` gives them
     (cast to the dtype the state holds them in), every other tensor kept."""
     weights = normalized_weights([u.num_examples for u in updates])

@@ -104,7 +104,9 @@ def read_factors(workspace: Workspace, layers: dict[str, LoraKeys], rank: int) -
     return out
 
 
-def train_at_rank(workspace: Workspace, client: ClientContext, layers: dict[str, LoraKeys], rank: int) -> dict[str, float]:
+def train_at_rank(
+    workspace: Workspace, client: ClientContext, layers: dict[str, LoraKeys], rank: int
+) -> dict[str, float]:
     """AdamW on the trainables with the components beyond `rank` held at zero."""
     optimizer = adamw((p for p in workspace.model.parameters() if p.requires_grad), client.train)
     return workspace.train_local(client, optimizer, after_backward=rank_mask(workspace, layers, rank))

@@ -22,7 +22,9 @@ from fedsub.diagnostics.rounds import dense_round_diagnostics
 
 class FedAvgFullOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    diagnostics: bool = Field(True, description="update diagnostics every round (diag_* metrics, see fedsub/diagnostics)")
+    diagnostics: bool = Field(
+        True, description="update diagnostics every round (diag_* metrics, see fedsub/diagnostics)"
+    )
 
 
 @register("fedavg_full")
@@ -35,10 +37,15 @@ class FedAvgFull:
 
     def __init__(self, options: FedAvgFullOptions):
         self.options = options
-        self.matrix_names: list[str] = []  # the diagnostics' matrices: target weights (2-D or conv kernels), no biases, no head
+        self.matrix_names: list[
+            str
+        ] = []  # the diagnostics' matrices: target weights (2-D or conv kernels), no biases, no head
 
     def prepare_model(self, workspace: Workspace) -> None:
-        targets, trained = tuple(workspace.target_modules), tuple(workspace.target_modules) + tuple(workspace.head_modules)
+        targets, trained = (
+            tuple(workspace.target_modules),
+            tuple(workspace.target_modules) + tuple(workspace.head_modules),
+        )
         self.matrix_names = []
         for name, param in workspace.model.named_parameters():
             module = name.rsplit(".", 1)[0]
@@ -59,7 +66,9 @@ class FedAvgFull:
         return spec_of(payload.tensors)
 
     def aggregate_train(self, state: ServerState, updates: Sequence[ClientUpdate]) -> tuple[ServerState, Metrics]:
-        return fedavg(state, updates), dense_round_diagnostics(self.options, self.diagnostics, state, updates, self.matrix_names)
+        return fedavg(state, updates), dense_round_diagnostics(
+            self.options, self.diagnostics, state, updates, self.matrix_names
+        )
 
     def load_global(self, workspace: Workspace, state: ServerState) -> None:
         workspace.write(state.tensors)

@@ -29,7 +29,15 @@ from fedsub.core.validation import UpdateSpec, spec_of
 from fedsub.core.workspace import Workspace
 from fedsub.diagnostics.rounds import dense_round_diagnostics
 from fedsub.models import adaptable  # Linear or dense Conv2d (GaLore reshapes kernels to matrices)
-from fedsub.optim.galore_model import export_state, freeze_all_but, galore_optimizer, head_parameter_names, import_state, layer_index, linear_weight_names
+from fedsub.optim.galore_model import (
+    export_state,
+    freeze_all_but,
+    galore_optimizer,
+    head_parameter_names,
+    import_state,
+    layer_index,
+    linear_weight_names,
+)
 
 
 class FedFTGOptions(BaseModel):
@@ -37,16 +45,21 @@ class FedFTGOptions(BaseModel):
     rank: int = Field(8, gt=0, description="GaLore rank r of every managed matrix")
     scale: float = Field(1.0, gt=0, description="GaLore scale (alpha) of the back-projected step")
     proj_type: Literal["svd", "rsvd", "random"] = Field("svd", description="per-client projector source")
-    update_proj_gap: int = Field(50, gt=0, description="client steps between projector refreshes (counted across rounds)")
+    update_proj_gap: int = Field(
+        50, gt=0, description="client steps between projector refreshes (counted across rounds)"
+    )
     modules: list[str] = Field(
         default_factory=lambda: ["intermediate.dense", "up_proj", "c_fc", "fc1"],
-        description="module-name suffixes of the MLP up-projection (any that the model has); independent of model.target_modules",
+        description="module-name suffixes of the MLP up-projection (any that the model has); independent of "
+        "model.target_modules",
     )
     layers: list[int] | None = Field(None, description="block indices to train; None = the lower half (at least one)")
     reset_each_round: bool = Field(False, description="start each round with a fresh optimizer instead of the kept one")
     seed: int | None = Field(None, description="seed of random / rsvd projectors; None = the run seed")
     head_lr: float | None = Field(None, gt=0, description="lr of the densely trained head; None = the run's train.lr")
-    diagnostics: bool = Field(True, description="update diagnostics every round (diag_* metrics, see fedsub/diagnostics)")
+    diagnostics: bool = Field(
+        True, description="update diagnostics every round (diag_* metrics, see fedsub/diagnostics)"
+    )
 
 
 def lower_half(indices: list[int]) -> set[int]:
@@ -85,7 +98,9 @@ class FedFTG:
 
     def __init__(self, options: FedFTGOptions):
         self.options = options
-        self.client_state = frozenset() if options.reset_each_round else frozenset({"optimizer"})  # its GaLore-AdamW state
+        self.client_state = (
+            frozenset() if options.reset_each_round else frozenset({"optimizer"})
+        )  # its GaLore-AdamW state
         self.diagnostics = DenseUpdates(rank=options.rank)
         self.galore_names: list[str] = []
 
@@ -119,7 +134,9 @@ class FedFTG:
 
     def aggregate_train(self, state: ServerState, updates: Sequence[ClientUpdate]) -> tuple[ServerState, Metrics]:
         """FedAvg; diag_* of the round's dense updates of the GaLore-managed matrices (the head left out)."""
-        return fedavg(state, updates), dense_round_diagnostics(self.options, self.diagnostics, state, updates, self.galore_names)
+        return fedavg(state, updates), dense_round_diagnostics(
+            self.options, self.diagnostics, state, updates, self.galore_names
+        )
 
     def load_global(self, workspace: Workspace, state: ServerState) -> None:
         workspace.write(state.tensors)

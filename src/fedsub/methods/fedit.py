@@ -49,7 +49,9 @@ class FedIT:
         if not self.options.diagnostics:
             return new, {}
         layers = lora_layers(new.tensors)  # the server's update: s avg(B) avg(A)
-        return new, lora_round_diagnostics(self.options, self.diagnostics, layers, updates, held_factors(layers, [new.tensors]))
+        return new, lora_round_diagnostics(
+            self.options, self.diagnostics, layers, updates, held_factors(layers, [new.tensors])
+        )
 
     def load_global(self, workspace: Workspace, state: ServerState) -> None:
         workspace.write(state.tensors)

@@ -1,9 +1,10 @@
 """fedsa_lora: clients train LoRA A and B; only A (and the head) is averaged, each client keeps its own B.
 
 FedSA-LoRA (Guo et al., ICLR 2025, "Selective Aggregation for Low-Rank Adaptation in Federated
-Learning", arXiv 2410.01463; docs/methods.md "FedSA-LoRA"). The paper finds that trained LoRA A matrices are alike across clients (general knowledge) while the
-B matrices differ (client-specific). So clients train A, B and the head; only A and the head go up
-and are FedAvg'ed; each client's B stays in its client state between its rounds, and a client's
+Learning", arXiv 2410.01463; docs/methods.md "FedSA-LoRA"). The paper finds that trained LoRA A
+matrices are alike across clients (general knowledge) while the B matrices differ (client-specific).
+So clients train A, B and the head; only A and the head go up and are FedAvg'ed; each client's B
+stays in its client state between its rounds, and a client's
 first round starts from B = 0 (LoRA's init). Bytes: A and the head, up and down (FedIT's minus B).
 
 The server never holds a B. Its global model (evaluated each round, exported at the end) is the
@@ -38,13 +39,18 @@ KEPT_B = "lora_b"  # the client-state key of a client's own B (name -> tensor)
 
 
 class FedSALoraOptions(LoraOptions):
-    diagnostics: bool = Field(False, description="stays false: the diag_* metrics need every client's B, which never leaves the client")
+    diagnostics: bool = Field(
+        False, description="stays false: the diag_* metrics need every client's B, which never leaves the client"
+    )
 
     @field_validator("diagnostics")
     @classmethod
     def _no_diagnostics(cls, value: bool) -> bool:
         if value:
-            raise ValueError("fedsa_lora keeps each client's LoRA B on the client, so the server cannot compute the diag_* metrics (they need ΔW_k = s B_k A_k); leave diagnostics false")
+            raise ValueError(
+                "fedsa_lora keeps each client's LoRA B on the client, so the server cannot compute the diag_* metrics "
+                "(they need ΔW_k = s B_k A_k); leave diagnostics false"
+            )
         return value
 
 
@@ -54,7 +60,9 @@ class FedSALoRA:
     warmup = None
     client_state = frozenset({KEPT_B})
     diagnostics = LoraFactors(a=Source.UPLOADED, b=Source.CLIENT)
-    global_model_note = "global A and head with B = 0: each client's B stays on the client, so the server's LoRA update is zero"
+    global_model_note = (
+        "global A and head with B = 0: each client's B stays on the client, so the server's LoRA update is zero"
+    )
 
     def __init__(self, options: FedSALoraOptions):
         self.options = options
@@ -63,7 +71,9 @@ class FedSALoRA:
         add_lora(workspace, self.options)
         params = workspace.parameters_by_name()
         self.b_names = [k.b for k in lora_layers(workspace.trainable_names()).values()]
-        self.zero_b = {n: torch.zeros(params[n].shape, dtype=params[n].dtype) for n in self.b_names}  # B before a client's first round
+        self.zero_b = {
+            n: torch.zeros(params[n].shape, dtype=params[n].dtype) for n in self.b_names
+        }  # B before a client's first round
 
     def init(self, workspace: Workspace) -> ServerState:
         kept = set(self.b_names)

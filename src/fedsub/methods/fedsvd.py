@@ -67,7 +67,9 @@ class FedSVD:
         if not self.options.diagnostics:
             return new, {}
         aggregated = held_factors(layers, [new.tensors])
-        return new, lora_round_diagnostics(self.options, self.diagnostics, layers, updates, aggregated, shared=[state.tensors])
+        return new, lora_round_diagnostics(
+            self.options, self.diagnostics, layers, updates, aggregated, shared=[state.tensors]
+        )
 
     def load_global(self, workspace: Workspace, state: ServerState) -> None:
         workspace.write(state.tensors)

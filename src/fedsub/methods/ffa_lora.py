@@ -47,7 +47,9 @@ class FFALoRA:
     def update_spec(self, state: ServerState, client_id: int, payload: Payload) -> UpdateSpec:
         return spec_of(payload.tensors)
 
-    def aggregate_train(self, state: ServerState[FrozenFactors], updates: Sequence[ClientUpdate]) -> tuple[ServerState, Metrics]:
+    def aggregate_train(
+        self, state: ServerState[FrozenFactors], updates: Sequence[ClientUpdate]
+    ) -> tuple[ServerState, Metrics]:
         new = fedavg(state, updates)
         if not self.options.diagnostics:
             return new, {}

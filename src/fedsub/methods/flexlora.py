@@ -79,7 +79,9 @@ class FlexLoRA:
         new = aggregate_lora(state, updates, layers, refactor)
         if not self.options.diagnostics:
             return new, {}
-        return new, lora_round_diagnostics(self.options, self.diagnostics, layers, updates, held_factors(layers, [new.tensors]))
+        return new, lora_round_diagnostics(
+            self.options, self.diagnostics, layers, updates, held_factors(layers, [new.tensors])
+        )
 
     def load_global(self, workspace: Workspace, state: ServerState) -> None:
         workspace.write(state.tensors)

@@ -90,7 +90,9 @@ class FLoRA:
         bases = {k.base: payload.tensors.get(k.base, self.pretrained[k.base]) for k in self.layers.values()}
         heads = [n for n in payload.tensors if n not in bases]
         workspace.write({**payload.tensors, **bases})
-        write_factors(workspace, fresh_factors(self.layers, self.shapes, rank, client.seed), self.layers, self.options.rank)
+        write_factors(
+            workspace, fresh_factors(self.layers, self.shapes, rank, client.seed), self.layers, self.options.rank
+        )
         metrics = train_at_rank(workspace, client, self.layers, rank)
         upload = {**workspace.read(heads), **read_factors(workspace, self.layers, rank)}
         return ClientUpdate(client.client_id, Payload(upload), len(client.indices), metrics)
@@ -99,13 +101,17 @@ class FLoRA:
         scale = lora_scale(self.options)
 
         def merge(keys: LoraKeys, uploads: Sequence[Tensors], weights: Sequence[float], start: Tensors) -> Tensors:
-            return {keys.base: merge_update(start[keys.base], *stack_factors(client_pairs(uploads, keys), weights), scale)}
+            return {
+                keys.base: merge_update(start[keys.base], *stack_factors(client_pairs(uploads, keys), weights), scale)
+            }
 
         layers = lora_layers(updates[0].payload.tensors)
         new = aggregate_lora(state, updates, layers, merge)
         if not self.options.diagnostics:
             return new, {}
-        return new, lora_round_diagnostics(self.options, self.diagnostics, layers, updates, self.merged_stacks(layers, updates))
+        return new, lora_round_diagnostics(
+            self.options, self.diagnostics, layers, updates, self.merged_stacks(layers, updates)
+        )
 
     def merged_stacks(self, layers: dict[str, LoraKeys], updates: Sequence[ClientUpdate]):
         """The server's update of each layer as factors: the exact stack it merged (B_stack, A_stack)."""

@@ -34,7 +34,9 @@ from fedsub.lora.refactor import SvdOptions, svd_rule
 
 class SubspaceRegOptions(SvdOptions):
     mu: float = Field(0.05, ge=0, description="weight of μ/2 ‖s B A − ΔW_g‖² (stay near the global update)")
-    alpha: float = Field(0.01, ge=0, description="weight of α/2 ‖B − B_g‖² (stay near the global basis); not lora_alpha")
+    alpha: float = Field(
+        0.01, ge=0, description="weight of α/2 ‖B − B_g‖² (stay near the global basis); not lora_alpha"
+    )
     lambda_reg: float = Field(1e-5, ge=0, description="weight of λ/2 (‖A‖² + ‖B‖²) (plain L2 on the factors)")
 
 
@@ -86,7 +88,9 @@ class SubspaceReg:
         new = aggregate_lora(state, updates, layers, svd_rule(self.options, "orthonormal_b"))
         if not self.options.diagnostics:
             return new, {}
-        return new, lora_round_diagnostics(self.options, self.diagnostics, layers, updates, held_factors(layers, [new.tensors]))
+        return new, lora_round_diagnostics(
+            self.options, self.diagnostics, layers, updates, held_factors(layers, [new.tensors])
+        )
 
     def load_global(self, workspace: Workspace, state: ServerState) -> None:
         workspace.write(state.tensors)

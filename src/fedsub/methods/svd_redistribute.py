@@ -59,7 +59,9 @@ class SvdRedistribute:
         new = aggregate_lora(state, updates, layers, svd_rule(self.options, "symmetric"))
         if not self.options.diagnostics:
             return new, {}
-        return new, lora_round_diagnostics(self.options, self.diagnostics, layers, updates, held_factors(layers, [new.tensors]))
+        return new, lora_round_diagnostics(
+            self.options, self.diagnostics, layers, updates, held_factors(layers, [new.tensors])
+        )
 
     def load_global(self, workspace: Workspace, state: ServerState) -> None:
         workspace.write(state.tensors)

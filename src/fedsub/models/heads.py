@@ -7,7 +7,11 @@ from torch import nn
 
 from fedsub.errors import ConfigError
 
-HEAD_CANDIDATES = ("classifier", "score", "_fc")  # BERT-likes / causal-LM-likes sequence-classification heads / EfficientNet
+HEAD_CANDIDATES = (
+    "classifier",
+    "score",
+    "_fc",
+)  # BERT-likes / causal-LM-likes sequence-classification heads / EfficientNet
 
 
 def head_module_names(model: nn.Module, configured: list[str] | None, required: bool = True) -> list[str]:
@@ -23,7 +27,9 @@ def head_module_names(model: nn.Module, configured: list[str] | None, required: 
     names = configured if configured is not None else [n for n in HEAD_CANDIDATES if n in children]
     missing = [n for n in names if n not in children]
     if missing or not names:
-        raise ConfigError(f"field model.head_modules: no head module {missing or list(HEAD_CANDIDATES)} in {sorted(children)}")
+        raise ConfigError(
+            f"field model.head_modules: no head module {missing or list(HEAD_CANDIDATES)} in {sorted(children)}"
+        )
     return names
 
 

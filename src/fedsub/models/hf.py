@@ -31,7 +31,9 @@ def load_tokenizer(path: str):
         raise ConfigError(f"field model.name: cannot load a tokenizer from {path!r} ({first_line(err)})") from None
 
 
-def load_auto_model(auto_class: str, path: str, tiny: bool, seed: int, dtype: torch.dtype, shrink, what: str, **config_kwargs) -> nn.Module:
+def load_auto_model(
+    auto_class: str, path: str, tiny: bool, seed: int, dtype: torch.dtype, shrink, what: str, **config_kwargs
+) -> nn.Module:
     """transformers' `auto_class` (by name) from `path`, or (tiny) a random-init copy of its
     architecture shrunk by `shrink`.
 

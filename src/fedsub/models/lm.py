@@ -86,7 +86,12 @@ def load_causal_lm(path: str, tiny: bool, seed: int, dtype: torch.dtype = torch.
 def shrink_causal_config(config) -> None:
     """2 layers, width 32, 2 heads of 16 (Llama-likes also need kv heads and head_dim set)."""
     for key, value in dict(
-        num_hidden_layers=2, hidden_size=32, num_attention_heads=2, num_key_value_heads=1, head_dim=16, intermediate_size=64
+        num_hidden_layers=2,
+        hidden_size=32,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        intermediate_size=64,
     ).items():
         if hasattr(config, key):
             setattr(config, key, value)

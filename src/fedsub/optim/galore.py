@@ -204,9 +204,7 @@ class GaLoreAdamW(Optimizer):
             state["update_decay"].mul_(decay)
 
     @staticmethod
-    def _adam_direction(
-        state: dict[str, Tensor], group: dict[str, Any], low: Tensor
-    ) -> tuple[Tensor, float]:
+    def _adam_direction(state: dict[str, Tensor], group: dict[str, Any], low: Tensor) -> tuple[Tensor, float]:
         """Update the moments with ``low``; return m / (sqrt(v_hat) + eps) and 1 - beta1^t.
 
         The first-moment correction is left to the caller (it folds into the step size, as in
@@ -336,7 +334,12 @@ class GaLoreAdamW(Optimizer):
         return None if proj is None else proj.clone()
 
     def set_second_moment(
-        self, p: Tensor, v: Tensor, *, step: float | None = None, corrected: bool = False,
+        self,
+        p: Tensor,
+        v: Tensor,
+        *,
+        step: float | None = None,
+        corrected: bool = False,
         reset_first_moment: bool = True,
     ) -> None:
         """Seed the projected second moment of ``p`` (FedGaLore point 4: synchronised V_hat).

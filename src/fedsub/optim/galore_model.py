@@ -44,7 +44,9 @@ class MatrixConv2d(nn.Module):
     def __init__(self, conv: nn.Conv2d):
         super().__init__()
         self.kernel_shape = tuple(conv.weight.shape)
-        self.weight = nn.Parameter(conv.weight.detach().reshape(conv.weight.shape[0], -1).clone(), requires_grad=conv.weight.requires_grad)
+        self.weight = nn.Parameter(
+            conv.weight.detach().reshape(conv.weight.shape[0], -1).clone(), requires_grad=conv.weight.requires_grad
+        )
         self.bias = conv.bias
         self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
 
@@ -115,9 +117,15 @@ def export_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     state must not change when the next round's optimizer steps.
     """
     state = optimizer.state_dict()
-    return copy.deepcopy({"state": {k: {n: v.detach().cpu() if torch.is_tensor(v) else v for n, v in s.items()}
-                                    for k, s in state["state"].items()},
-                          "param_groups": state["param_groups"]})
+    return copy.deepcopy(
+        {
+            "state": {
+                k: {n: v.detach().cpu() if torch.is_tensor(v) else v for n, v in s.items()}
+                for k, s in state["state"].items()
+            },
+            "param_groups": state["param_groups"],
+        }
+    )
 
 
 def import_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:

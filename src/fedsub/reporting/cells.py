@@ -36,7 +36,9 @@ def find_run_dirs(root: Path) -> list[Path]:
         raise ConfigError(f"{root}: no such directory; pass a fedsub compare or run directory")
     runs = sorted(p.parent for p in root.rglob("config.yaml"))
     if not runs:
-        raise ConfigError(f"{root}: no run directory (a folder with config.yaml) inside; pass a fedsub compare or run directory")
+        raise ConfigError(
+            f"{root}: no run directory (a folder with config.yaml) inside; pass a fedsub compare or run directory"
+        )
     return runs
 
 
@@ -47,7 +49,10 @@ def read_cells(run_dir: Path) -> list[Cell]:
     alpha = f"{float(partition.get('alpha', 0.5)):g}" if partition.get("scheme", "dirichlet") in ALPHA_SCHEMES else "-"
     keys = [m.get("label") or m["name"] for m in cfg.get("methods") or []]
     finished = [k for k in keys if (run_dir / k / "summary.json").is_file()]
-    return [Cell(k, alpha, int(cfg.get("seed", 0)), run_dir, json.loads((run_dir / k / "summary.json").read_text())) for k in finished]
+    return [
+        Cell(k, alpha, int(cfg.get("seed", 0)), run_dir, json.loads((run_dir / k / "summary.json").read_text()))
+        for k in finished
+    ]
 
 
 def collect_cells(dirs: list[Path]) -> list[Cell]:
@@ -58,7 +63,10 @@ def collect_cells(dirs: list[Path]) -> list[Cell]:
             for cell in read_cells(run_dir):
                 key = (cell.method, cell.alpha, cell.seed)
                 if key in seen:
-                    raise ConfigError(f"method {cell.method}, alpha {cell.alpha}, seed {cell.seed} is in both {seen[key]} and {run_dir}; report them separately")
+                    raise ConfigError(
+                        f"method {cell.method}, alpha {cell.alpha}, seed {cell.seed} is in both {seen[key]} and "
+                        f"{run_dir}; report them separately"
+                    )
                 seen[key] = run_dir
                 cells.append(cell)
     if not cells:

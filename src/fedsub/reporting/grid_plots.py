@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fedsub.reporting.report import pyplot, read_metrics, save_figure
 from fedsub.reporting.cells import Cell, alpha_order, groups, is_generation
+from fedsub.reporting.report import pyplot, read_metrics, save_figure
 
 TITLES = {"accuracy": "test accuracy", "rougeL": "test ROUGE-L"}
 
@@ -23,7 +23,9 @@ def seed_curves(group: list[Cell], metric: str) -> tuple[np.ndarray, np.ndarray,
     per_seed = [{r["round"]: r for r in read_metrics(c.method_dir / "metrics.jsonl")} for c in group]
     rounds = sorted(set.intersection(*({k for k, r in recs.items() if r.get(metric) is not None} for recs in per_seed)))
     values = [[recs[k][metric] for k in rounds] for recs in per_seed]
-    sent = [[sum(r["bytes_up"] + r["bytes_down"] for j, r in recs.items() if j <= k) for k in rounds] for recs in per_seed]
+    sent = [
+        [sum(r["bytes_up"] + r["bytes_down"] for j, r in recs.items() if j <= k) for k in rounds] for recs in per_seed
+    ]
     return np.array(rounds), np.array(values, dtype=float), np.array(sent, dtype=float)
 
 
@@ -58,7 +60,9 @@ def metric_bytes(cells: list[Cell], metric: str, path: Path) -> None:
     color = colors(cells)
     for (method, alpha), group in groups(cells).items():
         _, values, sent = seed_curves(group, metric)
-        axes[alpha].plot(sent.mean(0) / 1e6, values.mean(0), color=color[method], marker="o", markersize=3, label=method)
+        axes[alpha].plot(
+            sent.mean(0) / 1e6, values.mean(0), color=color[method], marker="o", markersize=3, label=method
+        )
     for ax in axes.values():
         ax.set_xscale("log")
     finish(fig, axes, "cumulative MB (up + down, all clients)", TITLES[metric], save_to=path)
@@ -81,7 +85,9 @@ def partition_heatmaps(cells: list[Cell], path: Path) -> None:
     runs = {(c.alpha, c.seed): c.run_dir for c in cells}
     alphas = sorted({a for a, _ in runs}, key=alpha_order)
     seeds = sorted({s for _, s in runs})
-    fig, axes = plt.subplots(len(alphas), len(seeds), figsize=(4.5 * len(seeds), 3.5 * len(alphas)), dpi=110, squeeze=False)
+    fig, axes = plt.subplots(
+        len(alphas), len(seeds), figsize=(4.5 * len(seeds), 3.5 * len(alphas)), dpi=110, squeeze=False
+    )
     for i, alpha in enumerate(alphas):
         for j, seed in enumerate(seeds):
             ax, image = axes[i][j], runs.get((alpha, seed), Path("-")) / "partition_heatmap.png"

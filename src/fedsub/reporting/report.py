@@ -19,13 +19,16 @@ COLUMNS = [
     ("seconds_per_round", "s/round", "{:.2f}"),
 ]
 MB_COLUMNS = {"bytes_up_per_round", "bytes_down_per_round"}
-GENERATION_COLUMNS = [  # generation runs have no accuracy: ROUGE-L (0..1), BLEU-4 (0..100), perplexity
-    ("method", "method", "{}"),
-    ("final_rougeL", "final ROUGE-L", "{:.4f}"),
-    ("best_rougeL", "best ROUGE-L", "{:.4f}"),
-    ("final_bleu4", "BLEU-4", "{:.2f}"),
-    ("final_perplexity", "perplexity", "{:.2f}"),
-] + COLUMNS[4:]
+GENERATION_COLUMNS = (
+    [  # generation runs have no accuracy: ROUGE-L (0..1), BLEU-4 (0..100), perplexity
+        ("method", "method", "{}"),
+        ("final_rougeL", "final ROUGE-L", "{:.4f}"),
+        ("best_rougeL", "best ROUGE-L", "{:.4f}"),
+        ("final_bleu4", "BLEU-4", "{:.2f}"),
+        ("final_perplexity", "perplexity", "{:.2f}"),
+    ]
+    + COLUMNS[4:]
+)
 
 
 def columns_for(summaries: list[dict[str, Any]]) -> list[tuple[str, str, str]]:

@@ -12,7 +12,8 @@ from pathlib import Path
 from fedsub.errors import ConfigError
 
 INSTALL_HINT = "--tensorboard needs the tensorboard package; pip install 'fedsub[tensorboard]' (or tensorboard==2.21.0)"
-GROUPS = {"accuracy": "eval", "macro_f1": "eval", "test_loss": "eval", "rougeL": "eval", "bleu4": "eval", "perplexity": "eval",
+GROUPS = {"accuracy": "eval", "macro_f1": "eval", "test_loss": "eval", "rougeL": "eval", "bleu4": "eval",
+          "perplexity": "eval",
           "train_loss": "train"}  # fmt: skip
 
 

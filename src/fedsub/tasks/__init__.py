@@ -19,7 +19,9 @@ def check_input(cfg: ExperimentConfig, input_column: str) -> None:
     wants_image = INPUTS[kind] == "image"
     if wants_image != (input_column == "image"):
         hint = "task.kind=image_classification" if input_column == "image" else "a text dataset"
-        raise ConfigError(f"field task.kind: {kind} cannot use {cfg.data.dataset} (its input is {input_column}); use {hint}")
+        raise ConfigError(
+            f"field task.kind: {kind} cannot use {cfg.data.dataset} (its input is {input_column}); use {hint}"
+        )
 
 
 def build_task(cfg: ExperimentConfig, plan: ModelPlan, input_column: str, num_labels: int) -> Task:
@@ -41,7 +43,14 @@ def build_task(cfg: ExperimentConfig, plan: ModelPlan, input_column: str, num_la
     if kind == "generation":
         from fedsub.tasks.generation import GenerationTask  # late: start-up, see the docstring
 
-        return GenerationTask(tokenizer, cfg.model.max_length, cfg.task.max_new_tokens, cfg.task.eval_generate, input_column, cfg.task.response_column)
+        return GenerationTask(
+            tokenizer,
+            cfg.model.max_length,
+            cfg.task.max_new_tokens,
+            cfg.task.eval_generate,
+            input_column,
+            cfg.task.response_column,
+        )
     from fedsub.tasks.multiple_choice import MultipleChoiceTask  # late: start-up, see the docstring
 
     scoring = "loglik" if plan.causal_lm else "head"

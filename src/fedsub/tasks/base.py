@@ -37,7 +37,9 @@ class Task(Protocol):
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         """The training loss of one batch (a scalar to backpropagate)."""
 
-    def evaluate(self, model: nn.Module, data: EncodedData, batch_size: int, device: torch.device | str) -> dict[str, float]:
+    def evaluate(
+        self, model: nn.Module, data: EncodedData, batch_size: int, device: torch.device | str
+    ) -> dict[str, float]:
         """Every metric of `metric_keys` on `data`, in batches of `batch_size`."""
 
 

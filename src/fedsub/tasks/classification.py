@@ -81,7 +81,9 @@ def evaluate_by_scores(model: nn.Module, data, step: int, device, scores_of, num
     return classification_metrics(torch.cat(predictions), data.labels, loss / len(data), num_classes)
 
 
-def classification_metrics(predicted: torch.Tensor, labels: torch.Tensor, loss: float, num_labels: int) -> dict[str, float]:
+def classification_metrics(
+    predicted: torch.Tensor, labels: torch.Tensor, loss: float, num_labels: int
+) -> dict[str, float]:
     y, p = labels.numpy(), predicted.numpy()
     return {
         "test_loss": float(loss),

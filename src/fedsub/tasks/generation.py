@@ -53,8 +53,13 @@ class GenerationTask:
     metric_keys = ("test_loss", "perplexity", "rougeL", "bleu4")
 
     def __init__(
-        self, tokenizer, max_length: int, max_new_tokens: int = 32, eval_generate: int | None = 64,
-        input_column: str = "instruction", response_column: str = "response",
+        self,
+        tokenizer,
+        max_length: int,
+        max_new_tokens: int = 32,
+        eval_generate: int | None = 64,
+        input_column: str = "instruction",
+        response_column: str = "response",
     ):
         self.tokenizer = tokenizer
         self.input_column, self.response_column = input_column, response_column
@@ -76,7 +81,10 @@ class GenerationTask:
 
     def encode_dataset(self, dataset) -> LMEncoded:
         if self.response_column not in dataset.column_names:
-            raise ConfigError(f"field task.response_column: no column {self.response_column!r}; columns are: {', '.join(dataset.column_names)}")
+            raise ConfigError(
+                f"field task.response_column: no column {self.response_column!r}; columns are: "
+                f"{', '.join(dataset.column_names)}"
+            )
         return self.encode(dataset[self.input_column], [str(r) for r in dataset[self.response_column]])
 
     def encode(self, instructions: list[str], responses: list[str]) -> LMEncoded:
@@ -107,7 +115,11 @@ class GenerationTask:
         hypotheses = self.generate(model, data.prompts[:count], batch_size, device)
         model.train(was_training)
         loss = nll / max(tokens, 1)
-        return {"test_loss": loss, "perplexity": math.exp(min(loss, 50.0)), **text_metrics(hypotheses, data.references[:count])}
+        return {
+            "test_loss": loss,
+            "perplexity": math.exp(min(loss, 50.0)),
+            **text_metrics(hypotheses, data.references[:count]),
+        }
 
     def generate(self, model: nn.Module, prompts: list[list[int]], batch_size: int, device) -> list[str]:
         """Greedy decoding, prompts left-padded so every row continues from its last token."""
@@ -116,8 +128,12 @@ class GenerationTask:
             chunk = prompts[start : start + batch_size]
             ids, mask = pad_left(chunk, tok.pad_token_id)
             generated = model.generate(
-                input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=self.max_new_tokens,
-                do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
             )
             outputs += tok.batch_decode(generated[:, ids.shape[1] :].cpu(), skip_special_tokens=True)
         return [o.strip() for o in outputs]
@@ -130,7 +146,9 @@ def response_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "
     return F.cross_entropy(logits[:, :-1][rows].float(), target[rows], reduction=reduction)
 
 
-def pad_right(rows: list[list[int]], labels: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pad_right(
+    rows: list[list[int]], labels: list[list[int]], pad: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)

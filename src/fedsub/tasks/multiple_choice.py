@@ -35,7 +35,11 @@ class ChoiceEncoded:
     def batch(self, index: torch.Tensor, device: torch.device | str) -> dict[str, torch.Tensor]:
         mask = self.attention_mask[index]
         width = int(mask.sum(-1).max())
-        batch = {"input_ids": self.input_ids[index, :, :width].to(device), "attention_mask": mask[..., :width].to(device), "labels": self.labels[index].to(device)}
+        batch = {
+            "input_ids": self.input_ids[index, :, :width].to(device),
+            "attention_mask": mask[..., :width].to(device),
+            "labels": self.labels[index].to(device),
+        }
         if self.token_labels is not None:
             batch["token_labels"] = self.token_labels[index, :, :width].to(device)
         return batch
@@ -49,7 +53,9 @@ class MultipleChoiceTask:
     metric = "accuracy"
     metric_keys = ("test_loss", "accuracy", "macro_f1")
 
-    def __init__(self, tokenizer, max_length: int, scoring: str, input_column: str = "text", choices_column: str = "choices"):
+    def __init__(
+        self, tokenizer, max_length: int, scoring: str, input_column: str = "text", choices_column: str = "choices"
+    ):
         if scoring not in ("head", "loglik"):
             raise ValueError(f"scoring must be head or loglik, got {scoring!r}")
         self.tokenizer, self.max_length, self.scoring = tokenizer, max_length, scoring
@@ -58,7 +64,9 @@ class MultipleChoiceTask:
             tokenizer.pad_token = tokenizer.eos_token
 
     def encode_dataset(self, dataset) -> ChoiceEncoded:
-        return self.encode(dataset[self.input_column], [split_choices(c) for c in dataset[self.choices_column]], dataset["label"])
+        return self.encode(
+            dataset[self.input_column], [split_choices(c) for c in dataset[self.choices_column]], dataset["label"]
+        )
 
     def encode(self, contexts: list[str], choices: list[list[str]], labels: list[int]) -> ChoiceEncoded:
         counts = {len(c) for c in choices}
@@ -74,7 +82,9 @@ class MultipleChoiceTask:
         ids, mask, token_labels = pad_right(rows, targets, self.tokenizer.pad_token_id)
         shape = (len(contexts), self.num_choices, ids.shape[-1])
         token_labels = token_labels.view(shape) if self.scoring == "loglik" else None
-        return ChoiceEncoded(ids.view(shape), mask.view(shape), token_labels, torch.as_tensor(list(labels), dtype=torch.long))
+        return ChoiceEncoded(
+            ids.view(shape), mask.view(shape), token_labels, torch.as_tensor(list(labels), dtype=torch.long)
+        )
 
     def pair(self, context: str, ending: str) -> tuple[list[int], list[int]]:
         tok = self.tokenizer

@@ -64,7 +64,13 @@ class ImageClassificationTask:
         return self.encode(images, dataset["label"])
 
     def encode(self, images: np.ndarray, labels) -> ImageEncoded:
-        return ImageEncoded(torch.from_numpy(np.ascontiguousarray(images)), torch.as_tensor(list(labels), dtype=torch.long), self.size, self.mean, self.std)
+        return ImageEncoded(
+            torch.from_numpy(np.ascontiguousarray(images)),
+            torch.as_tensor(list(labels), dtype=torch.long),
+            self.size,
+            self.mean,
+            self.std,
+        )
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return F.cross_entropy(self.logits(model, batch), batch["labels"])

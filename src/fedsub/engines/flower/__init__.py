@@ -14,7 +14,10 @@ def require_flower() -> None:
     try:
         import flwr  # noqa: F401  (late: an optional extra; this package imports without it)
     except ImportError:
-        raise ConfigError("field engine: 'flower' needs Flower; pip install 'fedsub[flower]' (flwr==1.41.0), or set engine: simulation") from None
+        raise ConfigError(
+            "field engine: 'flower' needs Flower; pip install 'fedsub[flower]' (flwr==1.41.0), or set engine: "
+            "simulation"
+        ) from None
 
 
 def flower_engine(cfg: ExperimentConfig, spec: MethodSpec, data, method_dir: Path, resume: bool = False):

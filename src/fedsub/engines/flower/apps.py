@@ -15,7 +15,15 @@ from flwr.app import Context
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from fedsub.engines.flower.client import CONFIG_KEY, METHOD_KEY, OUT_KEY, RESUME_KEY, handle_query, handle_train, handle_warmup
+from fedsub.engines.flower.client import (
+    CONFIG_KEY,
+    METHOD_KEY,
+    OUT_KEY,
+    RESUME_KEY,
+    handle_query,
+    handle_train,
+    handle_warmup,
+)
 from fedsub.engines.flower.server import FlowerServer, config_from_text, describe, method_spec
 from fedsub.engines.setup import prepare_data
 

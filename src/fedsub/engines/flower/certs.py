@@ -46,7 +46,9 @@ def _certificate(subject: str, key, issuer: str, issuer_key, *, ca: bool, hosts:
 
 
 def _pem_key(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def write_certificates(out: Path, nodes: int, hosts: list[str] = ("127.0.0.1", "localhost")) -> list[Path]:
@@ -67,8 +69,12 @@ def write_certificates(out: Path, nodes: int, hosts: list[str] = ("127.0.0.1", "
     }
     for k in range(nodes):
         key = ec.generate_private_key(ec.SECP384R1())
-        written[f"node{k}"] = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
-        written[f"node{k}.pub"] = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n"
+        written[f"node{k}"] = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+        )
+        written[f"node{k}.pub"] = (
+            key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n"
+        )
     paths = []
     for name, data in written.items():
         path = out / name

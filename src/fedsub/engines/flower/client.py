@@ -22,7 +22,14 @@ from fedsub.core.seeding import client_seed
 from fedsub.core.types import ClientContext, TrainSettings
 from fedsub.core.workspace import Workspace
 from fedsub.engines.failures import finite_train_loss
-from fedsub.engines.flower.records import META, holds_client_state, load_client_state, record_to_payload, save_client_state, update_to_record
+from fedsub.engines.flower.records import (
+    META,
+    holds_client_state,
+    load_client_state,
+    record_to_payload,
+    save_client_state,
+    update_to_record,
+)
 from fedsub.engines.flower.server import config_from_text, method_spec, query_reply
 from fedsub.engines.setup import FederatedData, prepare_data, set_up_method
 from fedsub.errors import ConfigError
@@ -105,5 +112,7 @@ def client_reply(message: Message, context: Context, warmup: bool) -> Message:
         save_client_state(context.state, client.state)
     content = update_to_record(update)
     content.config_records[META]["seconds_train"] = seconds
-    content.config_records[META]["holds_state"] = holds_client_state(context.state)  # the server's checkpoint lists such clients
+    content.config_records[META]["holds_state"] = holds_client_state(
+        context.state
+    )  # the server's checkpoint lists such clients
     return Message(content, reply_to=message)

@@ -52,12 +52,25 @@ def write_app(app_dir: Path, run_config: dict[str, str | bool]) -> Path:
     app_dir.mkdir(parents=True, exist_ok=True)
     project = {
         "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
-        "project": {"name": "fedsub-run", "version": "1.0.0", "description": "a fedsub method run", "license": "Apache-2.0", "dependencies": ["flwr==1.41.0"]},
-        "tool": {"flwr": {"app": {
-            "publisher": "fedsub",
-            "components": {"serverapp": "fedsub.engines.flower.apps:server_app", "clientapp": "fedsub.engines.flower.apps:client_app"},
-            "config": run_config,
-        }}},
+        "project": {
+            "name": "fedsub-run",
+            "version": "1.0.0",
+            "description": "a fedsub method run",
+            "license": "Apache-2.0",
+            "dependencies": ["flwr==1.41.0"],
+        },
+        "tool": {
+            "flwr": {
+                "app": {
+                    "publisher": "fedsub",
+                    "components": {
+                        "serverapp": "fedsub.engines.flower.apps:server_app",
+                        "clientapp": "fedsub.engines.flower.apps:client_app",
+                    },
+                    "config": run_config,
+                }
+            }
+        },
     }
     (app_dir / "pyproject.toml").write_text(tomli_w.dumps(project))
     return app_dir
@@ -72,7 +85,10 @@ def write_connection(home: Path, cfg: ExperimentConfig) -> Path:
     else:
         certificate = Path(fl.root_certificates).expanduser().resolve()
         if not certificate.is_file():
-            raise ConfigError(f"field flower.root_certificates: {certificate} not found; give the CA certificate (PEM) the SuperLink's certificate is signed by")
+            raise ConfigError(
+                f"field flower.root_certificates: {certificate} not found; give the CA certificate (PEM) the "
+                f"SuperLink's certificate is signed by"
+            )
         connection["root-certificates"] = str(certificate)
     home.mkdir(parents=True, exist_ok=True)
     (home / "config.toml").write_text(tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: connection}}))
@@ -82,10 +98,16 @@ def write_connection(home: Path, cfg: ExperimentConfig) -> Path:
 def flwr_json(args: list[str], home: Path, timeout: float = 120) -> dict:
     """Run a `flwr` command with --format json; its JSON reply (errors included) as a dict."""
     env = {**os.environ, "FLWR_HOME": str(home)}
-    done = subprocess.run([flwr_executable(), *args, "--format", "json"], capture_output=True, text=True, env=env, timeout=timeout)
+    done = subprocess.run(
+        [flwr_executable(), *args, "--format", "json"], capture_output=True, text=True, env=env, timeout=timeout
+    )
     start = done.stdout.find("{")
     try:
-        return json.loads(done.stdout[start:]) if start >= 0 else {"success": False, "error-message": done.stderr.strip()[-300:]}
+        return (
+            json.loads(done.stdout[start:])
+            if start >= 0
+            else {"success": False, "error-message": done.stderr.strip()[-300:]}
+        )
     except json.JSONDecodeError:
         return {"success": False, "error-message": done.stdout.strip()[-300:]}
 
@@ -105,12 +127,19 @@ class FlowerDeployment:
         self.checkpoint_dir = self.method_dir / "checkpoint"  # written by the ServerApp (on loopback: this machine)
         self.run_id: int | None = None
 
-    def run(self, on_round: Callable[[dict], None] | None = None, on_client: Callable[[], None] | None = None) -> list[dict]:
+    def run(
+        self, on_round: Callable[[dict], None] | None = None, on_client: Callable[[], None] | None = None
+    ) -> list[dict]:
         done = 0
         if self.resume:
             refuse_node_state(checkpoint_clients_on_nodes(self.checkpoint_dir), self.checkpoint_dir, self.spec.key)
             done = checkpoint_round(self.checkpoint_dir)
-        run_config = {CONFIG_KEY: run_config_text(self.cfg), METHOD_KEY: self.spec.key, OUT_KEY: str(self.method_dir.parent), RESUME_KEY: self.resume}
+        run_config = {
+            CONFIG_KEY: run_config_text(self.cfg),
+            METHOD_KEY: self.spec.key,
+            OUT_KEY: str(self.method_dir.parent),
+            RESUME_KEY: self.resume,
+        }
         with tempfile.TemporaryDirectory(prefix="fedsub-flower-") as scratch:
             home = write_connection(Path(scratch) / "flwr-home", self.cfg)
             app = write_app(Path(scratch) / "app", run_config)
@@ -124,7 +153,10 @@ class FlowerDeployment:
     def submit(self, app: Path, home: Path) -> int:
         reply = flwr_json(["run", str(app), CONNECTION], home)
         if not reply.get("success"):
-            raise FlowerRunFailed(f"field flower.superlink: submitting to {self.cfg.flower.superlink} failed: {one_line(reply.get('error-message', reply))}")
+            raise FlowerRunFailed(
+                f"field flower.superlink: submitting to {self.cfg.flower.superlink} failed: "
+                f"{one_line(reply.get('error-message', reply))}"
+            )
         return int(reply["run-id"])
 
     def follow(self, home: Path, on_round: Callable[[dict], None] | None, seen: int = 0) -> None:
@@ -145,10 +177,14 @@ class FlowerDeployment:
                     break
             if time.monotonic() > deadline:
                 flwr_json(["stop", str(self.run_id), CONNECTION], home)
-                raise FlowerRunFailed(f"flower run {self.run_id} ran past flower.run_timeout={self.cfg.flower.run_timeout}s; stopped")
+                raise FlowerRunFailed(
+                    f"flower run {self.run_id} ran past flower.run_timeout={self.cfg.flower.run_timeout}s; stopped"
+                )
             time.sleep(POLL_SECONDS)
         if status != "finished:completed":
-            raise FlowerRunFailed(f"flower run {self.run_id} ended {status}; see `flwr log {self.run_id}` on the SuperLink connection")
+            raise FlowerRunFailed(
+                f"flower run {self.run_id} ended {status}; see `flwr log {self.run_id}` on the SuperLink connection"
+            )
 
     def status(self, home: Path) -> str:
         reply = flwr_json(["ls", "--run-id", str(self.run_id), CONNECTION], home)

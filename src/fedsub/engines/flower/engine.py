@@ -19,7 +19,9 @@ class FlowerLocal:
     With `resume`, a run killed in this process (its nodes' context.state died with it) continues
     from the ServerApp's checkpoint, as a resumed deployment does (see fedsub.engines.flower.server)."""
 
-    def __init__(self, cfg: ExperimentConfig, spec: MethodSpec, data: FederatedData, out_dir: Path, resume: bool = False):
+    def __init__(
+        self, cfg: ExperimentConfig, spec: MethodSpec, data: FederatedData, out_dir: Path, resume: bool = False
+    ):
         self.cfg, self.spec, self.data, self.out_dir = cfg, spec, data, out_dir
         self.server = FlowerServer(cfg, spec, data, out_dir, resume=resume)
         self.checkpoint_dir = self.server.checkpoint_dir
@@ -27,7 +29,12 @@ class FlowerLocal:
     def run_config(self) -> dict:
         return {CONFIG_KEY: run_config_text(self.cfg), METHOD_KEY: self.spec.key, OUT_KEY: str(self.out_dir.parent)}
 
-    def run(self, on_round: Callable[[dict], None] | None = None, on_client: Callable[[], None] | None = None, faults: dict[int, str] | None = None) -> list[dict]:
+    def run(
+        self,
+        on_round: Callable[[dict], None] | None = None,
+        on_client: Callable[[], None] | None = None,
+        faults: dict[int, str] | None = None,
+    ) -> list[dict]:
         run_config = self.run_config()
         runtime_for(run_config, data=self.data)  # the nodes share this process's loaded data
         grid = LocalGrid(client_app, self.cfg.federation.num_clients, run_config, faults)

@@ -33,7 +33,13 @@ class LocalGrid(Grid):
         self.faults = dict(faults or {})
         # node ids far from partition ids, so a mix-up of the two cannot pass the tests
         self.contexts = {
-            1000 + 7 * k: Context(run_id=1, node_id=1000 + 7 * k, node_config={"partition-id": k, "num-partitions": num_nodes}, state=RecordDict(), run_config=dict(run_config))
+            1000 + 7 * k: Context(
+                run_id=1,
+                node_id=1000 + 7 * k,
+                node_config={"partition-id": k, "num-partitions": num_nodes},
+                state=RecordDict(),
+                run_config=dict(run_config),
+            )
             for k in range(num_nodes)
         }
         self._run = Run.create_empty(run_id=1)
@@ -50,7 +56,9 @@ class LocalGrid(Grid):
     def run(self) -> Run:
         return self._run
 
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None) -> Message:
+    def create_message(
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
+    ) -> Message:
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:
@@ -74,7 +82,11 @@ class LocalGrid(Grid):
 
     def deliver(self, message: Message) -> Message | None:
         context = self.contexts[message.metadata.dst_node_id]
-        fault = self.faults.get(int(context.node_config["partition-id"])) if message.metadata.message_type == "train" else None
+        fault = (
+            self.faults.get(int(context.node_config["partition-id"]))
+            if message.metadata.message_type == "train"
+            else None
+        )
         if fault == "dead":
             return None
         try:

@@ -59,7 +59,9 @@ class Loopback:
 
     def start(self, name: str, args: list[str]) -> subprocess.Popen:
         log = open(self.workdir / f"{name}.log", "w")
-        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir, start_new_session=True)
+        process = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir, start_new_session=True
+        )
         log.close()
         self.processes.append(process)
         return process
@@ -67,13 +69,26 @@ class Loopback:
     def __enter__(self) -> "Loopback":
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
-            link = self.start("superlink", ["flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(self.port)])
+            link = self.start(
+                "superlink", ["flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(self.port)]
+            )
             wait_for_port(self.port, self.start_timeout, link)
             for k in range(self.nodes):
-                self.start(f"supernode{k}", [
-                    "flower-supernode", "--insecure", "--superlink", self.address, "--host", "127.0.0.1",
-                    "--port", str(free_port()), "--node-config", f"partition-id={k} num-partitions={self.nodes}",
-                ])
+                self.start(
+                    f"supernode{k}",
+                    [
+                        "flower-supernode",
+                        "--insecure",
+                        "--superlink",
+                        self.address,
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(free_port()),
+                        "--node-config",
+                        f"partition-id={k} num-partitions={self.nodes}",
+                    ],
+                )
         except BaseException:
             self.close()
             raise

@@ -63,7 +63,10 @@ class FlowerClients:
             self.nodes = {c: n for c, n in self.nodes.items() if n in live}
             unknown = sorted(live - set(self.nodes.values()))
             if unknown:
-                messages = [Message(RecordDict(), node, QUERY, ttl=self.cfg.flower.round_timeout, group_id="discover") for node in unknown]
+                messages = [
+                    Message(RecordDict(), node, QUERY, ttl=self.cfg.flower.round_timeout, group_id="discover")
+                    for node in unknown
+                ]
                 for reply in self.grid.send_and_receive(messages, timeout=self.cfg.flower.round_timeout):
                     if not reply.has_error():
                         partition = int(reply.content.config_records[META]["partition_id"])
@@ -92,7 +95,9 @@ class FlowerClients:
                 outcomes[client_id] = ClientOutcome(client_id, None, "dropout")
                 continue
             content = payload_to_record(payload, {"round": exchange.round, "client_id": client_id})
-            messages[client_id] = Message(content, self.nodes[client_id], exchange.kind, ttl=timeout, group_id=str(exchange.round + 1))
+            messages[client_id] = Message(
+                content, self.nodes[client_id], exchange.kind, ttl=timeout, group_id=str(exchange.round + 1)
+            )
         tic = time.perf_counter()
         replies = self.grid.send_and_receive(list(messages.values()), timeout=timeout)
         waited = time.perf_counter() - tic
@@ -100,9 +105,13 @@ class FlowerClients:
         for client_id in messages:
             reply = by_node.get(self.nodes[client_id])
             if reply is None:
-                outcomes[client_id] = ClientOutcome(client_id, None, f"no reply after {waited:.0f}s (flower.round_timeout={timeout}s)")
+                outcomes[client_id] = ClientOutcome(
+                    client_id, None, f"no reply after {waited:.0f}s (flower.round_timeout={timeout}s)"
+                )
             elif reply.has_error():
-                outcomes[client_id] = ClientOutcome(client_id, None, f"error {reply.error.code}: {first_line(reply.error.reason)}")
+                outcomes[client_id] = ClientOutcome(
+                    client_id, None, f"error {reply.error.code}: {first_line(reply.error.reason)}"
+                )
             else:
                 outcomes[client_id] = self.received(reply, exchange.faults[client_id])
         return outcomes
@@ -127,8 +136,10 @@ def refuse_node_state(on_nodes: list[int], where: Path, method_key: str) -> None
     """A resumed Flower run starts its nodes empty: exact only if no client held state at the checkpoint."""
     if on_nodes:
         raise CheckpointError(
-            f"--resume: checkpoint {where}: {method_key} keeps client state on the Flower nodes (clients {', '.join(map(str, on_nodes))}), "
-            f"which a resumed Flower run starts without; delete {where} to rerun {method_key} from round 1, or use engine: simulation"
+            f"--resume: checkpoint {where}: {method_key} keeps client state on the Flower nodes (clients "
+            f"{', '.join(map(str, on_nodes))}), "
+            f"which a resumed Flower run starts without; delete {where} to rerun {method_key} from round 1, or use "
+            f"engine: simulation"
         )
 
 
@@ -136,7 +147,9 @@ class FlowerServer:
     """The server side of one method's Flower run: the method, a workspace for evaluation, the
     RoundLoop. The clients are Flower nodes, reached through the grid `run_with_grid` is given."""
 
-    def __init__(self, cfg: ExperimentConfig, spec: MethodSpec, data: FederatedData, out_dir: Path, resume: bool = False):
+    def __init__(
+        self, cfg: ExperimentConfig, spec: MethodSpec, data: FederatedData, out_dir: Path, resume: bool = False
+    ):
         self.cfg, self.spec, self.data, self.out_dir, self.resume = cfg, spec, data, out_dir, resume
         reset_peak_rss()
         self.loop = RoundLoop(cfg, spec, data, set_up_method(cfg, spec, data), out_dir)
@@ -181,4 +194,7 @@ def describe(record: dict[str, Any]) -> str:
     if record.get("skipped"):
         return f"  {record['method']} {record['round']}: skipped ({record['skipped']})"
     acc = "" if record.get("accuracy") is None else f" acc {record['accuracy']:.3f}"
-    return f"  {record['method']} {record['round']}: loss {record['train_loss']:.3f}{acc} aggregated {record['aggregated']} {record['seconds_round']:.1f}s"
+    return (
+        f"  {record['method']} {record['round']}: loss {record['train_loss']:.3f}{acc} "
+        f"aggregated {record['aggregated']} {record['seconds_round']:.1f}s"
+    )

@@ -40,8 +40,8 @@ Bytes: the downlink carries the head, the global managed matrices as factored de
 ``factored``, the default: c_bar, R_bar and a sketched P per round the client missed, see
 downlink.py; the client keeps its own copy of the global weights) or dense (``dense``, or a
 client further behind than ``downlink_history`` rounds), a sketched P every round it is in use (a
-sampled client may have missed the refresh; random P costs nothing), V_hat when synchronised. R and V go up in the optimizer's state
-dtype (float32 also for bf16 models), c^E and t as scalars (not counted: scalars are not tensor
+sampled client may have missed the refresh; random P costs nothing), V_hat when synchronised. R and V go up in the
+optimizer's state dtype (float32 also for bf16 models), c^E and t as scalars (not counted: scalars are not tensor
 bytes). The warm-up sends the head down and S_k up.
 
 Metrics per round: ``ajive_joint_rank_mean/min/max`` over the managed matrices (identical moments
@@ -77,7 +77,14 @@ from fedsub.methods.fedgalore.keys import Part, has, key, keys, model_tensors, n
 from fedsub.methods.fedgalore.options import FedGaLoreOptions
 from fedsub.methods.fedgalore.state import Delta, FedGaLoreState
 from fedsub.methods.fedgalore.warmup import SketchWarmup
-from fedsub.optim.galore_model import export_state, freeze_all_but, galore_optimizer, head_parameter_names, import_state, linear_weight_names
+from fedsub.optim.galore_model import (
+    export_state,
+    freeze_all_but,
+    galore_optimizer,
+    head_parameter_names,
+    import_state,
+    linear_weight_names,
+)
 from fedsub.optim.projector import choose_side, moment_shape, random_projector, transport_moments
 
 SKETCH_STREAM = 0x5EC7  # separates the sketch's Omega seeds from the projector seeds
@@ -105,7 +112,9 @@ class FedGaLore:
 
     def prepare_model(self, workspace: Workspace) -> None:
         wanted = self.options.modules
-        modules = [m for m in workspace.target_modules if wanted is None or any(m == s or m.endswith("." + s) for s in wanted)]
+        modules = [
+            m for m in workspace.target_modules if wanted is None or any(m == s or m.endswith("." + s) for s in wanted)
+        ]
         if not modules:
             raise ValueError(f"fedgalore: modules={wanted} matches none of {workspace.target_modules}")
         self.galore_names = linear_weight_names(workspace.model, modules)
@@ -118,7 +127,9 @@ class FedGaLore:
     # ------------------------------------------------------------------ projector schedule
     def random_projectors(self, refresh: int) -> dict[str, Tensor]:
         o = self.options
-        return {n: random_projector(s, o.rank, mix_seed(o.seed, refresh, i)) for i, (n, s) in enumerate(self.shapes.items())}
+        return {
+            n: random_projector(s, o.rank, mix_seed(o.seed, refresh, i)) for i, (n, s) in enumerate(self.shapes.items())
+        }
 
     def sketched(self, round_index: int) -> bool:
         """Whether the projector installed at ``round_index`` comes from the sketch (round 0: the
@@ -154,7 +165,9 @@ class FedGaLore:
 
     def downlink_weights(self, state: ServerState[FedGaLoreState], client_id: int) -> tuple[dict[str, Tensor], dict]:
         """The head and the global matrices: as the deltas this client misses, else dense."""
-        chain = downlink.deltas_for(state.extra, client_id, state.round) if self.options.downlink == "factored" else None
+        chain = (
+            downlink.deltas_for(state.extra, client_id, state.round) if self.options.downlink == "factored" else None
+        )
         if chain is None:
             return dict(state.tensors), {}
         tensors, scalars = downlink.pack(chain, state.extra.refresh)
@@ -172,7 +185,11 @@ class FedGaLore:
         else:
             held, copy = client.state.get("global_version", 0), client.state.get("global_weights", self.base)
             weights, held = downlink.apply_deltas(
-                copy, held, payload.tensors, payload.scalars, lambda j, refresh: self.delta_projectors(payload, j, refresh)
+                copy,
+                held,
+                payload.tensors,
+                payload.scalars,
+                lambda j, refresh: self.delta_projectors(payload, j, refresh),
             )
             if held != version:
                 raise RuntimeError(f"client {client.client_id} reached global version {held}, expected {version}")
@@ -191,7 +208,14 @@ class FedGaLore:
         workspace.write(self.client_weights(payload, client))
         o = self.options
         optimizer, managed = galore_optimizer(
-            workspace, self.galore_names, client.train, head_lr=o.head_lr, rank=o.rank, scale=o.scale, proj_type="given", track_update=True
+            workspace,
+            self.galore_names,
+            client.train,
+            head_lr=o.head_lr,
+            rank=o.rank,
+            scale=o.scale,
+            proj_type="given",
+            track_update=True,
         )
         named_params = dict(zip(self.galore_names, managed))
         self.start_state(optimizer, named_params, payload, client)
@@ -228,7 +252,9 @@ class FedGaLore:
                 optimizer.reset_update_factor(named_params[name])  # same P, moments continue; R restarts at W_t
             if key(Part.MOMENT, name) in payload.tensors:
                 step = float(payload.scalars["v_step"])
-                optimizer.set_second_moment(named_params[name], payload.tensors[key(Part.MOMENT, name)], step=step, corrected=True)
+                optimizer.set_second_moment(
+                    named_params[name], payload.tensors[key(Part.MOMENT, name)], step=step, corrected=True
+                )
 
     def upload(self, workspace: Workspace, optimizer, named_params: dict[str, Tensor], sketch: GradientSketch | None):
         """R, V and S per matrix, the head, and as scalars the decay product c^E and V's step count.
@@ -263,19 +289,25 @@ class FedGaLore:
         return spec
 
     # ------------------------------------------------------------------ server
-    def aggregate_train(self, state: ServerState[FedGaLoreState], updates: Sequence[ClientUpdate]) -> tuple[ServerState, Metrics]:
+    def aggregate_train(
+        self, state: ServerState[FedGaLoreState], updates: Sequence[ClientUpdate]
+    ) -> tuple[ServerState, Metrics]:
         weights = normalized_weights([u.num_examples for u in updates])
         uploads = [u.payload.tensors for u in updates]
         tensors = {**state.tensors, **weighted_sum(uploads, weights, self.head_names)}
         c_bar = sum(w * float(u.payload.scalars["decay"]) for w, u in zip(weights, updates))
         projectors = state.extra.projectors
-        r_bar = parts(weighted_sum(uploads, weights, keys(Part.FACTOR, self.galore_names)), Part.FACTOR, self.galore_names)
+        r_bar = parts(
+            weighted_sum(uploads, weights, keys(Part.FACTOR, self.galore_names)), Part.FACTOR, self.galore_names
+        )
         for name in self.galore_names:
             tensors[name] = factored_update(state.tensors[name], c_bar, r_bar[name], projectors[name])
         v_hat, metrics = self.sync_moments(uploads, weights)
         extra = state.extra
         if v_hat:  # the estimate's step count: the clients' (equal, when they all started from V_hat)
-            extra = dataclasses.replace(extra, v_step=sum(w * float(u.payload.scalars["v_step"]) for w, u in zip(weights, updates)))
+            extra = dataclasses.replace(
+                extra, v_step=sum(w * float(u.payload.scalars["v_step"]) for w, u in zip(weights, updates))
+            )
         extra = self.next_projectors(state.round + 1, extra, uploads, weights, v_hat, metrics)
         if self.options.downlink == "factored":
             sketched = state.extra.proj_sketched
@@ -289,7 +321,9 @@ class FedGaLore:
         """V_hat per matrix (ajive or mean) and the sync metrics (sync.py)."""
         return moment_sync.sync_moments(self.options, {n: self.shapes[n] for n in self.galore_names}, uploads, weights)
 
-    def next_projectors(self, nxt: int, extra: FedGaLoreState, uploads, weights, v_hat: dict, metrics: dict) -> FedGaLoreState:
+    def next_projectors(
+        self, nxt: int, extra: FedGaLoreState, uploads, weights, v_hat: dict, metrics: dict
+    ) -> FedGaLoreState:
         """The state for round `nxt`: its projectors (refreshed when due) and V_hat in their basis."""
         refresh = self.refresh_at(nxt)
         metrics.update(proj_refreshed=float(refresh), proj_sketched=0.0)
@@ -297,7 +331,9 @@ class FedGaLore:
             return dataclasses.replace(extra, v_hat=v_hat)
         old = extra.projectors
         if self.sketched(nxt) and all(has(u, Part.SKETCH, self.galore_names[:1]) for u in uploads):
-            s_bar = parts(weighted_sum(uploads, weights, keys(Part.SKETCH, self.galore_names)), Part.SKETCH, self.galore_names)
+            s_bar = parts(
+                weighted_sum(uploads, weights, keys(Part.SKETCH, self.galore_names)), Part.SKETCH, self.galore_names
+            )
             new = {n: sketch_projector(s_bar[n], self.shapes[n], self.options.rank) for n in self.galore_names}
             metrics["proj_sketched"] = 1.0
         else:
@@ -311,7 +347,9 @@ class FedGaLore:
         else:
             v_hat, v_step = {}, 0.0
         sketched = metrics["proj_sketched"] == 1.0
-        return dataclasses.replace(extra, projectors=new, refresh=extra.refresh + 1, proj_sketched=sketched, v_hat=v_hat, v_step=v_step)
+        return dataclasses.replace(
+            extra, projectors=new, refresh=extra.refresh + 1, proj_sketched=sketched, v_hat=v_hat, v_step=v_step
+        )
 
     def load_global(self, workspace: Workspace, state: ServerState) -> None:
         workspace.write(state.tensors)

@@ -70,6 +70,9 @@ def apply_deltas(
             continue  # already applied: the server's record of this client lags
         decay, refresh = float(scalars[f"delta{j}_decay"]), int(scalars[f"delta{j}_refresh"])
         projectors = projectors_of(j, refresh)
-        weights = {n: factored_update(w, decay, payload_tensors[key(Part.FACTOR, n, delta=j)], projectors[n]) for n, w in weights.items()}
+        weights = {
+            n: factored_update(w, decay, payload_tensors[key(Part.FACTOR, n, delta=j)], projectors[n])
+            for n, w in weights.items()
+        }
         version = base + j + 1
     return weights, version

@@ -28,7 +28,9 @@ class FedGaLoreState:
     projectors: Tensors  # matrix -> this round's shared P
     refresh: int = 0  # refresh index of `projectors`
     proj_sketched: bool = False  # `projectors` came from a sketch (then they are sent down)
-    v_hat: Tensors = field(default_factory=dict)  # matrix -> synchronised second moment (empty: none yet, or not synced)
+    v_hat: Tensors = field(
+        default_factory=dict
+    )  # matrix -> synchronised second moment (empty: none yet, or not synced)
     v_step: float = 0.0  # the step count V_hat's bias correction continues from
     deltas: list[Delta] = field(default_factory=list)  # factored downlink: the newest `downlink_history` deltas
     known: dict[int, int] = field(default_factory=dict)  # client id -> newest global version it is known to hold

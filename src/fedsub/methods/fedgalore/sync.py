@@ -25,7 +25,9 @@ from fedsub.methods.fedgalore.keys import Part, key, keys, parts
 from fedsub.optim.projector import choose_side
 
 
-def sync_moments(options: Any, shapes: dict[str, torch.Size], uploads: list[dict], weights: list[float]) -> tuple[dict[str, Tensor], dict[str, float]]:
+def sync_moments(
+    options: Any, shapes: dict[str, torch.Size], uploads: list[dict], weights: list[float]
+) -> tuple[dict[str, Tensor], dict[str, float]]:
     """V_hat per matrix (``options.sync`` ajive or mean; none / reset: nothing) and the metrics."""
     if options.sync in ("none", "reset"):
         return {}, {}
@@ -51,7 +53,9 @@ def sync_rules(options: Any) -> dict[str, Any]:
     return {**kwargs, "transform": transform, "weighting": options.ajive_weighting, "floor": options.ajive_floor}
 
 
-def ajive_sync(options: Any, shapes: dict[str, torch.Size], uploads: list[dict], weights: list[float]) -> tuple[dict[str, Tensor], dict[str, float]]:
+def ajive_sync(
+    options: Any, shapes: dict[str, torch.Size], uploads: list[dict], weights: list[float]
+) -> tuple[dict[str, Tensor], dict[str, float]]:
     from fedsub.linalg.moments import sync_second_moments  # late: AJIVE is only needed here (and tests patch it)
 
     rules = sync_rules(options)

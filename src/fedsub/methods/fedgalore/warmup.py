@@ -45,7 +45,9 @@ class SketchWarmup:
         m = self.method
         workspace.write({**payload.tensors, **m.base})
         params = workspace.parameters_by_name()
-        sketch = GradientSketch({n: params[n] for n in m.galore_names}, m.sketch_width(), mix_seed(m.options.seed, WARMUP_STREAM))
+        sketch = GradientSketch(
+            {n: params[n] for n in m.galore_names}, m.sketch_width(), mix_seed(m.options.seed, WARMUP_STREAM)
+        )
         torch.manual_seed(client.seed)
         workspace.model.train()
         batches, total = workspace.client_batches(client), 0.0
@@ -56,20 +58,28 @@ class SketchWarmup:
             workspace.model.zero_grad(set_to_none=True)
             total += loss.item()
         upload = named(Part.SKETCH, {n: t.cpu() for n, t in sketch.sums.items()})
-        return ClientUpdate(client.client_id, Payload(upload), len(client.indices), {"train_loss": total / m.options.warmup_batches})
+        return ClientUpdate(
+            client.client_id, Payload(upload), len(client.indices), {"train_loss": total / m.options.warmup_batches}
+        )
 
     def update_spec(self, state: ServerState, client_id: int, payload: Payload) -> UpdateSpec:
         """S per matrix (the projected side x the sketch width), nothing else."""
         width = self.method.sketch_width()
         return {key(Part.SKETCH, n): TensorSpec(sketch_side(shape, width)) for n, shape in self.method.shapes.items()}
 
-    def aggregate(self, state: ServerState[FedGaLoreState], updates: Sequence[ClientUpdate]) -> tuple[ServerState, Metrics]:
+    def aggregate(
+        self, state: ServerState[FedGaLoreState], updates: Sequence[ClientUpdate]
+    ) -> tuple[ServerState, Metrics]:
         """Round 1's projectors from the summed warm-up sketches (random ones stay if none came back)."""
         if not updates:
             return state, {"warmup_sketched": 0.0}
         m = self.method
         weights = normalized_weights([u.num_examples for u in updates])
-        s_bar = parts(weighted_sum([u.payload.tensors for u in updates], weights, keys(Part.SKETCH, m.galore_names)), Part.SKETCH, m.galore_names)
+        s_bar = parts(
+            weighted_sum([u.payload.tensors for u in updates], weights, keys(Part.SKETCH, m.galore_names)),
+            Part.SKETCH,
+            m.galore_names,
+        )
         projectors = {n: sketch_projector(s_bar[n], m.shapes[n], m.options.rank) for n in m.galore_names}
         extra = dataclasses.replace(state.extra, projectors=projectors, proj_sketched=True)
         return ServerState(state.round, state.tensors, extra), {"warmup_sketched": 1.0}
