@@ -1,8 +1,10 @@
 """End to end through the CLI on a tiny random model and a local CSV file."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from fedsub_fixtures import one_line_error, write_csv_experiment
@@ -117,3 +119,15 @@ def test_the_console_script_entry_point_resolves():
     target = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["scripts"]["fedsub"]
     module, _, function = target.partition(":")
     assert getattr(importlib.import_module(module), function) is cli_main
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    # `fedsub methods | head -1`: the pipe's reader is gone before fedsub writes (closed right after
+    # the start; the import alone takes longer), so every write raises BrokenPipeError
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedsub", "methods"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and b"Traceback" not in err, err.decode()

@@ -223,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"fedsub: interrupted; {again}", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `fedsub methods | head`: the reader left; say nothing more (Python's own recipe:
+        # point stdout at devnull so the interpreter's final flush does not raise again)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
