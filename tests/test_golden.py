@@ -1,5 +1,6 @@
 """Golden metrics (issue 16, point 5): every case in tests/golden/cases.py, rerun through `fedsub run`,
-writes the records of its golden file, timing and memory aside, to the last digit.
+writes the records of its golden file, timing and memory aside (floats to rel 1e-4: other CPUs, other
+last digits; see tests/golden/README.md).
 
 A failure lists case, method, round, key, golden and now. If the change was deliberate, re-record
 (tests/golden/README.md): PYTHONPATH=src python tests/golden/record.py CASE...
