@@ -71,7 +71,12 @@ class DataConfig(Strict):
 class PartitionConfig(Strict):
     scheme: Literal["iid", "dirichlet", "shards", "quantity"] = "dirichlet"
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (dirichlet, quantity)")
-    min_partition_size: int = Field(2, ge=0, description="re-draw until every client has this many examples")
+    min_partition_size: int = Field(2, ge=0, description="every client gets at least this many examples")
+    min_size_policy: Literal["auto", "redraw", "top_up"] = Field(
+        "auto",
+        description="dirichlet, quantity: how min_partition_size is met: redraw (draw again, up to 100 / 1,000 "
+        "times), top_up (keep the first draw, move rows from the largest clients), auto (redraw, then top_up)",
+    )
     classes_per_client: int = Field(2, gt=0, description="shards: label classes per client")
     by: str | None = Field(None, description="column to partition over; default: the label column")
 
@@ -138,6 +143,17 @@ class ValidationConfig(Strict):
 class CheckpointConfig(Strict):
     every: int = Field(1, ge=0, description="checkpoint every k rounds (and after the last); 0 = never")
     keep: bool = Field(False, description="keep a method's checkpoint after it finishes")
+
+
+class ClientsConfig(Strict):
+    """How the simulator keeps its clients' states (engines/client_store.py)."""
+
+    state_memory_mb: float = Field(
+        256,
+        gt=0,
+        description="client states held in memory (most recently used first); the rest are spilled to "
+        "<run>/client_states and loaded when their client is sampled",
+    )
 
 
 class FlowerConfig(Strict):
@@ -250,6 +266,7 @@ class ExperimentConfig(Strict):
     failures: FailureConfig = FailureConfig()
     validation: ValidationConfig = ValidationConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    clients: ClientsConfig = ClientsConfig()
     methods: list[MethodSpec] = Field(default_factory=lambda: [MethodSpec(name="fedit")], min_length=1)
 
     @field_validator("methods", mode="before")

@@ -10,7 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from fedsub.core.checkpoint import Checkpoint, decode, encode, load_checkpoint, restore_rng, rng_state, save_checkpoint
+from fedsub.core.checkpoint import (
+    Checkpoint,
+    decode,
+    encode,
+    load_checkpoint,
+    partition_digest,
+    restore_rng,
+    rng_state,
+    save_checkpoint,
+)
 from fedsub.core.io import atomic_write_text
 from fedsub.core.types import ServerState
 from fedsub.errors import CheckpointError
@@ -35,9 +44,10 @@ def sample_checkpoint(round_done=1):
         server,
         clients,
         [{"round": 1, "accuracy": 0.5}],
-        [torch.tensor([0, 2]), torch.tensor([1])],
+        partition_digest([torch.tensor([0, 2]), torch.tensor([1])]),
         rng_state(),
         "abc",
+        client_files={3: {"name": "client-3-00000007.safetensors", "bytes": 120, "sha256": "0" * 64}},
     )
 
 
@@ -71,7 +81,9 @@ def test_save_and_load(tmp_path):
     loaded = load_checkpoint(tmp_path)
     assert loaded.round == 2 and loaded.fingerprint == "abc" and loaded.records == [{"round": 1, "accuracy": 0.5}]
     assert torch.equal(loaded.server.tensors["w"], torch.arange(6.0).reshape(2, 3))
-    assert [p.tolist() for p in loaded.partition] == [[0, 2], [1]]
+    assert loaded.partition_sha256 == partition_digest([torch.tensor([0, 2]), torch.tensor([1])])
+    assert loaded.partition_sha256 != partition_digest([torch.tensor([0]), torch.tensor([1, 2])])
+    assert loaded.client_files == {3: {"name": "client-3-00000007.safetensors", "bytes": 120, "sha256": "0" * 64}}
     assert load_checkpoint(tmp_path / "nothing") is None
 
 
@@ -176,3 +188,15 @@ def test_a_methods_typed_server_state_round_trips_by_its_registered_name():
     assert isinstance(back["f"], FrozenFactors) and torch.equal(back["f"].tensors["a"], p)
     with pytest.raises(CheckpointError, match="server state 'gone', which no loaded method defines"):
         decode({"$state": "gone", "fields": {"$dict": []}}, {})
+
+
+def test_a_view_that_is_not_dense_round_trips_with_its_strides():
+    """GaLore's projector is 8 rows of a 32 x 32 Q (strides (1, 32)); stored compact, the next round's
+    matmul took another kernel path and fedftg's numbers moved in the last digits."""
+    q = torch.randn(32, 32)
+    view = q.T[:8]  # shape (8, 32), strides (1, 32)
+    tensors = {}
+    node = encode({"p": view, "again": view}, tensors, {})
+    back = decode(node, tensors)
+    assert back["p"].stride() == (1, 32) and torch.equal(back["p"], view) and back["again"] is not None
+    assert len(tensors) == 1 and tensors["t0"].numel() == 1 + 7 * 1 + 31 * 32  # the span, stored once

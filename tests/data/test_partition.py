@@ -8,7 +8,7 @@ import pytest
 
 from fedsub.config import PartitionConfig
 from fedsub.data import partition
-from fedsub.data.partition import _run_flwr, partition_rows
+from fedsub.data.partition import _run_flwr, partition_rows, top_up
 from fedsub.errors import ConfigError
 
 SCHEMES = ["iid", "dirichlet", "shards", "quantity"]
@@ -110,6 +110,34 @@ def test_min_partition_size_is_met_by_redrawing(table):
     cfg = _cfg("dirichlet", alpha=0.1, min_partition_size=40)
     parts = partition(table, cfg, N_CLIENTS, seed=0)
     assert min(len(p) for p in parts) >= 40
+    redrawn = partition(table, _cfg("dirichlet", alpha=0.1, min_partition_size=40, min_size_policy="redraw"), 5, 0)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, redrawn))  # auto re-draws first: the same draw
+
+
+def test_top_up_moves_rows_from_the_largest_clients_to_the_short_ones_exact():
+    parts = [np.array([0, 1, 2, 3, 4, 5]), np.array([], dtype=np.int64), np.array([6, 7, 8]), np.array([9])]
+    out = top_up(parts, 2, np.random.default_rng(0))
+    assert [len(p) for p in out] == [3, 2, 3, 2]  # client 1 took 2 rows, client 3 one: all from client 0
+    assert set(out[1]) | set(out[3][1:]) <= set(range(6)) and out[3][0] == 9 and list(out[2]) == [6, 7, 8]
+    assert sorted(np.concatenate(out).tolist()) == list(range(10))
+    with pytest.raises(ConfigError, match="partition.min_partition_size: 3 x 4 clients exceeds"):
+        top_up(parts, 3, np.random.default_rng(0))
+
+
+def test_dirichlet_where_no_redraw_succeeds_is_topped_up_disjoint_and_covering():
+    """The issue's case: 80 clients over 800 rows (4 classes), alpha 0.5, min 2: all 100 re-draws
+    fail; auto (the default) then tops up the first draw; so do 2,000 clients over 8,000 rows."""
+    for clients, n in ((80, 800), (2000, 8000)):
+        table = datasets.Dataset.from_dict({"label": np.arange(n) % 4})
+        with pytest.raises(ConfigError, match="or set partition.min_size_policy: top_up"):
+            partition(table, _cfg("dirichlet", alpha=0.5, min_size_policy="redraw"), clients, seed=0)
+        parts = partition(table, _cfg("dirichlet", alpha=0.5), clients, seed=0)
+        rows = np.concatenate(parts)
+        assert min(len(p) for p in parts) >= 2 and len(rows) == n and len(np.unique(rows)) == n
+        topped = partition(table, _cfg("dirichlet", alpha=0.5, min_size_policy="top_up"), clients, seed=0)
+        assert all(np.array_equal(a, b) for a, b in zip(parts, topped))
+    skew = np.mean([len(np.unique(np.arange(n)[p] % 4)) for p in parts])
+    assert skew < 2.5  # label skew survives: most clients see 1-2 of the 4 classes
 
 
 @pytest.mark.filterwarnings("ignore:Classes")
@@ -135,8 +163,8 @@ def test_flwr_private_assignment_matches_its_public_api(table):
         (_cfg("iid"), 501, "federation.num_clients"),
         (_cfg("dirichlet", min_partition_size=101), N_CLIENTS, "partition.min_partition_size"),
         (_cfg("shards", classes_per_client=7), N_CLIENTS, "partition.classes_per_client"),
-        (_cfg("dirichlet", alpha=0.01, min_partition_size=95), N_CLIENTS, "partition.alpha"),
-        (_cfg("quantity", alpha=0.01, min_partition_size=95), N_CLIENTS, "partition.alpha"),
+        (_cfg("dirichlet", alpha=0.01, min_partition_size=95, min_size_policy="redraw"), N_CLIENTS, "partition.alpha"),
+        (_cfg("quantity", alpha=0.01, min_partition_size=95, min_size_policy="redraw"), N_CLIENTS, "partition.alpha"),
         (_cfg("iid", by="nope"), N_CLIENTS, "partition.by"),
     ],
 )

@@ -239,7 +239,11 @@ def test_ajive_blocks_share_the_long_side_for_left_side_matrices(monkeypatch):
 @pytest.mark.parametrize("source", ["hybrid", "random"])
 def test_factored_downlink_gives_bit_identical_runs_to_the_dense_downlink(tiny_data, tmp_path, source):
     """2 of 3 clients per round, history 1: clients catch up by one delta, by dense weights (two
-    rounds behind), and some hold nothing but the base; every path must give the dense run's numbers."""
+    rounds behind), and some hold nothing but the base; every path must give the dense run's numbers.
+    "own copies" is what a Flower node does: it rebuilds the global model from its payload alone; the
+    simulator instead hands its clients the server's weights (ClientContext.server_tensors) and keeps
+    no copy per client, which is exact because every copy the deltas rebuild equals the server's
+    weights of that version bit for bit (checked here for every client after every round)."""
     options = {
         "rank": 2,
         "proj_source": source,
@@ -249,18 +253,30 @@ def test_factored_downlink_gives_bit_identical_runs_to_the_dense_downlink(tiny_d
         "downlink_history": 1,
     }
     fed = {"num_clients": 3, "clients_per_round": 2, "rounds": 5}
+    modes = {"dense": "dense", "factored": "factored", "own copies": "factored"}
     runs = {
-        mode: simulation(tiny_data, tmp_path / mode, options={**options, "downlink": mode}, federation=fed)
-        for mode in ("dense", "factored")
-    }
-    records = {mode: [sim.run_round(t) for t in range(5)] for mode, sim in runs.items()}
-    for dense, factored in zip(records["dense"], records["factored"]):
-        assert dense["accuracy"] == factored["accuracy"] and dense["train_loss"] == factored["train_loss"]
-        assert factored["bytes_down"] < dense["bytes_down"]
+        mode: simulation(tiny_data, tmp_path / mode.replace(" ", "-"), options={**options, "downlink": downlink},
+                         federation=fed)
+        for mode, downlink in modes.items()
+    }  # fmt: skip
+    runs["own copies"].clients.hand_server_tensors = False
+    records, versions = {mode: [] for mode in runs}, []
+    for t in range(5):
+        versions.append({n: runs["dense"].state.tensors[n].clone() for n in runs["dense"].method.galore_names})
+        for mode, sim in runs.items():
+            records[mode].append(sim.run_round(t))
+        for client, state in runs["own copies"].client_states.items():
+            copy, version = state["global_weights"], state["global_version"]
+            assert all(torch.equal(copy[n], versions[version][n]) for n in copy)
+    for dense, factored, own in zip(records["dense"], records["factored"], records["own copies"]):
+        assert dense["accuracy"] == factored["accuracy"] == own["accuracy"]
+        assert dense["train_loss"] == factored["train_loss"] == own["train_loss"]
+        assert factored["bytes_down"] == own["bytes_down"] < dense["bytes_down"]
     final = {mode: sim.state.tensors for mode, sim in runs.items()}
-    assert all(torch.equal(final["dense"][n], final["factored"][n]) for n in final["dense"])
-    held = {c: s.get("global_version") for c, s in runs["factored"].client_states.items()}
+    assert all(torch.equal(final["dense"][n], final[mode][n]) for mode in modes for n in final["dense"])
+    held = {c: s["global_version"] for c, s in runs["factored"].client_states.items()}
     assert set(held.values()) <= {0, 1, 2, 3, 4} and len(held) == 3
+    assert not any("global_weights" in s for s in runs["factored"].client_states.values())  # no per-client copy
 
 
 def test_factored_downlink_bytes_are_the_head_and_one_r_bar_per_matrix(tiny_data, tmp_path):

@@ -1,14 +1,18 @@
 """Crash-safe checkpoints of a running method: everything needed to continue it bit for bit.
 
-Engine-agnostic: a checkpoint is the server state, the per-client state store (optimizer moments,
-projectors, weight copies) where the engine holds it, the metrics records so far, the RNG states and
-the partition, all as nested Python values whose tensors go into one safetensors file and whose
-structure goes into JSON. Under Flower the client states stay on the nodes; the checkpoint then
+Engine-agnostic: a checkpoint is the server state, the metrics records so far and the RNG states,
+as nested Python values whose tensors go into one safetensors file and whose structure goes into
+JSON, plus references to the client states and a digest of the partition (the run stores the
+partition itself once, in partition.json). The simulator's client states are files of its state
+store (fedsub.engines.client_store: written when they change, referenced here by name, size and
+sha256), so a checkpoint costs the server state plus the states that changed since the last one,
+not the whole population. Under Flower the client states stay on the nodes; the checkpoint then
 names the clients that hold one (`clients_on_nodes`), so a resume can tell whether it would be exact.
 
 Layout of a checkpoint folder (one per method):
   state-<round>.safetensors   the tensors of the checkpoint taken after <round> rounds
-  checkpoint.json             the pointer: round, structure, records, sha256 of the tensors file
+  checkpoint.json             the pointer: round, structure, records, client files, sha256 of the tensors file
+  client_states/              the state store's files (engines/client_store.py)
 
 Atomicity: the tensors file is written (temp file + rename) first, the pointer second; the pointer
 rename is the commit. A process killed at any moment leaves either the previous pointer with its
@@ -36,7 +40,8 @@ from fedsub.core.io import atomic_write_text, atomic_writer
 from fedsub.core.types import ServerState, extra_name, extra_type
 from fedsub.errors import CheckpointError
 
-FORMAT = "fedsub-checkpoint-1"
+FORMAT = "fedsub-checkpoint-2"
+READABLE = ("fedsub-checkpoint-1", FORMAT)  # 1 held the client states and the partition inline
 POINTER = "checkpoint.json"
 # Test hook: "STAGE:ROUND" kills the process with SIGKILL at STAGE of the checkpoint after ROUND rounds.
 # Stages: tensors-half (half the tensors file written), tensors-written, pointer-written.
@@ -49,12 +54,22 @@ class Checkpoint:
 
     round: int
     server: ServerState
-    clients: dict[int, dict[str, Any]]
+    clients: dict[int, dict[str, Any]]  # client states held inline (format 1; the simulator now uses client_files)
     records: list[dict[str, Any]]
-    partition: list[torch.Tensor]
+    partition_sha256: str  # partition_digest of the partition it was taken on
     rng: dict[str, Any] = field(default_factory=dict)
     fingerprint: str = ""  # identifies the config that produced it
     clients_on_nodes: list[int] = field(default_factory=list)  # clients whose state is on their own node, not here
+    client_files: dict[int, dict[str, Any]] = field(default_factory=dict)  # client id -> its state file (StateFile)
+
+
+def partition_digest(parts: list[torch.Tensor]) -> str:
+    """sha256 of a partition (each client's sorted example ids, in client order)."""
+    digest = hashlib.sha256()
+    for rows in parts:
+        data = torch.as_tensor(rows, dtype=torch.int64).contiguous().numpy().tobytes()
+        digest.update(len(data).to_bytes(8, "little") + data)
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- nested values <-> JSON + tensors
@@ -70,6 +85,10 @@ def encode(value: Any, tensors: dict[str, torch.Tensor], seen: dict[int, str], w
     """
     if isinstance(value, torch.Tensor):
         order = dense_order(value)
+        if value.numel() and not value.permute(order).is_contiguous():  # a view into a larger buffer
+            node = {"$strided": _tensor_key(value, tensors, seen, stored=strided_span(value)),
+                    "size": list(value.shape), "stride": list(value.stride()), "device": str(value.device)}  # fmt: skip
+            return node
         node = {"$tensor": _tensor_key(value, tensors, seen, order), "device": str(value.device)}
         return {**node, "order": order} if order != list(range(value.dim())) else node
     if isinstance(value, np.ndarray):
@@ -106,13 +125,27 @@ def dense_order(tensor: torch.Tensor) -> list[int]:
     return dims if tensor.permute(dims).is_contiguous() else list(range(tensor.dim()))
 
 
+def strided_span(tensor: torch.Tensor) -> torch.Tensor:
+    """The stretch of `tensor`'s storage its elements lie in, flat: `span.as_strided(size, stride)`
+    is `tensor` again with its very strides. Kept for views that are not dense (GaLore's projector:
+    8 rows of a 32 x 32 Q, strides (1, 32)): stored compact, fedftg's next round differed in the
+    last digits (measured), as with the transposed layout `dense_order` keeps."""
+    length = 1 + sum((n - 1) * st for n, st in zip(tensor.shape, tensor.stride()))
+    return tensor.detach().as_strided((length,), (1,), tensor.storage_offset())
+
+
 def _tensor_key(
-    tensor: torch.Tensor, tensors: dict[str, torch.Tensor], seen: dict[int, str], order: list[int] | None = None
+    tensor: torch.Tensor,
+    tensors: dict[str, torch.Tensor],
+    seen: dict[int, str],
+    order: list[int] | None = None,
+    stored: torch.Tensor | None = None,
 ) -> str:
+    """The key `tensor` is stored under (once per object); `stored` replaces it in the file (a span)."""
     if id(tensor) in seen:
         return seen[id(tensor)]
     key = f"t{len(tensors)}"
-    laid_out = tensor.detach().permute(order) if order else tensor.detach()
+    laid_out = stored if stored is not None else tensor.detach().permute(order) if order else tensor.detach()
     # always a fresh compact copy (one, even from a GPU): safetensors refuses tensors that share
     # storage (views of one optimizer buffer)
     tensors[key] = laid_out.to("cpu", memory_format=torch.contiguous_format, copy=True)
@@ -130,6 +163,8 @@ def decode(node: Any, tensors: dict[str, torch.Tensor]) -> Any:
         value = tensors[node["$tensor"]].to(_available(node["device"]))
         order = node.get("order")
         return value.permute([order.index(d) for d in range(len(order))]) if order else value
+    if "$strided" in node:
+        return tensors[node["$strided"]].to(_available(node["device"])).as_strided(node["size"], node["stride"])
     if "$ndarray" in node:
         return tensors[node["$ndarray"]].numpy().copy()
     if "$dict" in node:
@@ -199,7 +234,6 @@ def save_checkpoint(folder: str | Path, ckpt: Checkpoint) -> Path:
         "server": {"round": ckpt.server.round, "tensors": encode(ckpt.server.tensors, tensors, seen, "server"),
                    "extra": encode(ckpt.server.extra, tensors, seen, "server.extra")},
         "clients": encode(ckpt.clients, tensors, seen, "clients"),
-        "partition": encode(list(ckpt.partition), tensors, seen, "partition"),
         "rng": encode(ckpt.rng, tensors, seen, "rng"),
     }  # fmt: skip
     data = safetensors.torch.save(tensors)
@@ -212,7 +246,8 @@ def save_checkpoint(folder: str | Path, ckpt: Checkpoint) -> Path:
     pointer = {"format": FORMAT, "round": ckpt.round, "fingerprint": ckpt.fingerprint, "tensors_file": name,
                "tensors_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
                "structure": structure, "records": ckpt.records,
-               "clients_on_nodes": list(ckpt.clients_on_nodes)}  # fmt: skip
+               "clients_on_nodes": list(ckpt.clients_on_nodes), "partition_sha256": ckpt.partition_sha256,
+               "client_files": [[c, f] for c, f in sorted(ckpt.client_files.items())]}  # fmt: skip
     atomic_write_text(folder / POINTER, json.dumps(pointer))
     crash_point("pointer-written", ckpt.round)
     for stale in folder.iterdir():  # older tensors files and temp files of killed writes
@@ -251,7 +286,7 @@ def load_checkpoint(folder: str | Path) -> Checkpoint | None:
     fix = f"delete {folder} to restart this method from round 1"
     try:
         pointer = json.loads(path.read_text())
-        if not isinstance(pointer, dict) or pointer.get("format") != FORMAT:
+        if not isinstance(pointer, dict) or pointer.get("format") not in READABLE:
             raise ValueError(f"not a {FORMAT} file")
         tensors = _read_tensors(folder / pointer["tensors_file"], pointer)
         structure = pointer["structure"]
@@ -263,16 +298,22 @@ def load_checkpoint(folder: str | Path) -> Checkpoint | None:
             ),
             clients=decode(structure["clients"], tensors),
             records=list(pointer["records"]),
-            partition=decode(structure["partition"], tensors),
+            partition_sha256=str(pointer.get("partition_sha256") or _inline_partition(structure, tensors)),
             rng=decode(structure["rng"], tensors),
             fingerprint=str(pointer.get("fingerprint", "")),
             clients_on_nodes=[int(c) for c in pointer.get("clients_on_nodes", [])],
+            client_files={int(c): dict(f) for c, f in pointer.get("client_files", [])},
         )
     except CheckpointError as err:
         raise CheckpointError(f"checkpoint {path}: {err}") from None
     except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({reason}); {fix}") from None
+
+
+def _inline_partition(structure: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
+    """The partition digest of a format-1 checkpoint, which held the partition itself."""
+    return partition_digest(decode(structure["partition"], tensors))
 
 
 def _read_tensors(path: Path, pointer: dict[str, Any]) -> dict[str, torch.Tensor]:

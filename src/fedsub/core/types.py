@@ -122,3 +122,4 @@ class ClientContext:
     train: TrainSettings
     seed: int
     state: dict[str, Any] = field(default_factory=dict)
+    server_tensors: Tensors | None = None

@@ -5,7 +5,7 @@ checkpoint -> log. An engine supplies only `Clients`: how a round's payloads rea
 their replies come back (function calls on one shared model in the simulator, Messages to ClientApps
 under Flower). Client sampling, simulated faults and each client's seed are pure functions of
 (seed, round, client), and a checkpoint holds everything else the server carries (state, records,
-RNGs, and the client states the engine holds), so a run resumed from its checkpoint writes the
+RNGs, and references to the client states the engine holds), so a run resumed from its checkpoint writes the
 metrics.jsonl of a run never interrupted, on either engine.
 """
 
@@ -20,10 +20,16 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import numpy as np
-import torch
 
 from fedsub.config import ExperimentConfig, MethodSpec, config_to_dict, method_to_dict
-from fedsub.core.checkpoint import Checkpoint, load_checkpoint, restore_rng, rng_state, save_checkpoint
+from fedsub.core.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    partition_digest,
+    restore_rng,
+    rng_state,
+    save_checkpoint,
+)
 from fedsub.core.io import atomic_write_text
 from fedsub.core.method import Warmup
 from fedsub.core.tensors import normalized_weights
@@ -48,13 +54,16 @@ class Exchange:
     kind: str  # TRAIN or WARMUP
     payloads: dict[int, Payload]
     faults: dict[int, str | None]
+    server_tensors: dict | None = None  # the server's global tensors, for in-process clients (ClientContext)
 
 
 @dataclass
 class ClientStates:
-    """The clients' part of a checkpoint: the states the engine holds (the simulator's store), and
-    the clients whose state stays on their own nodes (Flower's context.state), which it cannot hold."""
+    """The clients' part of a checkpoint: the files of the states the engine holds (the simulator's
+    store, engines/client_store.py), states held inline (checkpoints of format 1), and the clients
+    whose state stays on their own nodes (Flower's context.state), which it cannot hold."""
 
+    files: dict[int, dict[str, Any]] = field(default_factory=dict)
     held: dict[int, dict[str, Any]] = field(default_factory=dict)
     on_nodes: list[int] = field(default_factory=list)
 
@@ -72,7 +81,10 @@ class Clients(Protocol):
         """Deliver every payload, collect the replies: one outcome per payload (an update, or why none)."""
 
     def saved_states(self) -> ClientStates:
-        """What a checkpoint keeps of the clients."""
+        """What a checkpoint keeps of the clients (the simulator writes the states that changed here)."""
+
+    def checkpoint_written(self, saved: ClientStates) -> None:
+        """The checkpoint holding `saved` is committed (the simulator may now delete older state files)."""
 
     def restore_states(self, saved: ClientStates, where: Path) -> None:
         """Put the clients back as `saved` says; CheckpointError (naming `where`) if they cannot be."""
@@ -132,7 +144,7 @@ class RoundLoop:
         """Send `sent` with the configured simulated faults; one outcome per client of `sampled`, in
         that order (an unreachable client's says why)."""
         faults = {c: simulated_fault(self.cfg.failures, self.cfg.seed, round_index, c) for c in sent}
-        replies = clients.exchange(Exchange(round_index, kind, sent, faults), on_client)
+        replies = clients.exchange(Exchange(round_index, kind, sent, faults, self.state.tensors), on_client)
         return [replies[c] if c in replies else ClientOutcome(c, None, away[c]) for c in sampled]
 
     def warmup(
@@ -227,10 +239,12 @@ class RoundLoop:
         if every == 0 or (done % every and done != self.cfg.federation.rounds):
             return
         saved = clients.saved_states()
+        digest = partition_digest(self.data.parts)
         ckpt = Checkpoint(
-            done, self.state, saved.held, records, self.data.parts, rng_state(), self.fingerprint(), saved.on_nodes
+            done, self.state, saved.held, records, digest, rng_state(), self.fingerprint(), saved.on_nodes, saved.files
         )
         save_checkpoint(self.checkpoint_dir, ckpt)
+        clients.checkpoint_written(saved)
 
     def restore(self, clients: Clients) -> list[dict]:
         """Load the checkpoint (if any) into this run and its clients; the records so far."""
@@ -243,9 +257,7 @@ class RoundLoop:
                 f"checkpoint {where} was written by another config or method; resume with the run's own config.yaml, "
                 f"or delete {where}"
             )
-        if len(ckpt.partition) != len(self.data.parts) or not all(
-            torch.equal(a, b) for a, b in zip(ckpt.partition, self.data.parts)
-        ):
+        if ckpt.partition_sha256 != partition_digest(self.data.parts):
             raise CheckpointError(
                 f"checkpoint {where}: the data or its partition changed since it was written; restore the data file, "
                 f"or delete {where}"
@@ -260,7 +272,7 @@ class RoundLoop:
                 f"checkpoint {where} holds this method's server state in an older form than its "
                 f"{type(fresh).__name__}; delete {where} to restart it from round 1"
             )
-        clients.restore_states(ClientStates(ckpt.clients, ckpt.clients_on_nodes), where)
+        clients.restore_states(ClientStates(ckpt.client_files, ckpt.clients, ckpt.clients_on_nodes), where)
         self.state = ckpt.server
         restore_rng(ckpt.rng)
         return ckpt.records

@@ -1,5 +1,8 @@
 """The in-process simulator: the round loop of `fedsub.engines.rounds` with clients that are function
-calls on one model reused by every client, their states kept in memory (and in the checkpoint).
+calls on one model reused by every client, their states kept in a store with a memory budget
+(engines/client_store.py: the most recently used in memory, the rest on disk; checkpoints reference
+its files). Clients get the server's global tensors with their payload (ClientContext.server_tensors),
+so no method keeps a copy of the global model per client.
 
 Client sampling, simulated faults and each client's randomness are pure functions of (seed, round,
 client), so a run is reproducible, any round can be replayed in isolation, and a run resumed from
@@ -13,7 +16,8 @@ from typing import Any, Callable
 
 from fedsub.config import ExperimentConfig, MethodSpec
 from fedsub.core.seeding import client_seed
-from fedsub.core.types import ClientContext, Payload, ServerState
+from fedsub.core.types import ClientContext, Payload, ServerState, Tensors
+from fedsub.engines.client_store import ClientStateStore
 from fedsub.engines.failures import ClientOutcome, run_client
 from fedsub.engines.final_model import save_final_model
 from fedsub.engines.rounds import TRAIN, ClientStates, Exchange, RoundLoop
@@ -23,10 +27,13 @@ from fedsub.engines.setup import FederatedData, MethodSetup, reset_peak_rss, set
 class InProcessClients:
     """The simulator's clients: each trains, in turn, on the one shared workspace model."""
 
-    def __init__(self, cfg: ExperimentConfig, data: FederatedData, setup: MethodSetup):
+    def __init__(self, cfg: ExperimentConfig, data: FederatedData, setup: MethodSetup, store_dir: Path):
         self.cfg, self.data = cfg, data
         self.method, self.workspace, self.settings = setup.method, setup.workspace, setup.settings
-        self.states: dict[int, dict[str, Any]] = {}
+        self.states = ClientStateStore(store_dir, int(cfg.clients.state_memory_mb * 2**20))
+        # False: clients rebuild the global model from their payload alone, as a Flower node does
+        # (tests set it to check that path gives the same run)
+        self.hand_server_tensors = True
 
     def connect(self) -> None:
         pass  # every client is here
@@ -38,7 +45,9 @@ class InProcessClients:
         outcomes = {}
         for client_id, payload in exchange.payloads.items():
             if exchange.kind == TRAIN:
-                outcomes[client_id] = self.train_client(exchange.round, client_id, payload, exchange.faults[client_id])
+                tensors = exchange.server_tensors if self.hand_server_tensors else None
+                fault = exchange.faults[client_id]
+                outcomes[client_id] = self.train_client(exchange.round, client_id, payload, fault, tensors)
                 if on_client:
                     on_client()
             else:
@@ -47,14 +56,16 @@ class InProcessClients:
                 )
         return outcomes
 
-    def train_client(self, round_index: int, client_id: int, payload: Payload, fault: str | None) -> ClientOutcome:
+    def train_client(
+        self, round_index: int, client_id: int, payload: Payload, fault: str | None, server_tensors: Tensors | None
+    ) -> ClientOutcome:
         """One client's local round; its state changes persist only if it did not fail."""
-        context = self.client_context(round_index, client_id)
+        context = self.client_context(round_index, client_id, server_tensors)
         outcome = run_client(
             self.cfg.failures, client_id, fault, lambda: self.method.client_train(self.workspace, payload, context)
         )
         if outcome.keep_state:
-            self.states[client_id] = context.state
+            self.states.put(client_id, context.state)
         elif fault != "dropout":
             # a client that raised between backward() and zero_grad() leaves gradients on the shared
             # model, which the next client's first backward() would add to its own
@@ -70,7 +81,7 @@ class InProcessClients:
         self.workspace.model.zero_grad(set_to_none=True)
         return outcome
 
-    def client_context(self, round_index: int, client_id: int) -> ClientContext:
+    def client_context(self, round_index: int, client_id: int, server_tensors: Tensors | None = None) -> ClientContext:
         return ClientContext(
             client_id=client_id,
             round=round_index,
@@ -78,13 +89,19 @@ class InProcessClients:
             train=self.settings,
             seed=client_seed(self.cfg.seed, round_index, client_id),
             state=dict(self.states.get(client_id, {})),  # a copy: committed only if the client succeeds
+            server_tensors=server_tensors,
         )
 
     def saved_states(self) -> ClientStates:
-        return ClientStates(held=self.states)
+        return ClientStates(files=self.states.manifest())
+
+    def checkpoint_written(self, saved: ClientStates) -> None:
+        self.states.committed_to(saved.files)
 
     def restore_states(self, saved: ClientStates, where: Path) -> None:
-        self.states = saved.held
+        self.states.restore(saved.files, where)
+        for client_id, state in saved.held.items():  # a format-1 checkpoint held them inline
+            self.states.put(client_id, state)
 
 
 class Simulation:
@@ -97,8 +114,8 @@ class Simulation:
         reset_peak_rss()
         setup = set_up_method(cfg, spec, data)
         self.settings = setup.settings
-        self.clients = InProcessClients(cfg, data, setup)
         self.loop = RoundLoop(cfg, spec, data, setup, out_dir)
+        self.clients = InProcessClients(cfg, data, setup, self.loop.checkpoint_dir / "client_states")
         self.checkpoint_dir = self.loop.checkpoint_dir
 
     def run(
@@ -137,5 +154,5 @@ class Simulation:
         self.loop.state = state
 
     @property
-    def client_states(self) -> dict[int, dict[str, Any]]:
+    def client_states(self) -> ClientStateStore:
         return self.clients.states

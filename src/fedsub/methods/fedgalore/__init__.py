@@ -175,11 +175,16 @@ class FedGaLore:
 
     def client_weights(self, payload: Payload, client: ClientContext) -> dict[str, Tensor]:
         """The global weights this round starts from: sent dense, or the client's own copy moved
-        along the sent deltas (kept in client.state for the next round it takes part in)."""
+        along the sent deltas (kept in client.state for the next round it takes part in). In
+        process, the server's own weights, which that copy equals bit for bit (ClientContext), so
+        the simulator keeps no copy per client: only the version it holds."""
         dense = model_tensors(payload.tensors)
         if self.options.downlink == "dense":
             return dense
         version = int(payload.scalars["version"])
+        if client.server_tensors is not None:  # sent dense or factored, the same weights
+            client.state["global_version"] = version
+            return {**dense, **{n: client.server_tensors[n] for n in self.galore_names}}
         if all(n in dense for n in self.galore_names):
             weights = {n: dense[n].clone() for n in self.galore_names}
         else:
