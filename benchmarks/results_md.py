@@ -28,6 +28,7 @@ TITLES = {
     "rounds": "Seconds, bytes and memory per round",
     "tasks": "Tasks: seconds per round, peak memory and bytes",
     "grid": "Benchmark grid",
+    "population": "Populations: peak RSS, checkpoint bytes and seconds per round",
 }
 
 
@@ -179,9 +180,41 @@ def grid_table(report: dict) -> list[str]:
             ""] + lines[:-1]  # fmt: skip
 
 
+def population_table(report: dict) -> list[str]:
+    """Per method, each population's peak RSS, median s/round and median checkpoint bytes, and the
+    targets: peak RSS at the largest population <= 1.2x the smallest's."""
+    w, cells = report["workload"], report["results"]
+    pops = w["populations"]
+    by = {(c["method"], c["population"]): c for c in cells}
+    methods = list(dict.fromkeys(c["method"] for c in cells))
+    rows, met = [], 0
+    for m in methods:
+        got = [by.get((m, p)) for p in pops]
+        ratio = got[-1]["peak_rss_mb"] / got[0]["peak_rss_mb"] if got[0] and got[-1] else None
+        met += ratio is not None and ratio <= 1.2
+        per = lambda f: " / ".join("–" if c is None else f(c) for c in got)  # noqa: E731
+        rows.append([m, per(lambda c: f"{c['peak_rss_mb']:.0f}"), _fmt(ratio, ".2f"),
+                     per(lambda c: f"{c['seconds_round_median']:.2f}"),
+                     per(lambda c: f"{_checkpoint_mb(c):.1f}"),
+                     per(lambda c: f"{statistics.median(c['checkpoint_state_files']):g}"),
+                     per(lambda c: f"{c['seconds_partition']:.2f}")])  # fmt: skip
+    header = ["method", f"peak RSS MB ({' / '.join(map(str, pops))} clients)", f"{pops[-1]} ÷ {pops[0]}",
+              "s/round (median)", "MB per checkpoint (median)", "state files per checkpoint",
+              "partition s"]  # fmt: skip
+    intro = (f"`{w['config']}`, {w['rounds']} rounds, {w['clients_per_round']} clients per round x "
+             f"{w['local_steps']} local step, a checkpoint after every round; one fresh process per cell. Peak "
+             f"RSS target (<= 1.2x at {pops[-1]} clients): met by {met} of {len(methods)} methods.")  # fmt: skip
+    return [intro, ""] + table(header, rows)
+
+
+def _checkpoint_mb(cell: dict) -> float:
+    """Median MB a checkpoint wrote, the first (which writes the run's first files) aside."""
+    return statistics.median(cell["checkpoint_bytes"][1:] or cell["checkpoint_bytes"]) / 1e6
+
+
 RENDERERS: dict[str, Callable[[dict], list[str]]] = {
     "simulator": simulator_table, "galore": galore_table, "ajive": ajive_table, "wordnet": wordnet_table,
-    "rounds": rounds_table, "tasks": tasks_table, "grid": grid_table,
+    "rounds": rounds_table, "tasks": tasks_table, "grid": grid_table, "population": population_table,
 }  # fmt: skip
 
 

@@ -159,3 +159,21 @@ def test_choose_lr_reads_labelled_sweep_rows_and_breaks_ties_by_best_then_smalle
     per_lr = sweep[("0.5", "0")]["fedit"]
     assert per_lr == {1e-3: (0.70, 0.72), 2e-3: (0.70, 0.75), 5e-3: (0.70, 0.75)}
     assert choose_lr.choose(per_lr) == 2e-3  # same final: the better best round, then the smaller lr
+
+
+def test_population_table_reports_each_population_and_whether_peak_rss_stays_within_1_2x():
+    results_md = load_results_md()
+
+    def cell(method, population, peak, checkpoints):
+        timing = {"seconds_round_median": 1.5, "seconds_partition": 0.25}
+        return {"method": method, "population": population, "peak_rss_mb": peak, **timing,
+                "checkpoint_bytes": checkpoints, "checkpoint_state_files": [10, 10]}  # fmt: skip
+
+    cells = [cell("a", 10, 1000, [9e6, 2e6, 4e6]), cell("a", 2000, 1150, [9e6, 3e6]),
+             cell("b", 10, 1000, [1e6]), cell("b", 2000, 1500, [1e6])]  # fmt: skip
+    workload = {"config": "c.yaml", "rounds": 3, "clients_per_round": 10, "local_steps": 1, "populations": [10, 2000]}
+    lines = results_md.population_table({"workload": workload, "results": cells})
+    assert "met by 1 of 2 methods" in lines[0]
+    # a: 1150 / 1000 = 1.15; median checkpoint of those after the first: (2 + 4) / 2 = 3.0 MB, then 3.0 MB
+    assert "| a | 1000 / 1150 | 1.15 | 1.50 / 1.50 | 3.0 / 3.0 | 10 / 10 | 0.25 / 0.25 |" in lines
+    assert next(line for line in lines if line.startswith("| b |")).split(" | ")[2] == "1.50"

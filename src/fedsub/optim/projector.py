@@ -70,8 +70,11 @@ def _svd_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _from_factors(u: Tensor, vh: Tensor, side: Side, rank: int, dtype: torch.dtype) -> Tensor:
+    """The first r rows of Vh (right) or columns of U (left), as a compact tensor of their own: a
+    slice would keep all of U or Vh alive (a k x k or m x k buffer for an r-wide P; LAPACK's are
+    column-major, so the slice is not even dense) in every optimizer and client state holding P."""
     p = vh[:rank] if side == "right" else u[:, :rank]
-    return p.to(dtype)
+    return p.to(dtype).clone(memory_format=torch.contiguous_format)
 
 
 def svd_projector(grad: Tensor, rank: int, *, dtype: torch.dtype | None = None) -> Tensor:

@@ -2,9 +2,12 @@
 
 A node's "runtime" (config, method, data, the reusable workspace model) is built once per process and
 kept in a module-level cache, so the base model is loaded once per ClientApp process, not once per
-message, wherever the process outlives a message (the in-process grid; `--isolation process`
-SuperNodes). With the default subprocess isolation flwr 1.41 starts a fresh ClientApp process for each
-message, so there the model is loaded every round (measured in benchmarks/RESULTS.md).
+message, wherever the process outlives a message: today only Flower's in-process grid. In a
+deployment, stock flwr 1.41 starts one `flwr-clientapp` process per message in both SuperNode
+isolation modes and that process exits after its one task (flwr/supernode/runtime/run_clientapp.py:193
+calls the ClientApp once, :231-234 exits; flower-superexec's SubprocessExecutor starts one per task,
+flwr/supercore/superexec/executor/subprocess_executor.py:56-83), so there the model is loaded every
+round (measured in benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
