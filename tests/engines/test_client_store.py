@@ -113,7 +113,8 @@ def make(tiny_data, path, method, resume=False, memory_mb=256.0):
 def test_a_run_whose_states_spill_equals_one_that_holds_them_all_and_resumes_exactly(
     tiny_data, tmp_path, monkeypatch, method
 ):
-    """Budget: one client's state. Every other state lives on disk and is loaded when sampled."""
+    """Budget: one client's state. Every other state lives on disk and is loaded when sampled; the
+    resume runs with twice the budget (bookkeeping: the checkpoint accepts it)."""
     reference = make(tiny_data, tmp_path / "ref", method)
     reference.run()
     one = max(state_bytes(reference.client_states[c]) for c in reference.client_states) / 2**20
@@ -130,7 +131,7 @@ def test_a_run_whose_states_spill_equals_one_that_holds_them_all_and_resumes_exa
         spilled.run()
     assert len(spilled.client_states.memory) == 1 and len(spilled.client_states.files) >= 2
     monkeypatch.setattr(Simulation, "run_round", original)
-    resumed = make(tiny_data, tmp_path / "cut", method, resume=True, memory_mb=one)
+    resumed = make(tiny_data, tmp_path / "cut", method, resume=True, memory_mb=2 * one)  # a budget may change
     resumed.run()
     assert untimed_records(tmp_path / "cut" / "metrics.jsonl") == untimed_records(tmp_path / "ref" / "metrics.jsonl")
     assert all(torch.equal(resumed.state.tensors[n], reference.state.tensors[n]) for n in reference.state.tensors)

@@ -1,6 +1,7 @@
 """The crash-safety promise end to end: `fedsub run` killed with SIGKILL in the middle of writing a
 checkpoint, resumed with `--resume` and killed again at a seeded random moment mid-round, then resumed
-to the end, writes the metrics.jsonl of an uninterrupted run (timing fields aside).
+to the end, writes the metrics.jsonl of an uninterrupted run (timing fields aside). The client-state
+budget holds one client's state (0.06 MB on the tiny model), so the others live in spilled files.
 
 The CLI runs in forked children of the test process (the same `fedsub.app.cli.main` as the console script,
 without a 10-15 s interpreter start per kill); SIGKILL is real, the child gets no chance to clean up.
@@ -46,20 +47,20 @@ def test_sigkill_mid_checkpoint_and_mid_round_then_resume_gives_the_uninterrupte
     config = write_csv_experiment(
         tmp_path, [METHOD], federation={"num_clients": 3, "clients_per_round": 2, "rounds": ROUNDS}
     )
-    overrides = ["train.local_steps=6"]
+    overrides = ["train.local_steps=6", "clients.state_memory_mb=0.1"]
     run_experiment(load_config(config, overrides), tmp_path / "ref", quiet=True)
     cut = tmp_path / "cut"
     rng = np.random.default_rng(8)
 
     # killed by the checkpoint writer itself, half of a tensors file on disk, at a seeded round
     crash_round = int(rng.integers(2, ROUNDS - 2))
-    first = fedsub(
-        str(config), "--out", str(cut), "--set", overrides[0], env={CRASH_ENV: f"tensors-half:{crash_round}"}
-    )
+    sets = [x for o in overrides for x in ("--set", o)]
+    first = fedsub(str(config), "--out", str(cut), *sets, env={CRASH_ENV: f"tensors-half:{crash_round}"})
     first.join(timeout=120)
     assert first.exitcode == -signal.SIGKILL
     assert checkpoint_round(cut) == crash_round - 1  # the pointer still names the last complete checkpoint
     assert any(p.name.endswith(".tmp") for p in (cut / "fedgalore" / "checkpoint").iterdir())
+    assert len(list((cut / "fedgalore" / "checkpoint" / "client_states").glob("client-*.safetensors"))) >= 2
 
     # resumed, then killed at a seeded random moment inside a later round
     second = fedsub("--resume", str(cut))

@@ -230,7 +230,9 @@ class RoundLoop:
     # ---------------------------------------------------------------- checkpoint and resume
     def fingerprint(self) -> str:
         """Identifies what a checkpoint is valid for: the config (less its bookkeeping) and the method."""
-        config = {k: v for k, v in config_to_dict(self.cfg).items() if k not in ("name", "methods", "checkpoint")}
+        # bookkeeping that changes no number: a resume may raise the state budget or checkpoint less often
+        bookkeeping = ("name", "methods", "checkpoint", "clients")
+        config = {k: v for k, v in config_to_dict(self.cfg).items() if k not in bookkeeping}
         text = json.dumps({"config": config, "method": method_to_dict(self.spec)}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
