@@ -66,6 +66,20 @@ def test_bad_values_exit_2_with_the_field(tmp_path, capsys, override, expected):
     assert expected in one_line_error(capsys)
 
 
+def test_a_client_state_budget_below_one_state_exits_2_naming_the_field(tmp_path, capsys):
+    """fedftg keeps its GaLore-AdamW state per client (0.0066 MB on the tiny model): 0.001 MB holds none."""
+    config = write_csv_experiment(tmp_path, ["fedftg"])
+    args = ["run", str(config), "--out", str(tmp_path / "run"), "--quiet", "--set", "clients.state_memory_mb=0.001"]
+    assert main(args) == 2
+    message = one_line_error(capsys)
+    assert "clients.state_memory_mb: 0.001 MB is less than one client's state (0.0" in message
+    assert message.endswith("(0.00663 MB, client 1); raise it to at least 0.01")
+    assert (
+        main(["run", str(config), "--out", str(tmp_path / "r2"), "--quiet", "--set", "clients.state_memory_mb=0"]) == 2
+    )
+    assert "field clients.state_memory_mb" in one_line_error(capsys)
+
+
 def test_resume_errors(tmp_path, capsys):
     assert main(["run", "--resume", str(tmp_path / "nowhere"), "--quiet"]) == 2
     assert "no config.yaml there" in one_line_error(capsys)

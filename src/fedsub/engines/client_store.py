@@ -71,8 +71,8 @@ def state_bytes(value: Any) -> int:
 class ClientStateStore(Mapping[int, dict]):
     """Client id -> state dict, at most `budget_bytes` of them in memory (see the module docstring)."""
 
-    def __init__(self, folder: Path, budget_bytes: int):
-        self.folder, self.budget = Path(folder), int(budget_bytes)
+    def __init__(self, folder: Path, budget_bytes: float):
+        self.folder, self.budget = Path(folder), float(budget_bytes)  # float: 0.001 MB prints as 0.001
         self.memory: OrderedDict[int, dict[str, Any]] = OrderedDict()  # least recently used first
         self.sizes: dict[int, int] = {}
         self.in_memory_bytes = 0
@@ -148,10 +148,10 @@ class ClientStateStore(Mapping[int, dict]):
     def _hold(self, client_id: int, state: dict[str, Any]) -> None:
         size = state_bytes(state)
         if size > self.budget:
-            need = math.ceil(size / 2**20)
+            need = f"{math.ceil(size / 2**20 * 100) / 100:g}"  # MB, rounded up to 0.01
             raise ConfigError(
                 f"{BUDGET_FIELD}: {self.budget / 2**20:g} MB is less than one client's state "
-                f"({size / 2**20:.1f} MB, client {client_id}); raise it to at least {need}"
+                f"({size / 2**20:.3g} MB, client {client_id}); raise it to at least {need}"
             )
         if client_id in self.memory:
             self.in_memory_bytes -= self.sizes[client_id]

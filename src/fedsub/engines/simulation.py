@@ -30,7 +30,7 @@ class InProcessClients:
     def __init__(self, cfg: ExperimentConfig, data: FederatedData, setup: MethodSetup, store_dir: Path):
         self.cfg, self.data = cfg, data
         self.method, self.workspace, self.settings = setup.method, setup.workspace, setup.settings
-        self.states = ClientStateStore(store_dir, int(cfg.clients.state_memory_mb * 2**20))
+        self.states = ClientStateStore(store_dir, cfg.clients.state_memory_mb * 2**20)
         # False: clients rebuild the global model from their payload alone, as a Flower node does
         # (tests set it to check that path gives the same run)
         self.hand_server_tensors = True
