@@ -49,6 +49,22 @@ def tiny_config(**overrides):
     return validate_config(raw)
 
 
+def stop_at(monkeypatch, round_index):
+    """Make Simulation.run_round raise KeyboardInterrupt when it reaches `round_index` (0-based);
+    returns the undo."""
+    from fedsub.engines.simulation import Simulation
+
+    original = Simulation.run_round
+
+    def run_round(self, index, on_client=None):
+        if index == round_index:
+            raise KeyboardInterrupt
+        return original(self, index, on_client)
+
+    monkeypatch.setattr(Simulation, "run_round", run_round)
+    return lambda: monkeypatch.setattr(Simulation, "run_round", original)
+
+
 def write_csv_experiment(folder, methods, **sections):
     """A tiny experiment on a local CSV (36 definitions, 3 classes, 3 clients): writes data.csv and
     tiny.yaml into `folder`, returns the YAML path. `sections` replace whole config sections."""

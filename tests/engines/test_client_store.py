@@ -3,7 +3,7 @@ safetensors and loaded back exactly, checkpoints that write only what changed, r
 
 import pytest
 import torch
-from fedsub_fixtures import tiny_config, untimed_records
+from fedsub_fixtures import stop_at, tiny_config, untimed_records
 
 from fedsub.engines.client_store import STATE_OVERHEAD, ClientStateStore, state_bytes
 from fedsub.engines.simulation import Simulation
@@ -118,19 +118,12 @@ def test_a_run_whose_states_spill_equals_one_that_holds_them_all_and_resumes_exa
     reference = make(tiny_data, tmp_path / "ref", method)
     reference.run()
     one = max(state_bytes(reference.client_states[c]) for c in reference.client_states) / 2**20
-    original = Simulation.run_round
-
-    def cut(self, index, on_client=None):
-        if index == 3:
-            raise KeyboardInterrupt
-        return original(self, index, on_client)
-
-    monkeypatch.setattr(Simulation, "run_round", cut)
+    undo = stop_at(monkeypatch, 3)
     spilled = make(tiny_data, tmp_path / "cut", method, memory_mb=one)
     with pytest.raises(KeyboardInterrupt):
         spilled.run()
     assert len(spilled.client_states.memory) == 1 and len(spilled.client_states.files) >= 2
-    monkeypatch.setattr(Simulation, "run_round", original)
+    undo()
     resumed = make(tiny_data, tmp_path / "cut", method, resume=True, memory_mb=2 * one)  # a budget may change
     resumed.run()
     assert untimed_records(tmp_path / "cut" / "metrics.jsonl") == untimed_records(tmp_path / "ref" / "metrics.jsonl")

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from fedsub_fixtures import tiny_config, untimed_records
+from fedsub_fixtures import stop_at, tiny_config, untimed_records
 
 from fedsub.engines.simulation import Simulation
 
@@ -25,19 +25,6 @@ def make(tiny_data, path, method, rounds=3, resume=False, **sections):
         methods=[method], federation={"num_clients": 3, "clients_per_round": 2, "rounds": rounds}, **sections
     )
     return Simulation(cfg, cfg.methods[0], tiny_data, path, resume=resume)
-
-
-def stop_at(monkeypatch, round_index):
-    """Make Simulation.run_round raise KeyboardInterrupt when it reaches `round_index` (0-based)."""
-    original = Simulation.run_round
-
-    def run_round(self, index, on_client=None):
-        if index == round_index:
-            raise KeyboardInterrupt
-        return original(self, index, on_client)
-
-    monkeypatch.setattr(Simulation, "run_round", run_round)
-    return lambda: monkeypatch.setattr(Simulation, "run_round", original)
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,7 @@ from fedsub.core.checkpoint import (
 from fedsub.core.io import atomic_write_text
 from fedsub.core.method import Warmup
 from fedsub.core.tensors import normalized_weights
-from fedsub.core.types import ClientUpdate, Payload, ServerState
+from fedsub.core.types import ClientUpdate, Payload, ServerState, Tensors
 from fedsub.core.validation import payload_bytes
 from fedsub.engines.failures import ClientOutcome, screen_outcomes, simulated_fault, skip_reason
 from fedsub.engines.setup import FederatedData, MethodSetup, peak_rss_mb, sample_clients
@@ -54,7 +54,7 @@ class Exchange:
     kind: str  # TRAIN or WARMUP
     payloads: dict[int, Payload]
     faults: dict[int, str | None]
-    server_tensors: dict | None = None  # the server's global tensors, for in-process clients (ClientContext)
+    server_tensors: Tensors | None = None  # the server's global tensors, for in-process clients (ClientContext)
 
 
 @dataclass
@@ -104,6 +104,7 @@ class RoundLoop:
         self.method, self.workspace = setup.method, setup.workspace
         self.state: ServerState = self.method.init(self.workspace)
         self.checkpoint_dir = out_dir / "checkpoint"
+        self.partition_sha256 = partition_digest(data.parts)  # the run's partition never changes
 
     def run(self, clients: Clients, on_round: Callable[[dict], None] | None = None,
             on_client: Callable[[], None] | None = None,
@@ -241,9 +242,16 @@ class RoundLoop:
         if every == 0 or (done % every and done != self.cfg.federation.rounds):
             return
         saved = clients.saved_states()
-        digest = partition_digest(self.data.parts)
         ckpt = Checkpoint(
-            done, self.state, saved.held, records, digest, rng_state(), self.fingerprint(), saved.on_nodes, saved.files
+            done,
+            self.state,
+            saved.held,
+            records,
+            self.partition_sha256,
+            rng_state(),
+            self.fingerprint(),
+            saved.on_nodes,
+            saved.files,
         )
         save_checkpoint(self.checkpoint_dir, ckpt)
         clients.checkpoint_written(saved)
@@ -259,7 +267,7 @@ class RoundLoop:
                 f"checkpoint {where} was written by another config or method; resume with the run's own config.yaml, "
                 f"or delete {where}"
             )
-        if ckpt.partition_sha256 != partition_digest(self.data.parts):
+        if ckpt.partition_sha256 != self.partition_sha256:
             raise CheckpointError(
                 f"checkpoint {where}: the data or its partition changed since it was written; restore the data file, "
                 f"or delete {where}"
