@@ -1,14 +1,21 @@
-"""A real loopback deployment: a SuperLink and 2 SuperNodes on 127.0.0.1, 2 rounds of fedit."""
+"""A real loopback deployment: a SuperLink and 2 warm SuperNodes (`fedsub flower node`) on 127.0.0.1.
+
+Two runs of 2 rounds of fedit on the same nodes: both give the simulator's metrics.jsonl (timing
+aside); the second run reuses each node's model (its worker logs one build for both runs); a worker
+killed between the runs is restarted by its node, rebuilds, and the run is unchanged."""
 
 from __future__ import annotations
 
 import json
+import re
+import signal
 
+import psutil
 import pytest
 
 pytest.importorskip("flwr")
 
-from fedsub_fixtures import write_csv_experiment  # noqa: E402
+from fedsub_fixtures import strip_timing, write_csv_experiment  # noqa: E402
 
 from fedsub.app.run import run_experiment  # noqa: E402
 from fedsub.config import load_config  # noqa: E402
@@ -16,11 +23,17 @@ from fedsub.engines.flower.deploy import CONNECTION, flwr_json, write_connection
 from fedsub.engines.flower.loopback import Loopback  # noqa: E402
 
 
+def records(run_dir):
+    return [json.loads(line) for line in (run_dir / "fedit" / "metrics.jsonl").read_text().splitlines()]
+
+
 @pytest.mark.slow
-def test_superlink_and_two_supernodes_run_two_rounds(tmp_path):
+def test_warm_nodes_serve_two_runs_like_the_simulator(tmp_path):
     config = write_csv_experiment(
         tmp_path, ["fedit"], federation={"num_clients": 2, "clients_per_round": 2, "rounds": 2}
     )
+    run_experiment(load_config(config, ["engine=simulation"]), tmp_path / "simulated", quiet=True)
+    expected = [strip_timing(r) for r in records(tmp_path / "simulated")]
     with Loopback(tmp_path / "flower", nodes=2) as link:
         overrides = [
             "engine=flower",
@@ -31,19 +44,34 @@ def test_superlink_and_two_supernodes_run_two_rounds(tmp_path):
             "flower.run_timeout=480",
         ]
         cfg = load_config(config, overrides)
+        node_logs = [link.workdir / f"supernode{k}.log" for k in range(2)]
         try:
-            summaries = run_experiment(cfg, tmp_path / "run", quiet=True)
+            summaries = run_experiment(cfg, tmp_path / "run1", quiet=True)
+            # node 0's worker dies between the runs (as if OOM-killed): its node restarts it
+            workers = [
+                child
+                for child in psutil.Process(link.processes[1].pid).children(recursive=True)
+                if "worker" in child.cmdline()
+            ]
+            assert len(workers) == 1
+            workers[0].send_signal(signal.SIGKILL)
+            run_experiment(cfg, tmp_path / "run2", quiet=True)
         except Exception as err:
             raise AssertionError(f"{err}\n{link.logs()}") from err
         runs = flwr_json(["ls", CONNECTION], write_connection(tmp_path / "cli-home", cfg))["runs"]
-    assert [r["status"] for r in runs] == ["finished:completed"]
-    records = [json.loads(line) for line in (tmp_path / "run" / "fedit" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in records] == [1, 2]
-    for record in records:
-        assert record["aggregated"] == [0, 1] and record["dropped"] == [] and record["skipped"] is None
-        assert 0 <= record["accuracy"] <= 1 and record["train_loss"] > 0
-        assert record["bytes_up"] == record["bytes_down"] > 0  # fedit: A and B both ways
-    assert summaries[0]["rounds"] == 2 and summaries[0]["final_accuracy"] == records[-1]["accuracy"]
+        logs = [path.read_text() for path in node_logs]
+    assert [r["status"] for r in runs] == ["finished:completed"] * 2
+    for run in ("run1", "run2"):
+        got = records(tmp_path / run)
+        assert [strip_timing(r) for r in got] == expected  # the simulator's numbers, every field
+        for record in got:
+            assert record["aggregated"] == [0, 1] and record["dropped"] == [] and record["skipped"] is None
+            assert record["bytes_up"] == record["bytes_down"] > 0  # fedit: A and B both ways
+    assert summaries[0]["rounds"] == 2 and summaries[0]["final_accuracy"] == records(tmp_path / "run1")[-1]["accuracy"]
+    # a warm node builds its model once for both runs; node 0's restarted worker had to build again
+    builds = [len(re.findall(r"built the runtime of fedit", log)) for log in logs]
+    assert builds == [2, 1], builds
+    assert "worker exited with code -9; restart 1 of 5" in logs[0]
     for name in (
         "config.yaml",
         "partition.json",
@@ -51,5 +79,5 @@ def test_superlink_and_two_supernodes_run_two_rounds(tmp_path):
         "fedit/final_model.safetensors",
         "fedit/summary.json",
     ):
-        assert (tmp_path / "run" / name).is_file(), name
+        assert (tmp_path / "run1" / name).is_file(), name
     assert not link.processes  # closed: every SuperLink / SuperNode process group is gone

@@ -66,12 +66,31 @@ def test_payload_round_trip_every_dtype(dtype):
     assert back.nbytes() == payload.nbytes()
 
 
-def test_bf16_travels_as_int16_bits_of_the_same_size():
+def test_bf16_travels_as_its_own_bytes_in_one_packed_array():
     tensor = torch.tensor([1.0, -2.5, 3.0e38, 1.0e-38], dtype=torch.bfloat16)
-    content = payload_to_record(Payload({"x": tensor}))
-    array = content.array_records["tensors"]["x"]
-    assert array.dtype == "int16" and len(array.numpy().tobytes()) == tensor.numel() * 2
-    assert_same(record_to_payload(over_the_wire(content))[0].tensors["x"], tensor)
+    other = sample(torch.float64, (5,))
+    content = payload_to_record(Payload({"x": tensor, "y": other}))
+    assert list(content.array_records["tensors"].keys()) == ["packed"]  # one Array, whatever the tensor count
+    array = content.array_records["tensors"]["packed"]
+    assert array.dtype == "uint8" and len(array.numpy().tobytes()) == 4 * 2 + 5 * 8
+    back = record_to_payload(over_the_wire(content))[0].tensors
+    assert_same(back["x"], tensor)
+    assert_same(back["y"], other)
+
+
+@pytest.mark.parametrize(
+    "index, reason",
+    [
+        ('[["x", "float32", [3]]]', "run past"),  # 12 bytes claimed, 8 sent
+        ('[["x", "float32", [1]]]', "not in the tensor index"),  # 4 of 8 bytes claimed
+        ('[["x", "torch.load", [2]]]', "unknown dtype"),  # a name from the wire is looked up, never evaluated
+    ],
+)
+def test_an_index_that_does_not_match_the_bytes_is_refused(index, reason):
+    content = payload_to_record(Payload({"x": torch.ones(2)}))
+    content.config_records["meta"]["tensor_index"] = index
+    with pytest.raises(ValueError, match=reason):
+        record_to_payload(content)
 
 
 def test_non_contiguous_tensor_round_trips():
@@ -105,3 +124,18 @@ def test_client_state_round_trips_through_context_state():
     assert back["global_version"] == 3 and back["optimizer"]["param_groups"] == state["optimizer"]["param_groups"]
     assert_same(back["global_weights"]["w"], state["global_weights"]["w"])
     assert_same(back["optimizer"]["state"][0]["exp_avg"], state["optimizer"]["state"][0]["exp_avg"])
+
+
+def test_a_message_is_a_handful_of_objects_whatever_its_tensor_count():
+    """flwr moves each object as one HTTP request per hop: 60 tensors were 125 objects unpacked, now 7
+    (message, RecordDict, ArrayRecord, Array, its chunk, 2 ConfigRecords)."""
+    from flwr.app import Message
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+    from flwr.supercore.task_identity import TaskIdentity
+
+    if TaskIdentity._run_id is None:
+        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 0
+    for count in (1, 60):
+        tensors = {f"t{k}": sample(torch.float32, (384, 8)) for k in range(count)}
+        message = Message(payload_to_record(Payload(tensors), {"round": 0, "client_id": 0}), 5, "train")
+        assert len(get_all_nested_objects(message)) == 7

@@ -54,6 +54,29 @@ def build_parser() -> argparse.ArgumentParser:
     certs = flower_sub.add_parser("certs", help="TLS certificates and SuperNode keys for a loopback deployment")
     certs.add_argument("out", type=Path, help="folder to write ca.crt, server.pem, server.key, nodeK, nodeK.pub")
     certs.add_argument("--nodes", type=int, default=2, help="SuperNode key pairs to create (default 2)")
+    node = flower_sub.add_parser(
+        "node",
+        help="a SuperNode whose ClientApp stays warm: flower-supernode --isolation process + a fedsub worker",
+        description="Starts flower-supernode with the arguments after -- (plus --isolation process and its Runtime "
+        "API on 127.0.0.1:--runtime-port) and a warm fedsub worker that runs every ClientApp task in one process; "
+        "a dead worker is restarted.",
+    )
+    node.add_argument("--runtime-port", type=int, default=9094, help="the SuperNode's Runtime API port (default 9094)")
+    node.add_argument("--poll", type=float, default=0.1, help="worker's idle wait between task claims, s (default 0.1)")
+    node.add_argument("--auth-secret-file", type=Path, help="shared secret signing task claims (flwr's SuperExec auth)")
+    node.add_argument("--max-restarts", type=int, default=5, help="worker restarts in a row before the node stops")
+    node.add_argument(
+        "--superlink-poll",
+        type=float,
+        default=0.5,
+        help="cap on the SuperNode's idle wait for messages, s (flwr's is 3; 0 keeps flwr's; default 0.5)",
+    )
+    node.add_argument("flower_args", nargs=argparse.REMAINDER, help="-- then flower-supernode's arguments")
+    worker = flower_sub.add_parser("worker", help="the warm worker alone, for a SuperNode started --isolation process")
+    worker.add_argument("--runtime", default="127.0.0.1:9094", help="the SuperNode's Runtime API host:port")
+    worker.add_argument("--runtime-ca", type=Path, help="CA certificate of a TLS Runtime API (--ssl-certfile)")
+    worker.add_argument("--poll", type=float, default=0.1, help="idle wait between task claims, s (default 0.1)")
+    worker.add_argument("--auth-secret-file", type=Path, help="the SuperNode's --superexec-auth-secret-file")
     return parser
 
 
@@ -193,6 +216,23 @@ def cmd_flower(args: argparse.Namespace) -> int:
     from fedsub.engines.flower import require_flower  # late: start-up, and flwr is optional
 
     require_flower()
+    if args.flower_command in ("node", "worker"):
+        from fedsub.engines.flower.node import run_node, run_worker  # late: needs flwr (optional)
+
+        if args.poll <= 0:
+            raise ConfigError(f"fedsub flower {args.flower_command}: --poll must be > 0 seconds, got {args.poll}")
+        if args.flower_command == "worker":
+            return run_worker(args.runtime, args.poll, args.auth_secret_file, args.runtime_ca)
+        flower_args = args.flower_args[1:] if args.flower_args[:1] == ["--"] else args.flower_args
+        if not flower_args:
+            raise ConfigError(
+                "fedsub flower node: give flower-supernode's arguments after --, e.g. -- --insecure "
+                "--superlink 127.0.0.1:9092 --node-config 'partition-id=0'"
+            )
+        if args.superlink_poll < 0:
+            raise ConfigError(f"fedsub flower node: --superlink-poll must be >= 0 seconds, got {args.superlink_poll}")
+        cap = args.superlink_poll or None  # 0: flwr's own waits
+        return run_node(flower_args, args.runtime_port, args.poll, args.auth_secret_file, args.max_restarts, cap)
     from fedsub.engines.flower.certs import write_certificates  # late: needs flwr (optional)
 
     paths = write_certificates(args.out, args.nodes)

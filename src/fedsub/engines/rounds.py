@@ -40,7 +40,15 @@ from fedsub.engines.setup import FederatedData, MethodSetup, peak_rss_mb, sample
 from fedsub.errors import CheckpointError
 from fedsub.tasks.base import Task
 
-TIMING_KEYS = ("seconds_train", "seconds_aggregate", "seconds_eval", "seconds_round", "peak_rss_mb", "seconds_warmup")
+TIMING_KEYS = (
+    "seconds_train",
+    "seconds_train_max",
+    "seconds_aggregate",
+    "seconds_eval",
+    "seconds_round",
+    "peak_rss_mb",
+    "seconds_warmup",
+)
 TRAIN, WARMUP = "train", "train.warmup"  # the kinds of exchange (Flower's message types)
 
 RoundFn = Callable[[int, Callable[[], None] | None], dict]
@@ -210,6 +218,7 @@ class RoundLoop:
             **warm["metrics"],
             **method_metrics,
             "seconds_train": sum(o.seconds for o in outcomes),
+            "seconds_train_max": max((o.seconds for o in outcomes), default=0.0),  # a parallel round's critical path
             "seconds_aggregate": seconds_aggregate,
             "seconds_eval": seconds_eval,
             **({"seconds_warmup": warmup["seconds"]} if warmup else {}),

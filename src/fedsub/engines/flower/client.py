@@ -1,17 +1,20 @@
 """The ClientApp side: a node trains the partition its node config names, with the same Method object.
 
 A node's "runtime" (config, method, data, the reusable workspace model) is built once per process and
-kept in a module-level cache, so the base model is loaded once per ClientApp process, not once per
-message, wherever the process outlives a message: today only Flower's in-process grid. In a
-deployment, stock flwr 1.41 starts one `flwr-clientapp` process per message in both SuperNode
-isolation modes and that process exits after its one task (flwr/supernode/runtime/run_clientapp.py:193
-calls the ClientApp once, :231-234 exits; flower-superexec's SubprocessExecutor starts one per task,
+kept in a module-level cache keyed by (run config, method), so the base model is loaded once per
+ClientApp process, not once per message, wherever the process outlives a message: Flower's in-process
+grid and `fedsub flower node` (a warm worker, fedsub.engines.flower.worker), where a second run of the
+same config and method reuses it too. A stock SuperNode starts one `flwr-clientapp` process per
+message in both isolation modes and that process exits after its one task
+(flwr/supernode/runtime/run_clientapp.py:193 calls the ClientApp once, :231-234 exits;
+flower-superexec's SubprocessExecutor starts one per task,
 flwr/supercore/superexec/executor/subprocess_executor.py:56-83), so there the model is loaded every
 round (measured in benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from dataclasses import dataclass
@@ -51,6 +54,7 @@ class NodeRuntime:
 
 
 _RUNTIMES: dict[tuple[str, str], NodeRuntime] = {}
+log = logging.getLogger("fedsub.worker")
 
 
 def runtime_for(run_config: dict, data: FederatedData | None = None) -> NodeRuntime:
@@ -59,6 +63,7 @@ def runtime_for(run_config: dict, data: FederatedData | None = None) -> NodeRunt
     key = (str(run_config[CONFIG_KEY]), str(run_config[METHOD_KEY]))
     if key not in _RUNTIMES:
         _RUNTIMES.clear()  # one method at a time: free the previous model
+        tic = time.perf_counter()
         cfg = config_from_text(key[0])
         spec = method_spec(cfg, key[1])
         if data is None:
@@ -66,6 +71,7 @@ def runtime_for(run_config: dict, data: FederatedData | None = None) -> NodeRunt
                 data = prepare_data(cfg, Path(scratch))
         setup = set_up_method(cfg, spec, data)
         _RUNTIMES[key] = NodeRuntime(cfg, spec, data, setup.method, setup.workspace, setup.settings)
+        log.info("built the runtime of %s (%s) in %.2fs", spec.key, cfg.name, time.perf_counter() - tic)
     return _RUNTIMES[key]
 
 

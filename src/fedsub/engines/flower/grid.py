@@ -28,6 +28,8 @@ SERVER_NODE_ID = 1  # flwr's SUPERLINK_NODE_ID
 
 
 class LocalGrid(Grid):
+    answers_at_once = True  # replies are there when push_messages returns (fedsub's send_and_receive)
+
     def __init__(self, client_app: ClientApp, num_nodes: int, run_config: dict, faults: dict[int, str] | None = None):
         self.client_app = client_app
         self.faults = dict(faults or {})

@@ -38,11 +38,15 @@ def wait_for_port(port: int, timeout: float, process: subprocess.Popen) -> None:
 
 
 class Loopback:
-    """`with Loopback(workdir, nodes=2) as link:` -> link.address is the SuperLink's host:port."""
+    """`with Loopback(workdir, nodes=2) as link:` -> link.address is the SuperLink's host:port.
 
-    def __init__(self, workdir: Path, nodes: int = 2, start_timeout: float = 90.0):
+    `warm` (default) starts each node as `fedsub flower node` (a SuperNode in process isolation and a
+    warm worker: one ClientApp process for all its messages); `warm=False` as a stock
+    `flower-supernode` (a fresh ClientApp process per message)."""
+
+    def __init__(self, workdir: Path, nodes: int = 2, start_timeout: float = 90.0, warm: bool = True):
         self.workdir = Path(workdir)
-        self.nodes, self.start_timeout = nodes, start_timeout
+        self.nodes, self.start_timeout, self.warm = nodes, start_timeout, warm
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.processes: list[subprocess.Popen] = []
@@ -74,25 +78,19 @@ class Loopback:
             )
             wait_for_port(self.port, self.start_timeout, link)
             for k in range(self.nodes):
-                self.start(
-                    f"supernode{k}",
-                    [
-                        "flower-supernode",
-                        "--insecure",
-                        "--superlink",
-                        self.address,
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        str(free_port()),
-                        "--node-config",
-                        f"partition-id={k} num-partitions={self.nodes}",
-                    ],
-                )
+                self.start(f"supernode{k}", self.node_command(k))
         except BaseException:
             self.close()
             raise
         return self
+
+    def node_command(self, k: int) -> list[str]:
+        flower_args = ["--insecure", "--superlink", self.address]
+        flower_args += ["--node-config", f"partition-id={k} num-partitions={self.nodes}"]
+        if self.warm:
+            fedsub = [sys.executable, "-m", "fedsub.app.cli", "flower", "node", "--runtime-port", str(free_port())]
+            return [*fedsub, "--", *flower_args]
+        return ["flower-supernode", *flower_args, "--host", "127.0.0.1", "--port", str(free_port())]
 
     def __exit__(self, *exc) -> None:
         self.close()

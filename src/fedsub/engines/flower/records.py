@@ -1,16 +1,19 @@
 """Payload <-> Flower records: what crosses the wire, converted exactly (every dtype, bf16 included).
 
-A `Payload` maps onto one RecordDict: its tensors into the ArrayRecord "tensors", its scalars into the
-ConfigRecord "scalars". numpy has no bfloat16 and flwr 1.41 rejects bf16 arrays, so a bf16 tensor
-travels as its int16 bit pattern (same bytes, same size) and the names of such tensors are listed in
-the ConfigRecord "meta"; the receiver views the bits back as bf16. Everything else goes through numpy
-unchanged, so a round trip is bit-exact.
+A `Payload` maps onto one RecordDict: all its tensors packed into one uint8 Array (the ArrayRecord
+"tensors", key "packed"), their names, dtypes and shapes as a JSON index in the ConfigRecord "meta",
+its scalars into the ConfigRecord "scalars". One Array because flwr 1.41 moves every Array as at
+least two objects (the Array and its chunk) and every object as one HTTP request per hop: a fedit
+message of 60 tensors was 61 objects, ~3 s to pull on loopback (benchmarks/RESULTS.md, "Flower"),
+and is 3 packed. The bytes are the tensors' own (bf16 too, which numpy cannot hold), so a round trip
+is bit-exact and the size is the payload's plus the index.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 from typing import Any
 
 import torch
@@ -19,50 +22,61 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from fedsub.core.types import ClientUpdate, Payload, Tensors
 
 TENSORS, SCALARS, META, METRICS = "tensors", "scalars", "meta", "metrics"
-# torch dtypes that numpy cannot hold, sent as an integer view of the same width.
-VIEWED = {torch.bfloat16: torch.int16}
+PACKED, INDEX = "packed", "tensor_index"
+# the dtypes a payload may carry, by name: a name from the wire is looked up here, never evaluated
+DTYPES = {
+    str(dtype).removeprefix("torch."): dtype
+    for dtype in (
+        torch.float32, torch.float64, torch.float16, torch.bfloat16,
+        torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64, torch.bool,
+    )
+}  # fmt: skip
 
 
-def tensor_to_array(tensor: torch.Tensor) -> tuple[Array, bool]:
-    """An Array holding the tensor's bytes; True when it travels as a bit view (bf16)."""
-    tensor = tensor.detach().to("cpu").contiguous()
-    viewed = tensor.dtype in VIEWED
-    if viewed:
-        tensor = tensor.view(VIEWED[tensor.dtype])
-    return Array(tensor.numpy()), viewed
-
-
-def array_to_tensor(array: Array, viewed: bool) -> torch.Tensor:
-    # np.load returns a fresh, writable, C-ordered array (0-d kept 0-d); from_numpy shares it.
-    tensor = torch.from_numpy(array.numpy())
-    return tensor.view(torch.bfloat16) if viewed else tensor
-
-
-def tensors_to_record(tensors: Tensors) -> tuple[ArrayRecord, list[str]]:
-    record, viewed = ArrayRecord(), []
+def tensors_to_record(tensors: Tensors) -> tuple[ArrayRecord, str]:
+    """Every tensor's bytes back to back in one uint8 Array, and the JSON index [[name, dtype, shape]]."""
+    index, parts = [], []
     for name, tensor in tensors.items():
-        record[name], bits = tensor_to_array(tensor)
-        if bits:
-            viewed.append(name)
-    return record, viewed
+        tensor = tensor.detach().to("cpu").contiguous()
+        if tensor.dtype not in DTYPES.values():
+            raise ValueError(f"tensor {name!r}: dtype {tensor.dtype} cannot be sent")
+        index.append([name, str(tensor.dtype).removeprefix("torch."), list(tensor.shape)])
+        parts.append(tensor.reshape(-1).view(torch.uint8))
+    blob = torch.cat(parts) if parts else torch.empty(0, dtype=torch.uint8)
+    return ArrayRecord({PACKED: Array(blob.numpy())}), json.dumps(index)
 
 
-def record_to_tensors(record: ArrayRecord, viewed: list[str]) -> Tensors:
-    bits = set(viewed)
-    return {name: array_to_tensor(array, name in bits) for name, array in record.items()}
+def record_to_tensors(record: ArrayRecord, index_json: str) -> Tensors:
+    """The tensors back, bit-exact; an index that does not match the bytes is a ValueError."""
+    blob = torch.from_numpy(record[PACKED].numpy()).reshape(-1)
+    if blob.dtype != torch.uint8:
+        raise ValueError(f"packed tensors must be uint8 bytes, got {blob.dtype}")
+    tensors, offset = {}, 0
+    for name, dtype_name, shape in json.loads(index_json):
+        dtype = DTYPES.get(dtype_name)
+        if dtype is None:
+            raise ValueError(f"tensor {name!r}: unknown dtype {dtype_name!r}")
+        size = math.prod(shape) * dtype.itemsize
+        if offset + size > blob.numel():
+            raise ValueError(f"tensor {name!r}: its {size} bytes run past the {blob.numel()} sent")
+        # clone first: a fresh buffer starts aligned, so view(dtype) is valid for every width
+        tensors[name] = blob[offset : offset + size].clone().view(dtype).reshape(shape)
+        offset += size
+    if offset != blob.numel():
+        raise ValueError(f"{blob.numel() - offset} packed bytes are not in the tensor index")
+    return tensors
 
 
 def payload_to_record(payload: Payload, extra: dict[str, Any] | None = None) -> RecordDict:
     """The payload as a RecordDict; `extra` (round, client id, ...) goes into "meta"."""
-    arrays, viewed = tensors_to_record(payload.tensors)
-    meta = {"bf16_views": json.dumps(viewed), **(extra or {})}
+    arrays, index = tensors_to_record(payload.tensors)
+    meta = {INDEX: index, **(extra or {})}
     return RecordDict({TENSORS: arrays, SCALARS: ConfigRecord(dict(payload.scalars)), META: ConfigRecord(meta)})
 
 
 def record_to_payload(content: RecordDict) -> tuple[Payload, dict[str, Any]]:
     meta = dict(content.config_records[META])
-    viewed = json.loads(meta.pop("bf16_views"))
-    tensors = record_to_tensors(content.array_records[TENSORS], viewed)
+    tensors = record_to_tensors(content.array_records[TENSORS], meta.pop(INDEX))
     return Payload(tensors, dict(content.config_records[SCALARS])), meta
 
 

@@ -36,6 +36,7 @@ from fedsub.engines.setup import FederatedData, reset_peak_rss, set_up_method
 from fedsub.errors import CheckpointError
 
 QUERY = "query"
+REPLY_POLL_SECONDS = 0.2  # flwr's Grid.send_and_receive sleeps 3 s between pulls (superlink/grid/http_grid.py)
 
 
 class FlowerClients:
@@ -67,7 +68,7 @@ class FlowerClients:
                     Message(RecordDict(), node, QUERY, ttl=self.cfg.flower.round_timeout, group_id="discover")
                     for node in unknown
                 ]
-                for reply in self.grid.send_and_receive(messages, timeout=self.cfg.flower.round_timeout):
+                for reply in send_and_receive(self.grid, messages, self.cfg.flower.round_timeout):
                     if not reply.has_error():
                         partition = int(reply.content.config_records[META]["partition_id"])
                         self.nodes[partition] = reply.metadata.src_node_id
@@ -99,7 +100,7 @@ class FlowerClients:
                 content, self.nodes[client_id], exchange.kind, ttl=timeout, group_id=str(exchange.round + 1)
             )
         tic = time.perf_counter()
-        replies = self.grid.send_and_receive(list(messages.values()), timeout=timeout)
+        replies = send_and_receive(self.grid, list(messages.values()), timeout)
         waited = time.perf_counter() - tic
         by_node = {reply.metadata.src_node_id: reply for reply in replies}
         for client_id in messages:
@@ -133,6 +134,26 @@ class FlowerClients:
 
     def restore_states(self, saved: ClientStates, where: Path) -> None:
         refuse_node_state(saved.on_nodes, where, self.method_key)
+
+
+def send_and_receive(grid: Grid, messages: list[Message], timeout: float) -> list[Message]:
+    """Push the messages, then pull replies every REPLY_POLL_SECONDS until all are in or `timeout` passed.
+
+    flwr's own send_and_receive waits 3 s between pulls, which a round of a warm deployment (a few
+    seconds of training) would spend mostly waiting. The in-process grid answers at once (and its
+    "dead" nodes never), so it keeps its own."""
+    if getattr(grid, "answers_at_once", False):
+        return list(grid.send_and_receive(messages, timeout=timeout))
+    waiting = set(grid.push_messages(messages))
+    deadline, replies = time.monotonic() + timeout, []
+    while waiting:
+        pulled = list(grid.pull_messages(waiting))
+        replies += pulled
+        waiting -= {reply.metadata.reply_to_message_id for reply in pulled}
+        if not waiting or time.monotonic() >= deadline:
+            break
+        time.sleep(REPLY_POLL_SECONDS)
+    return replies
 
 
 def refuse_node_state(on_nodes: list[int], where: Path, method_key: str) -> None:
