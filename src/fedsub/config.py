@@ -156,6 +156,21 @@ class ClientsConfig(Strict):
     )
 
 
+class FederatedEvalConfig(Strict):
+    """Each client evaluates the global model (a personalised method: its own model) on its own
+    held-out data; the server logs every client's metrics and their weighted aggregate (README,
+    "Federated evaluation")."""
+
+    enabled: bool = Field(False, description="evaluate on the clients' own data every evaluated round")
+    clients: Literal["sampled", "all"] = Field("sampled", description="the round's sampled clients, or every client")
+    data: Literal["test_partition", "holdout"] = Field(
+        "test_partition",
+        description="test_partition: the test set split over the clients following their train label mix; "
+        "holdout: a share of each client's own train rows, held out of its training",
+    )
+    holdout_fraction: float = Field(0.2, gt=0, lt=1, description="holdout: the share of each client's rows held out")
+
+
 class FlowerConfig(Strict):
     """`engine: flower`: where the run goes and how long a round may wait (see README, "Flower")."""
 
@@ -267,6 +282,7 @@ class ExperimentConfig(Strict):
     validation: ValidationConfig = ValidationConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     clients: ClientsConfig = ClientsConfig()
+    federated_eval: FederatedEvalConfig = FederatedEvalConfig()
     methods: list[MethodSpec] = Field(default_factory=lambda: [MethodSpec(name="fedit")], min_length=1)
 
     @field_validator("methods", mode="before")

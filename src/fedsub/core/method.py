@@ -4,7 +4,7 @@ A method is a small class in fedsub.methods (one module each, registered by name
 building blocks of fedsub.core.fedavg, fedsub.lora and fedsub.diagnostics; no method inherits another.
 The engines call exactly the members of `Method` below and look nothing up: a capability a method
 lacks is declared as such (``warmup = None``, ``client_state = frozenset()``, ``diagnostics = None``,
-``global_model_note = None``), and `fedsub.core.registry.register` refuses a class that does not
+``global_model_note = None``, ``personalize = None``), and `fedsub.core.registry.register` refuses a class that does not
 define every member, so a forgotten one fails at import, not as a silent default in a run.
 
 A method is pure: everything that persists lives in `ServerState` (global; ``extra`` holds its typed
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, ClassVar, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, ClassVar, Protocol, Sequence
 
 from pydantic import BaseModel
 
@@ -91,6 +91,10 @@ class Method(Protocol):
     - ``global_model_note``: None when the server's global model (evaluated every round, exported at
       the end) is the whole model the clients train; else one line saying what it leaves out, which
       the round loop writes beside every evaluation (``eval_note``).
+    - ``personalize``: None when a client evaluates the global model (federated evaluation,
+      config ``federated_eval``); else ``personalize(workspace, client_state)``, which puts the
+      client's own kept part into the workspace after ``load_global`` (FedSA-LoRA: its B), so the
+      client evaluates the model it would train from.
     """
 
     name: ClassVar[str]
@@ -100,6 +104,7 @@ class Method(Protocol):
     client_state: frozenset[str]
     diagnostics: DiagnosticInputs | None
     global_model_note: str | None
+    personalize: Callable[["Workspace", dict], None] | None
 
     def prepare_model(self, workspace: "Workspace") -> None:
         """Adapt the freshly built model (add LoRA, freeze, ...) before `init`; runs on every process."""
@@ -122,7 +127,7 @@ class Method(Protocol):
 
 
 MEMBERS = (
-    "Options", "options", "warmup", "client_state", "diagnostics", "global_model_note",
+    "Options", "options", "warmup", "client_state", "diagnostics", "global_model_note", "personalize",
     "prepare_model", "init", "configure_train", "client_train", "update_spec", "aggregate_train", "load_global",
 )  # fmt: skip
 _SET_IN_INIT = ("options",)  # every method's __init__(options) sets it

@@ -35,6 +35,7 @@ from fedsub.core.method import Warmup
 from fedsub.core.tensors import normalized_weights
 from fedsub.core.types import ClientUpdate, Payload, ServerState, Tensors
 from fedsub.core.validation import payload_bytes
+from fedsub.engines import fed_eval
 from fedsub.engines.failures import ClientOutcome, screen_outcomes, simulated_fault, skip_reason
 from fedsub.engines.setup import FederatedData, MethodSetup, peak_rss_mb, sample_clients
 from fedsub.errors import CheckpointError
@@ -43,6 +44,7 @@ from fedsub.tasks.base import Task
 TIMING_KEYS = (
     "seconds_train",
     "seconds_train_max",
+    "seconds_fed_eval",
     "seconds_aggregate",
     "seconds_eval",
     "seconds_round",
@@ -146,7 +148,30 @@ class RoundLoop:
         warmup = self.warmup(clients, round_index, sampled, away)
         sent = {c: self.method.configure_train(self.state, c) for c in sampled if c not in away}
         outcomes = self.exchange(clients, round_index, TRAIN, sent, sampled, away, on_client)
-        return self.finish_round(round_index, start, sampled, outcomes, sent, warmup)
+        record = self.finish_round(round_index, start, sampled, outcomes, sent, warmup)
+        if self.cfg.federated_eval.enabled:
+            tic = time.perf_counter()
+            record.update(self.federated_evaluate(clients, round_index, sampled))
+            record["seconds_fed_eval"] = time.perf_counter() - tic
+            record["seconds_round"] = time.perf_counter() - start
+        return record
+
+    def federated_evaluate(self, clients: Clients, round_index: int, sampled: list[int]) -> dict:
+        """Each evaluating client scores the global (or its personalised) model on its own rows
+        (engines/fed_eval.py); on a round without evaluation, the same fields, null."""
+        if not self.evaluates(round_index):
+            return fed_eval.empty(self.data.task)
+        fe = self.cfg.federated_eval
+        candidates = sampled if fe.clients == "sampled" else list(range(self.cfg.federation.num_clients))
+        asked = fed_eval.evaluating_clients(self.data, candidates)
+        away = clients.unreachable(asked)
+        payload = Payload(dict(self.state.tensors))  # what every method's load_global writes
+        sent = {c: payload for c in asked if c not in away}
+        replies = clients.exchange(
+            Exchange(round_index, fed_eval.EVALUATE, sent, dict.fromkeys(sent), self.state.tensors)
+        )
+        outcomes = [replies[c] if c in replies else ClientOutcome(c, None, away[c]) for c in asked]
+        return {**fed_eval.summarize(outcomes, self.data), "bytes_down_eval": payload.nbytes() * len(sent)}
 
     def exchange(self, clients: Clients, round_index: int, kind: str, sent: dict[int, Payload], sampled: list[int],
                  away: dict[int, str], on_client: Callable[[], None] | None = None) -> list[ClientOutcome]:  # fmt: skip
@@ -226,9 +251,13 @@ class RoundLoop:
             "peak_rss_mb": peak_rss_mb(),
         }
 
-    def maybe_evaluate(self, round_index: int) -> tuple[dict[str, float | None], float]:
+    def evaluates(self, round_index: int) -> bool:
+        """Every federation.eval_every rounds, and the last."""
         fed = self.cfg.federation
-        if (round_index + 1) % fed.eval_every and round_index + 1 != fed.rounds:
+        return not (round_index + 1) % fed.eval_every or round_index + 1 == fed.rounds
+
+    def maybe_evaluate(self, round_index: int) -> tuple[dict[str, float | None], float]:
+        if not self.evaluates(round_index):
             return dict.fromkeys(metric_keys(self.data.task)), 0.0
         tic = time.perf_counter()
         self.method.load_global(self.workspace, self.state)
@@ -242,6 +271,8 @@ class RoundLoop:
         """Identifies what a checkpoint is valid for: the config (less its bookkeeping) and the method."""
         # bookkeeping that changes no number: a resume may raise the state budget or checkpoint less often
         bookkeeping = ("name", "methods", "checkpoint", "clients")
+        if not self.cfg.federated_eval.enabled:  # off changes no number: checkpoints from before it still resume
+            bookkeeping += ("federated_eval",)
         config = {k: v for k, v in config_to_dict(self.cfg).items() if k not in bookkeeping}
         text = json.dumps({"config": config, "method": method_to_dict(self.spec)}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
@@ -321,6 +352,9 @@ def summarize(records: list[dict], method: str) -> dict[str, Any]:
             extra[f"final_{key}"] = final[key]
             if key != "perplexity":
                 extra[f"best_{key}"] = max(r[key] for r in evaluated)
+    for key, value in final.items():  # federated evaluation's aggregates, when it ran (fed_accuracy, ..._worst)
+        if key.startswith("fed_") and key not in ("fed_eval", "fed_eval_dropped"):
+            extra[f"final_{key}"] = value
     return {
         "method": method,
         "rounds": len(records),

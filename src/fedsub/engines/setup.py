@@ -23,7 +23,7 @@ from fedsub.core.seeding import derive_rng
 from fedsub.core.types import TrainSettings
 from fedsub.core.workspace import Workspace
 from fedsub.models import ModelPlan, head_module_names, plan_model, target_linear_names
-from fedsub.tasks.base import EncodedData, Task
+from fedsub.tasks.base import EncodedData, EncodedSubset, Task
 
 
 @dataclass
@@ -38,6 +38,15 @@ class FederatedData:
     label_names: list[str]
     heterogeneity: dict[str, Any]
     model_plan: ModelPlan
+    # federated evaluation (config federated_eval): each client's evaluation rows, indices into
+    # `test` or, with held-out rows, into `train`; None when it is off
+    eval_parts: list[torch.Tensor] | None = None
+    eval_source: str = "test"
+
+    def client_eval_data(self, client_id: int) -> EncodedData:
+        """Client `client_id`'s own evaluation set (a view of the split its rows index)."""
+        split = self.train if self.eval_source == "train" else self.test
+        return EncodedSubset(split, self.eval_parts[client_id])
 
 
 @dataclass
@@ -60,13 +69,25 @@ def prepare_data(cfg: ExperimentConfig, run_dir: Path) -> FederatedData:
     splits = load_splits(cfg.data, cfg.seed)
     check_input(cfg, splits.input_column)
     parts = partition(splits.train, cfg.partition, cfg.federation.num_clients, cfg.seed)
+    eval_parts, eval_source = None, "test"
+    if cfg.federated_eval.enabled:
+        from fedsub.data.client_eval import client_eval_rows  # late: start-up, see above
+
+        train_labels, test_labels = np.asarray(splits.train["label"]), np.asarray(splits.test["label"])
+        parts, eval_parts, eval_source = client_eval_rows(
+            parts, train_labels, test_labels, cfg.federated_eval, cfg.seed
+        )
     heterogeneity = save_partition_report(
         run_dir, parts, splits.train, splits.label_names, cfg=cfg.partition, seed=cfg.seed
     )
     task = build_task(cfg, plan, splits.input_column, len(splits.label_names))
     train, test = task.encode_dataset(splits.train), task.encode_dataset(splits.test)
     client_parts = [torch.as_tensor(np.asarray(p), dtype=torch.long) for p in parts]
-    return FederatedData(task, train, test, client_parts, list(splits.label_names), heterogeneity, plan)
+    if eval_parts is not None:
+        eval_parts = [torch.as_tensor(np.asarray(p), dtype=torch.long) for p in eval_parts]
+    return FederatedData(
+        task, train, test, client_parts, list(splits.label_names), heterogeneity, plan, eval_parts, eval_source
+    )
 
 
 def build_workspace(cfg: ExperimentConfig, method, data: FederatedData) -> Workspace:

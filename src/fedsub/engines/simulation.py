@@ -11,6 +11,7 @@ its checkpoint writes the same metrics as one never interrupted.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,6 +20,7 @@ from fedsub.core.seeding import client_seed
 from fedsub.core.types import ClientContext, Payload, ServerState, Tensors
 from fedsub.engines.client_store import ClientStateStore
 from fedsub.engines.failures import ClientOutcome, run_client
+from fedsub.engines.fed_eval import EVALUATE, evaluate_client
 from fedsub.engines.final_model import save_final_model
 from fedsub.engines.rounds import TRAIN, ClientStates, Exchange, RoundLoop
 from fedsub.engines.setup import FederatedData, MethodSetup, reset_peak_rss, set_up_method
@@ -50,11 +52,26 @@ class InProcessClients:
                 outcomes[client_id] = self.train_client(exchange.round, client_id, payload, fault, tensors)
                 if on_client:
                     on_client()
+            elif exchange.kind == EVALUATE:
+                outcomes[client_id] = self.evaluate_client(exchange.round, client_id, payload)
             else:
                 outcomes[client_id] = self.warm_up_client(
                     exchange.round, client_id, payload, exchange.faults[client_id]
                 )
         return outcomes
+
+    def evaluate_client(self, round_index: int, client_id: int, payload: Payload) -> ClientOutcome:
+        """Federated evaluation: the client's metrics on its own rows; its state is read, never changed."""
+        tic = time.perf_counter()
+        state = self.states.get(client_id, {})
+        try:
+            update = evaluate_client(
+                self.method, self.workspace, self.data, payload, client_id, state, round_index,
+                self.cfg.train.eval_batch_size,
+            )  # fmt: skip
+        except Exception as err:  # one client's failure must not end the round
+            return ClientOutcome(client_id, None, f"error: {type(err).__name__}: {str(err)[:200]}")
+        return ClientOutcome(client_id, update, None, time.perf_counter() - tic)
 
     def train_client(
         self, round_index: int, client_id: int, payload: Payload, fault: str | None, server_tensors: Tensors | None

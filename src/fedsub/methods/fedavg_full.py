@@ -34,6 +34,7 @@ class FedAvgFull:
     client_state = frozenset()
     diagnostics = DenseUpdates(rank=None)
     global_model_note = None
+    personalize = None  # a client evaluates the global model
 
     def __init__(self, options: FedAvgFullOptions):
         self.options = options

@@ -93,6 +93,7 @@ class FedFTG:
     Options = FedFTGOptions
     warmup = None
     global_model_note = None
+    personalize = None  # a client evaluates the global model
     client_state: frozenset[str]  # set from the options in __init__
     diagnostics: DenseUpdates
 

@@ -25,6 +25,7 @@ class FedIT:
     client_state = frozenset()
     diagnostics = LoraFactors(a=Source.UPLOADED, b=Source.UPLOADED)
     global_model_note = None
+    personalize = None  # a client evaluates the global model
 
     def __init__(self, options: LoraOptions):
         self.options = options

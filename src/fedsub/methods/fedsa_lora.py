@@ -9,8 +9,9 @@ first round starts from B = 0 (LoRA's init). Bytes: A and the head, up and down 
 
 The server never holds a B. Its global model (evaluated each round, exported at the end) is the
 global A and head with B = 0, so the adapters add nothing there: it measures the pretrained
-backbone with the averaged head. Every evaluated record says so (``eval_note``); evaluating each
-client with its own B (personalised evaluation) is issue 18's.
+backbone with the averaged head. Every evaluated record says so (``eval_note``). The method's
+measure is federated evaluation (config ``federated_eval``): `personalize` puts each client's own B
+beside the global A and head, and each client evaluates that model on its own held-out data.
 
 Diagnostics: refused, not faked. ΔW_k = s B_k A_k needs every client's B; the method declares B
 client-held (``LoraFactors(b=Source.CLIENT)``), ``diagnostics: true`` is rejected at validation, and
@@ -101,3 +102,7 @@ class FedSALoRA:
     def load_global(self, workspace: Workspace, state: ServerState) -> None:
         """The global A and head; B = 0, the server has none (see the module docstring)."""
         workspace.write({**state.tensors, **self.zero_b})
+
+    def personalize(self, workspace: Workspace, client_state: dict) -> None:
+        """After load_global: the client's own B (zero before its first round), as it trains from."""
+        workspace.write(client_state.get(KEPT_B, self.zero_b))

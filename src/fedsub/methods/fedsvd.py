@@ -32,6 +32,7 @@ class FedSVD:
     client_state = frozenset()
     diagnostics = LoraFactors(a=Source.SHARED, b=Source.UPLOADED)  # A: the server's, as sent this round
     global_model_note = None
+    personalize = None  # a client evaluates the global model
 
     def __init__(self, options: LoraOptions):
         self.options = options

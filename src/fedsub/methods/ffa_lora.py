@@ -27,6 +27,7 @@ class FFALoRA:
     client_state = frozenset()
     diagnostics = LoraFactors(a=Source.SHARED, b=Source.UPLOADED)
     global_model_note = None
+    personalize = None  # a client evaluates the global model
 
     def __init__(self, options: LoraOptions):
         self.options = options

@@ -36,6 +36,7 @@ class FlexLoRA:
     client_state = frozenset()
     diagnostics = LoraFactors(a=Source.UPLOADED, b=Source.UPLOADED)
     global_model_note = None
+    personalize = None  # a client evaluates the global model
 
     def __init__(self, options: HeteroRankOptions):
         self.options = options

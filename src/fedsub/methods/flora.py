@@ -54,6 +54,7 @@ class FLoRA:
     client_state = frozenset()
     diagnostics = LoraFactors(a=Source.UPLOADED, b=Source.UPLOADED)  # this round's fresh adapters
     global_model_note = None
+    personalize = None  # a client evaluates the global model
 
     def __init__(self, options: HeteroRankOptions):
         self.options = options

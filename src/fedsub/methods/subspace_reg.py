@@ -63,6 +63,7 @@ class SubspaceReg:
     client_state = frozenset()
     diagnostics = LoraFactors(a=Source.UPLOADED, b=Source.UPLOADED)
     global_model_note = None
+    personalize = None  # a client evaluates the global model
 
     def __init__(self, options: SubspaceRegOptions):
         self.options = options

@@ -35,6 +35,7 @@ class SvdRedistribute:
     client_state = frozenset()
     diagnostics = LoraFactors(a=Source.UPLOADED, b=Source.UPLOADED)
     global_model_note = None
+    personalize = None  # a client evaluates the global model
 
     def __init__(self, options: SvdOptions):
         self.options = options

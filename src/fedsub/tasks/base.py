@@ -24,6 +24,32 @@ class EncodedData(Protocol):
     def batch(self, index: torch.Tensor, device: torch.device | str) -> Batch: ...
 
 
+class EncodedSubset:
+    """The rows `rows` of an encoded split, as an EncodedData of its own (a client's evaluation set):
+    batches, labels, and generation's prompts / references, all restricted to those rows."""
+
+    def __init__(self, data: EncodedData, rows: torch.Tensor):
+        self.data, self.rows = data, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def batch(self, index: torch.Tensor, device: torch.device | str) -> Batch:
+        return self.data.batch(self.rows[index], device)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.data.labels[self.rows]
+
+    @property
+    def prompts(self) -> list:
+        return [self.data.prompts[int(i)] for i in self.rows]
+
+    @property
+    def references(self) -> list:
+        return [self.data.references[int(i)] for i in self.rows]
+
+
 class Task(Protocol):
     """`metric` is the headline metric (what tables and plots lead with); `metric_keys` every metric
     `evaluate` returns (a round without evaluation logs them as null)."""

@@ -20,6 +20,7 @@ from fedsub.engines.flower.client import (
     METHOD_KEY,
     OUT_KEY,
     RESUME_KEY,
+    handle_evaluate,
     handle_query,
     handle_train,
     handle_warmup,
@@ -32,6 +33,7 @@ client_app = ClientApp()
 client_app.query()(handle_query)
 client_app.train()(handle_train)
 client_app.train("warmup")(handle_warmup)
+client_app.evaluate()(handle_evaluate)
 
 
 @server_app.main()

@@ -28,6 +28,7 @@ from fedsub.core.seeding import client_seed
 from fedsub.core.types import ClientContext, TrainSettings
 from fedsub.core.workspace import Workspace
 from fedsub.engines.failures import finite_train_loss
+from fedsub.engines.fed_eval import evaluate_client
 from fedsub.engines.flower.records import (
     META,
     holds_client_state,
@@ -95,14 +96,38 @@ def handle_warmup(message: Message, context: Context) -> Message:
     return client_reply(message, context, warmup=True)
 
 
-def client_reply(message: Message, context: Context, warmup: bool) -> Message:
+def handle_evaluate(message: Message, context: Context) -> Message:
+    """Federated evaluation: the global model (with this client's own part, for a personalised method)
+    scored on this node's evaluation rows; the client state is read, never changed."""
     node = runtime_for(context.run_config)
     payload, meta = record_to_payload(message.content)
+    client_id, round_index = checked_client(node, context, meta)
+    if node.data.eval_parts is None:
+        raise ValueError("an evaluate message, but this run's federated_eval is off")
+    tic = time.perf_counter()
+    update = evaluate_client(
+        node.method, node.workspace, node.data, payload, client_id, load_client_state(context.state), round_index,
+        node.cfg.train.eval_batch_size,
+    )  # fmt: skip
+    content = update_to_record(update)
+    content.config_records[META]["seconds_train"] = time.perf_counter() - tic
+    return Message(content, reply_to=message)
+
+
+def checked_client(node: NodeRuntime, context: Context, meta: dict) -> tuple[int, int]:
+    """(client id, round) of a message, which must be for the partition this node holds."""
     client_id, round_index = int(meta["client_id"]), int(meta["round"])
     if client_id != partition_id(context):
         raise ValueError(f"message for client {client_id} reached the node holding partition {partition_id(context)}")
     if client_id >= len(node.data.parts):
         raise ValueError(f"partition-id {client_id} is outside federation.num_clients={len(node.data.parts)}")
+    return client_id, round_index
+
+
+def client_reply(message: Message, context: Context, warmup: bool) -> Message:
+    node = runtime_for(context.run_config)
+    payload, meta = record_to_payload(message.content)
+    client_id, round_index = checked_client(node, context, meta)
     client = ClientContext(
         client_id=client_id,
         round=round_index,

@@ -29,6 +29,7 @@ from flwr.serverapp import Grid
 
 from fedsub.config import ExperimentConfig, MethodSpec, config_to_dict, validate_config
 from fedsub.engines.failures import ClientOutcome, reply_outcome
+from fedsub.engines.fed_eval import EVALUATE
 from fedsub.engines.final_model import save_final_model
 from fedsub.engines.flower.records import META, payload_to_record, record_to_update
 from fedsub.engines.rounds import ClientStates, Exchange, RoundLoop
@@ -113,6 +114,8 @@ class FlowerClients:
                 outcomes[client_id] = ClientOutcome(
                     client_id, None, f"error {reply.error.code}: {first_line(reply.error.reason)}"
                 )
+            elif exchange.kind == EVALUATE:  # metrics only: no train loss, no deadline (fed_eval screens them)
+                outcomes[client_id] = ClientOutcome(client_id, record_to_update(reply.content), None)
             else:
                 outcomes[client_id] = self.received(reply, exchange.faults[client_id])
         return outcomes

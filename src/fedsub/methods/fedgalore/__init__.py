@@ -97,6 +97,7 @@ class FedGaLore:
     Options = FedGaLoreOptions
     diagnostics = FactoredUpdates()
     global_model_note = None
+    personalize = None  # a client evaluates the global model
     warmup: SketchWarmup | None  # set from the options in __init__
     client_state: frozenset[str]
 
