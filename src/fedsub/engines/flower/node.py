@@ -18,8 +18,10 @@ import sys
 import time
 from pathlib import Path
 
+from fedsub.engines.flower.loopback import wait_for_port
 from fedsub.errors import ConfigError
 
+STARTUP_SECONDS = 120.0  # for the SuperNode's Runtime API to listen
 OWNED_FLAGS = ("--isolation", "--host", "--port")  # the node sets these: its worker must find the Runtime API
 log = logging.getLogger("fedsub.node")
 
@@ -62,6 +64,12 @@ def run_node(
             raise ConfigError(f"fedsub flower node: --auth-secret-file {auth_secret_file} not found")
         flower_args = [*flower_args, "--superexec-auth-secret-file", str(auth_secret_file)]
     supernode = subprocess.Popen(supernode_command(flower_args, runtime_port, superlink_poll))
+    try:  # the worker starts once the Runtime API listens, so a slow SuperNode start costs no restarts
+        wait_for_port(runtime_port, STARTUP_SECONDS, supernode)
+    except (RuntimeError, TimeoutError) as err:
+        supernode.terminate()
+        print(f"fedsub flower node: the SuperNode did not start: {err}", file=sys.stderr)
+        return supernode.wait() or 1
     worker, restarts = None, 0
     stopping = False
 
