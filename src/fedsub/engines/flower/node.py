@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -114,8 +115,6 @@ def run_node(
 
 def run_worker(runtime: str, poll: float, auth_secret_file: Path | None, runtime_ca: Path | None) -> int:
     """`fedsub flower worker`: claim and run the node's tasks until SIGTERM / SIGINT."""
-    import threading
-
     from fedsub.engines.flower.worker import WorkerOptions, serve  # late: imports flwr (optional)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s fedsub worker %(levelname)s %(message)s")

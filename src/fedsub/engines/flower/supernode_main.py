@@ -16,7 +16,10 @@ import sys
 import time
 import types
 
-PATCHED_MODULE = "flwr.supernode.start_client_internal"
+import flwr.supernode.start_client_internal as supernode_loop
+from flwr.supernode.cli import flower_supernode
+
+PATCHED_MODULE = supernode_loop.__name__
 
 
 def capped_time(cap: float) -> types.ModuleType:
@@ -28,20 +31,17 @@ def capped_time(cap: float) -> types.ModuleType:
 
 
 def cap_supernode_sleeps(cap: float) -> None:
-    import importlib
-
-    module = importlib.import_module(PATCHED_MODULE)
-    if getattr(module, "time", None) is not time:
+    """Give the SuperNode's loop module a `time` whose sleep is capped (its functions look `time` up
+    when they run, so this works after the import)."""
+    if getattr(supernode_loop, "time", None) is not time:
         raise RuntimeError(f"{PATCHED_MODULE} no longer uses the time module; flwr changed, unpin with care")
-    module.time = capped_time(cap)
+    supernode_loop.time = capped_time(cap)
 
 
 def main() -> None:
     cap = float(sys.argv[1])
     sys.argv = ["flower-supernode", *sys.argv[2:]]
     cap_supernode_sleeps(cap)
-    from flwr.supernode.cli import flower_supernode
-
     flower_supernode()
 
 
