@@ -38,10 +38,18 @@ class ModelConfig(Strict):
 
 
 class DataConfig(Strict):
-    dataset: str = Field(
+    dataset: str | None = Field(
         "wordnet_supersense",
         description="builtin name (wordnet_supersense, wordnet_instructions, wordnet_choice, fashion_mnist, digits), "
-        "'hf:NAME' or a .csv/.jsonl/.parquet path",
+        "'hf:NAME' or a .csv/.jsonl/.parquet path; with source: nodes, the server's own test file, or null for none",
+    )
+    source: Literal["global", "nodes"] = Field(
+        "global",
+        description="global: one dataset partitioned over the clients (simulation, or Flower nodes slicing it by "
+        "partition-id); nodes: every Flower node reads its own file (node config data=PATH)",
+    )
+    labels: list[str] | None = Field(
+        None, description="source: nodes: the label space every node's file is coded against (class names, in order)"
     )
     text_column: str = "text"
     label_column: str = "label"
@@ -65,6 +73,19 @@ class DataConfig(Strict):
     def _val_exists(self) -> "DataConfig":
         if self.eval_split == "val" and self.val_fraction == 0:
             raise ValueError("eval_split 'val' needs a validation split: set data.val_fraction (e.g. 0.1)")
+        if self.source == "global" and self.dataset is None:
+            raise ValueError("data.dataset: give the dataset to partition (or data.source: nodes)")
+        if self.source == "nodes":
+            if not self.labels or len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
+                raise ValueError(
+                    "data.labels: data.source nodes needs the label space every node's file uses: 2 or more "
+                    "distinct class names, e.g. [animal, artifact, feeling]"
+                )
+            if self.num_classes or self.max_train_per_class or self.val_fraction:
+                raise ValueError(
+                    "data.source: nodes reads each node's file whole; num_classes, max_train_per_class and "
+                    "val_fraction apply to a global dataset only"
+                )
         return self
 
 
@@ -303,6 +324,21 @@ class ExperimentConfig(Strict):
             raise ValueError(
                 f"failures.min_clients ({self.failures.min_clients}) exceeds federation.clients_per_round"
                 f" ({self.federation.clients_per_round}); no round could aggregate, lower it"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _nodes_bring_their_data(self) -> "ExperimentConfig":
+        if self.data.source != "nodes":
+            return self
+        if self.engine != "flower":
+            raise ValueError("data.source: nodes needs engine: flower (each node reads its own file)")
+        if self.task.kind != "classification":
+            raise ValueError(f"data.source: nodes supports task.kind classification, not {self.task.kind}")
+        if self.data.dataset is None and not self.federated_eval.enabled:
+            raise ValueError(
+                "data.dataset: with data.source nodes and no server test file, nothing evaluates the model; "
+                "set federated_eval.enabled: true or give data.dataset"
             )
         return self
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from fedsub.app.console import make_console
-from fedsub.config import check_method_options, load_config
+from fedsub.config import apply_override, check_method_options, load_config, validate_config
 from fedsub.core.registry import available_methods
 from fedsub.errors import ConfigError
 from fedsub.reporting.tblog import check_tensorboard
@@ -72,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="cap on the SuperNode's idle wait for messages, s (flwr's is 3; 0 keeps flwr's; default 0.5)",
     )
     node.add_argument("flower_args", nargs=argparse.REMAINDER, help="-- then flower-supernode's arguments")
+    split = flower_sub.add_parser(
+        "split", help="write a dataset's partition as per-site files (data.source nodes), with experiment.yaml"
+    )
+    split.add_argument("data", help="an experiment config (.yaml: its dataset and partition) or a dataset")
+    split.add_argument("--nodes", type=int, help="sites (federation.num_clients; default: the config's)")
+    split.add_argument("--out", type=Path, required=True, help="an empty folder for the site files")
+    split.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config field, e.g. partition.alpha=0.1 (repeatable)")  # fmt: skip
     worker = flower_sub.add_parser("worker", help="the warm worker alone, for a SuperNode started --isolation process")
     worker.add_argument("--runtime", default="127.0.0.1:9094", help="the SuperNode's Runtime API host:port")
     worker.add_argument("--runtime-ca", type=Path, help="CA certificate of a TLS Runtime API (--ssl-certfile)")
@@ -216,6 +224,8 @@ def cmd_flower(args: argparse.Namespace) -> int:
     from fedsub.engines.flower import require_flower  # late: start-up, and flwr is optional
 
     require_flower()
+    if args.flower_command == "split":
+        return cmd_flower_split(args)
     if args.flower_command in ("node", "worker"):
         from fedsub.engines.flower.node import run_node, run_worker  # late: needs flwr (optional)
 
@@ -237,6 +247,32 @@ def cmd_flower(args: argparse.Namespace) -> int:
 
     paths = write_certificates(args.out, args.nodes)
     print(f"wrote {', '.join(p.name for p in paths)} to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_flower_split(args: argparse.Namespace) -> int:
+    from fedsub.engines.flower.sites import write_sites  # late: loads the data stack
+
+    overrides = list(args.overrides)
+    if args.nodes is not None:
+        if args.nodes < 1:
+            raise ConfigError(f"--nodes must be >= 1, got {args.nodes}")
+        overrides += [f"federation.num_clients={args.nodes}", f"federation.clients_per_round={args.nodes}"]
+    if Path(args.data).suffix.lower() in (".yaml", ".yml"):
+        cfg = load_config(args.data, overrides)
+    else:
+        raw: dict = {"name": "sites", "data": {"dataset": args.data}}
+        for item in overrides:
+            apply_override(raw, item)
+        cfg = validate_config(raw, source="fedsub flower split")
+    written = write_sites(cfg, args.out)
+    sites = sum(1 for p in written if p.name == "train.jsonl")
+    tests = " and test.jsonl" if any(p.name == "test.jsonl" for p in written) else ""
+    print(
+        f"wrote {sites} sites to {args.out}: site-K/train.jsonl{tests}, server-test.jsonl, experiment.yaml, "
+        f"nodes.txt (each node's --node-config)",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -179,7 +179,10 @@ def write_run_summary(cfg: ExperimentConfig, run_dir: Path, data: FederatedData 
     finished = [spec.key for spec in cfg.methods if is_finished(run_dir, spec.key)]
     summaries = [json.loads((run_dir / key / "summary.json").read_text()) for key in finished]
     curves = {key: read_metrics(run_dir / key / "metrics.jsonl") for key in finished}
-    heterogeneity = data.heterogeneity if data else json.loads((run_dir / "partition.json").read_text())["summary"]
+    report = run_dir / "partition.json"  # data.source nodes: written by the ServerApp from the nodes' reports
+    heterogeneity = (data.heterogeneity if data else None) or (
+        json.loads(report.read_text())["summary"] if report.is_file() else {}
+    )
     atomic_write_text(
         run_dir / "summary.json", json.dumps({"methods": summaries, "heterogeneity": heterogeneity}, indent=2)
     )

@@ -50,6 +50,19 @@ def save_partition_report(
     return summary
 
 
+def save_histogram_report(
+    run_dir: Path, hist: np.ndarray, names: list[str], scheme: dict[str, Any], clients: dict[str, Any]
+) -> dict[str, Any]:
+    """The same three files from a (clients, classes) histogram alone, when no party holds the rows
+    (data.source nodes: each node reports its counts); `clients` is what partition.json lists per client."""
+    summary = heterogeneity_summary(hist)
+    manifest = {"scheme": scheme, "summary": summary, "clients": clients}
+    atomic_write_text(Path(run_dir) / "partition.json", json.dumps(manifest, indent=1) + "\n")
+    atomic_write_text(Path(run_dir) / "label_histogram.csv", histogram_csv(hist, names))
+    atomic_write_bytes(Path(run_dir) / "partition_heatmap.png", heatmap_png(hist, names))
+    return summary
+
+
 def label_histogram(parts: list[np.ndarray], codes: np.ndarray, num_classes: int) -> np.ndarray:
     """(clients, classes) counts."""
     return np.stack([np.bincount(codes[rows], minlength=num_classes) for rows in parts]).astype(np.int64)

@@ -43,8 +43,9 @@ def evaluate_client(
 
 
 def evaluating_clients(data: FederatedData, candidates: list[int]) -> list[int]:
-    """The candidates that hold at least one evaluation row (a tiny client may hold none)."""
-    return [c for c in candidates if len(data.eval_parts[c]) > 0]
+    """The candidates known to hold at least one evaluation row (a tiny client may hold none; a node
+    that reported no usable data is left out)."""
+    return [c for c in candidates if (data.eval_size(c) or 0) > 0]
 
 
 def screen(update: ClientUpdate, expected_rows: int, keys: tuple[str, ...]) -> str | None:
@@ -65,7 +66,7 @@ def summarize(outcomes: list[ClientOutcome], data: FederatedData) -> dict:
     for outcome in outcomes:
         reason = outcome.reason
         if outcome.update is not None:
-            reason = screen(outcome.update, len(data.eval_parts[outcome.client_id]), task.metric_keys)
+            reason = screen(outcome.update, data.eval_size(outcome.client_id), task.metric_keys)
         if reason is not None:
             dropped.append({"client": outcome.client_id, "reason": reason})
             continue

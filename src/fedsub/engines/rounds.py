@@ -257,7 +257,7 @@ class RoundLoop:
         return not (round_index + 1) % fed.eval_every or round_index + 1 == fed.rounds
 
     def maybe_evaluate(self, round_index: int) -> tuple[dict[str, float | None], float]:
-        if not self.evaluates(round_index):
+        if not self.evaluates(round_index) or len(self.data.test) == 0:  # no test file on the server: null
             return dict.fromkeys(metric_keys(self.data.task)), 0.0
         tic = time.perf_counter()
         self.method.load_global(self.workspace, self.state)

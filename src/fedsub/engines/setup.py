@@ -9,7 +9,7 @@ starting model), so none of them imports another engine for it.
 from __future__ import annotations
 
 import resource
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,9 @@ from fedsub.core.registry import build_method
 from fedsub.core.seeding import derive_rng
 from fedsub.core.types import TrainSettings
 from fedsub.core.workspace import Workspace
+from fedsub.errors import ConfigError
 from fedsub.models import ModelPlan, head_module_names, plan_model, target_linear_names
-from fedsub.tasks.base import EncodedData, EncodedSubset, Task
+from fedsub.tasks.base import EncodedData, EncodedSubset, NoRows, Task
 
 
 @dataclass
@@ -42,6 +43,17 @@ class FederatedData:
     # `test` or, with held-out rows, into `train`; None when it is off
     eval_parts: list[torch.Tensor] | None = None
     eval_source: str = "test"
+    # data.source nodes, on the server: what each node reported of its own data (num_examples,
+    # eval_examples, label_counts), filled when the nodes are discovered
+    node_reports: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def eval_size(self, client_id: int) -> int | None:
+        """How many evaluation rows the client holds (None: the server does not know)."""
+        if client_id in self.node_reports:
+            return int(self.node_reports[client_id]["eval_examples"])
+        if self.eval_parts is None or client_id >= len(self.eval_parts):
+            return None
+        return len(self.eval_parts[client_id])
 
     def client_eval_data(self, client_id: int) -> EncodedData:
         """Client `client_id`'s own evaluation set (a view of the split its rows index)."""
@@ -59,16 +71,17 @@ class MethodSetup:
 
 
 def prepare_data(cfg: ExperimentConfig, run_dir: Path) -> FederatedData:
-    """Decide the model, load and split the data, partition it over the clients (report saved), encode once."""
+    """Decide the model, load and split the data, partition it over the clients (report saved), encode once.
+    With data.source nodes the server holds no training data: prepare_server_data."""
+    if cfg.data.source == "nodes":
+        return prepare_server_data(cfg)
     # data loading and the tasks import datasets and scikit-learn (~1.5 s and ~1.9 s here), which
     # `fedsub export` and `fedsub report` (they import this module) never need
-    from fedsub.data import load_splits, partition, save_partition_report  # late: start-up, see above
-    from fedsub.tasks import build_task, check_input  # late: start-up, see above
+    from fedsub.data import save_partition_report  # late: start-up, see above
+    from fedsub.tasks import build_task  # late: start-up, see above
 
     plan = plan_model(cfg)  # a bad model name fails here, before the data is read
-    splits = load_splits(cfg.data, cfg.seed)
-    check_input(cfg, splits.input_column)
-    parts = partition(splits.train, cfg.partition, cfg.federation.num_clients, cfg.seed)
+    splits, parts = partition_global(cfg)
     eval_parts, eval_source = None, "test"
     if cfg.federated_eval.enabled:
         from fedsub.data.client_eval import client_eval_rows  # late: start-up, see above
@@ -88,6 +101,70 @@ def prepare_data(cfg: ExperimentConfig, run_dir: Path) -> FederatedData:
     return FederatedData(
         task, train, test, client_parts, list(splits.label_names), heterogeneity, plan, eval_parts, eval_source
     )
+
+
+def partition_global(cfg: ExperimentConfig):
+    """The global dataset's splits and the client partition (row indices into splits.train), as
+    every engine and `fedsub flower split` see them."""
+    from fedsub.data import load_splits, partition  # late: start-up, see prepare_data
+    from fedsub.tasks import check_input  # late: start-up, see prepare_data
+
+    splits = load_splits(cfg.data, cfg.seed)
+    check_input(cfg, splits.input_column)
+    return splits, partition(splits.train, cfg.partition, cfg.federation.num_clients, cfg.seed)
+
+
+def prepare_server_data(cfg: ExperimentConfig) -> FederatedData:
+    """data.source nodes, the server's side: the task and model plan of the declared label space, its
+    own test file (data.dataset) or no test rows, no training rows; the partition report is written
+    from what the nodes report (fedsub.engines.flower.server)."""
+    from fedsub.data.node_files import load_labelled_file  # late: start-up, see prepare_data
+    from fedsub.tasks import build_task  # late: start-up, see prepare_data
+
+    plan = plan_model(cfg)
+    task = build_task(cfg, plan, "text", len(cfg.data.labels))
+    test = NoRows()
+    if cfg.data.dataset:
+        test = task.encode_dataset(load_labelled_file(cfg.data, cfg.data.dataset, "data.dataset"))
+    parts = [torch.empty(0, dtype=torch.long) for _ in range(cfg.federation.num_clients)]
+    return FederatedData(task, NoRows(), test, parts, list(cfg.data.labels), {}, plan)
+
+
+def prepare_node_data(cfg: ExperimentConfig, client_id: int, files: dict[str, str]) -> FederatedData:
+    """data.source nodes, node `client_id`'s side: its own file `files["data"]` whole, in file order, as
+    that client's partition; for federated evaluation, held-out rows of it (federated_eval.data
+    holdout, the same draw as the simulator's) or its own test file `files["test"]` (test_partition)."""
+    from fedsub.data.client_eval import hold_out  # late: start-up, see prepare_data
+    from fedsub.data.node_files import load_labelled_file  # late: start-up, see prepare_data
+    from fedsub.tasks import build_task  # late: start-up, see prepare_data
+
+    where = f"node {client_id}"
+    if "data" not in files:
+        raise ConfigError(f"{where}: data.source is nodes but its node config has no data=PATH (its own file)")
+    plan = plan_model(cfg)
+    task = build_task(cfg, plan, "text", len(cfg.data.labels))
+    train = task.encode_dataset(load_labelled_file(cfg.data, files["data"], f"{where} data={files['data']}"))
+    parts = [np.empty(0, dtype=np.int64) for _ in range(cfg.federation.num_clients)]
+    parts[client_id] = np.arange(len(train))
+    test, eval_parts, eval_source = NoRows(), None, "test"
+    fe = cfg.federated_eval
+    if fe.enabled and fe.data == "holdout":
+        parts, eval_parts = hold_out(parts, fe.holdout_fraction, cfg.seed)
+        eval_source = "train"
+    elif fe.enabled:
+        if "test" not in files:
+            raise ConfigError(
+                f"{where}: federated_eval.data test_partition needs its own held-out file (node config test=PATH); "
+                f"or set federated_eval.data: holdout"
+            )
+        test = task.encode_dataset(load_labelled_file(cfg.data, files["test"], f"{where} test={files['test']}"))
+        eval_parts = [np.empty(0, dtype=np.int64) for _ in parts]
+        eval_parts[client_id] = np.arange(len(test))
+    as_tensors = lambda rows: [torch.as_tensor(r, dtype=torch.long) for r in rows]  # noqa: E731
+    return FederatedData(
+        task, train, test, as_tensors(parts), list(cfg.data.labels), {}, plan,
+        as_tensors(eval_parts) if eval_parts is not None else None, eval_source,
+    )  # fmt: skip
 
 
 def build_workspace(cfg: ExperimentConfig, method, data: FederatedData) -> Workspace:

@@ -50,6 +50,18 @@ class EncodedSubset:
         return [self.data.references[int(i)] for i in self.rows]
 
 
+class NoRows:
+    """An empty split: what a party without such data holds (a server without a test file)."""
+
+    labels = torch.empty(0, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return 0
+
+    def batch(self, index: torch.Tensor, device: torch.device | str) -> Batch:
+        raise ValueError("this split has no rows")
+
+
 class Task(Protocol):
     """`metric` is the headline metric (what tables and plots lead with); `metric_keys` every metric
     `evaluate` returns (a round without evaluation logs them as null)."""

@@ -14,12 +14,14 @@ round (measured in benchmarks/RESULTS.md).
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from flwr.app import Context, Message
 
 from fedsub.config import ExperimentConfig, MethodSpec
@@ -38,7 +40,7 @@ from fedsub.engines.flower.records import (
     update_to_record,
 )
 from fedsub.engines.flower.server import config_from_text, method_spec, query_reply
-from fedsub.engines.setup import FederatedData, prepare_data, set_up_method
+from fedsub.engines.setup import FederatedData, prepare_data, prepare_node_data, set_up_method
 from fedsub.errors import ConfigError
 
 CONFIG_KEY, METHOD_KEY, OUT_KEY, RESUME_KEY = "fedsub-config", "fedsub-method", "fedsub-out", "fedsub-resume"
@@ -55,25 +57,49 @@ class NodeRuntime:
 
 
 _RUNTIMES: dict[tuple[str, str], NodeRuntime] = {}
+_NODE_DATA: dict[tuple, FederatedData] = {}  # data.source nodes: each node's own files, loaded once
 log = logging.getLogger("fedsub.worker")
+NODE_FILES = ("data", "test")  # the node-config keys naming a node's own files
 
 
-def runtime_for(run_config: dict, data: FederatedData | None = None) -> NodeRuntime:
+def runtime_for(run_config: dict, data: FederatedData | None = None, context: Context | None = None) -> NodeRuntime:
     """The cached runtime of (config, method); built on first use. `data` skips the data loading
-    (the in-process grid hands the server's, which is the same by construction)."""
+    (the in-process grid hands the server's, which is the same by construction). With data.source
+    nodes, `context` names the node, whose own files become the runtime's data (and its workspace's)."""
     key = (str(run_config[CONFIG_KEY]), str(run_config[METHOD_KEY]))
+    own = own_data(key[0], context) if context is not None else None
     if key not in _RUNTIMES:
         _RUNTIMES.clear()  # one method at a time: free the previous model
         tic = time.perf_counter()
         cfg = config_from_text(key[0])
         spec = method_spec(cfg, key[1])
         if data is None:
+            data = own
+        if data is None:
             with tempfile.TemporaryDirectory() as scratch:  # the partition report is the server's business
                 data = prepare_data(cfg, Path(scratch))
         setup = set_up_method(cfg, spec, data)
         _RUNTIMES[key] = NodeRuntime(cfg, spec, data, setup.method, setup.workspace, setup.settings)
         log.info("built the runtime of %s (%s) in %.2fs", spec.key, cfg.name, time.perf_counter() - tic)
-    return _RUNTIMES[key]
+    runtime = _RUNTIMES[key]
+    if own is not None and runtime.data is not own:  # another node's files in this process (in-process grid)
+        runtime.data = own
+        runtime.workspace.train_data, runtime.workspace.test_data = own.train, own.test
+    return runtime
+
+
+def own_data(config_text: str, context: Context) -> FederatedData | None:
+    """A node's own data (data.source nodes; None otherwise), loaded once per (config, node, files).
+    A file that disagrees with the config raises ConfigError naming the node and the path."""
+    cfg = config_from_text(config_text)
+    if cfg.data.source != "nodes":
+        return None
+    client_id = partition_id(context)
+    files = {k: str(context.node_config[k]) for k in NODE_FILES if k in context.node_config}
+    key = (config_text, client_id, tuple(sorted(files.items())))
+    if key not in _NODE_DATA:
+        _NODE_DATA[key] = prepare_node_data(cfg, client_id, files)
+    return _NODE_DATA[key]
 
 
 def partition_id(context: Context) -> int:
@@ -83,7 +109,22 @@ def partition_id(context: Context) -> int:
 
 
 def handle_query(message: Message, context: Context) -> Message:
-    return query_reply(message, partition_id(context))
+    """Which partition this node holds; with data.source nodes also what it holds (row counts and
+    its label histogram, never rows or ids), or why its data cannot be used."""
+    cid = partition_id(context)
+    if config_from_text(str(context.run_config[CONFIG_KEY])).data.source != "nodes":
+        return query_reply(message, cid)
+    try:
+        data = runtime_for(context.run_config, context=context).data
+    except ConfigError as err:
+        return query_reply(message, cid, {"data_error": str(err)})
+    labels = data.train.labels[data.parts[cid]]
+    report = {
+        "num_examples": len(data.parts[cid]),
+        "eval_examples": data.eval_size(cid) or 0,
+        "label_counts": json.dumps(torch.bincount(labels, minlength=len(data.label_names)).tolist()),
+    }
+    return query_reply(message, cid, report)
 
 
 def handle_train(message: Message, context: Context) -> Message:
@@ -99,7 +140,7 @@ def handle_warmup(message: Message, context: Context) -> Message:
 def handle_evaluate(message: Message, context: Context) -> Message:
     """Federated evaluation: the global model (with this client's own part, for a personalised method)
     scored on this node's evaluation rows; the client state is read, never changed."""
-    node = runtime_for(context.run_config)
+    node = runtime_for(context.run_config, context=context)
     payload, meta = record_to_payload(message.content)
     client_id, round_index = checked_client(node, context, meta)
     if node.data.eval_parts is None:
@@ -125,7 +166,7 @@ def checked_client(node: NodeRuntime, context: Context, meta: dict) -> tuple[int
 
 
 def client_reply(message: Message, context: Context, warmup: bool) -> Message:
-    node = runtime_for(context.run_config)
+    node = runtime_for(context.run_config, context=context)
     payload, meta = record_to_payload(message.content)
     client_id, round_index = checked_client(node, context, meta)
     client = ClientContext(

@@ -34,10 +34,13 @@ class FlowerLocal:
         on_round: Callable[[dict], None] | None = None,
         on_client: Callable[[], None] | None = None,
         faults: dict[int, str] | None = None,
+        node_configs: dict[int, dict] | None = None,
     ) -> list[dict]:
+        """`node_configs`: each node's extra node config (data.source nodes: data=PATH, test=PATH)."""
         run_config = self.run_config()
-        runtime_for(run_config, data=self.data)  # the nodes share this process's loaded data
-        grid = LocalGrid(client_app, self.cfg.federation.num_clients, run_config, faults)
+        if self.cfg.data.source == "global":
+            runtime_for(run_config, data=self.data)  # the nodes share this process's loaded data
+        grid = LocalGrid(client_app, self.cfg.federation.num_clients, run_config, faults, node_configs)
         return self.server.run_with_grid(grid, on_round)
 
     def save_final_model(self, label_names: list[str]) -> None:

@@ -30,15 +30,20 @@ SERVER_NODE_ID = 1  # flwr's SUPERLINK_NODE_ID
 class LocalGrid(Grid):
     answers_at_once = True  # replies are there when push_messages returns (fedsub's send_and_receive)
 
-    def __init__(self, client_app: ClientApp, num_nodes: int, run_config: dict, faults: dict[int, str] | None = None):
+    def __init__(
+        self, client_app: ClientApp, num_nodes: int, run_config: dict, faults: dict[int, str] | None = None,
+        node_configs: dict[int, dict] | None = None,
+    ):  # fmt: skip
+        """`node_configs[k]`: more node config for node k (data.source nodes: its data=PATH, test=PATH)."""
         self.client_app = client_app
         self.faults = dict(faults or {})
+        extra = node_configs or {}
         # node ids far from partition ids, so a mix-up of the two cannot pass the tests
         self.contexts = {
             1000 + 7 * k: Context(
                 run_id=1,
                 node_id=1000 + 7 * k,
-                node_config={"partition-id": k, "num-partitions": num_nodes},
+                node_config={"partition-id": k, "num-partitions": num_nodes, **extra.get(k, {})},
                 state=RecordDict(),
                 run_config=dict(run_config),
             )

@@ -19,15 +19,18 @@ report in each reply whether they hold state, and the checkpoint lists those cli
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import yaml
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedsub.config import ExperimentConfig, MethodSpec, config_to_dict, validate_config
+from fedsub.data.report import save_histogram_report
 from fedsub.engines.failures import ClientOutcome, reply_outcome
 from fedsub.engines.fed_eval import EVALUATE
 from fedsub.engines.final_model import save_final_model
@@ -43,14 +46,20 @@ REPLY_POLL_SECONDS = 0.2  # flwr's Grid.send_and_receive sleeps 3 s between pull
 class FlowerClients:
     """The clients of a ServerApp: Flower nodes reached through `grid`, one per partition."""
 
-    def __init__(self, grid: Grid, cfg: ExperimentConfig, method_key: str):
-        self.grid, self.cfg, self.method_key = grid, cfg, method_key
+    def __init__(
+        self, grid: Grid, cfg: ExperimentConfig, method_key: str, data: FederatedData | None = None,
+        run_dir: Path | None = None,
+    ):  # fmt: skip
+        self.grid, self.cfg, self.method_key, self.data, self.run_dir = grid, cfg, method_key, data, run_dir
         self.nodes: dict[int, int] = {}  # partition-id (fedsub client id) -> Flower node id
         self.holding_state: set[int] = set()  # clients whose node said it holds state for them
+        self.data_errors: dict[int, str] = {}  # data.source nodes: why a node's own data cannot be used
 
     # ------------------------------------------------------------------ nodes
     def connect(self) -> None:
         self.discover(wait=self.cfg.flower.startup_timeout)
+        if self.cfg.data.source == "nodes" and self.run_dir is not None:
+            save_reported_partition(self.run_dir, self.data, self.cfg.federation.num_clients)
 
     def discover(self, wait: float = 0.0) -> None:
         """Ask every node not yet known which partition it holds (its node config's partition-id).
@@ -71,17 +80,32 @@ class FlowerClients:
                 ]
                 for reply in send_and_receive(self.grid, messages, self.cfg.flower.round_timeout):
                     if not reply.has_error():
-                        partition = int(reply.content.config_records[META]["partition_id"])
-                        self.nodes[partition] = reply.metadata.src_node_id
+                        self.note_node(reply)
             if len(self.nodes) >= wanted or time.monotonic() >= deadline:
                 return
             time.sleep(0.5)
+
+    def note_node(self, reply: Message) -> None:
+        """A node's answer to the query: its partition-id and, for data.source nodes, its data report."""
+        meta = reply.content.config_records[META]
+        partition = int(meta["partition_id"])
+        self.nodes[partition] = reply.metadata.src_node_id
+        if "data_error" in meta:
+            self.data_errors[partition] = first_line(str(meta["data_error"]))
+        elif "num_examples" in meta and self.data is not None:
+            self.data_errors.pop(partition, None)
+            self.data.node_reports[partition] = {
+                "num_examples": int(meta["num_examples"]),
+                "eval_examples": int(meta["eval_examples"]),
+                "label_counts": [int(v) for v in json.loads(str(meta["label_counts"]))],
+            }
 
     def unreachable(self, clients: list[int]) -> dict[int, str]:
         live = set(self.grid.get_node_ids())
         if any(self.nodes.get(c) not in live for c in clients):
             self.discover()  # a node may have left, or (re)joined under a new node id
-        return {c: f"no node with partition-id {c} is connected" for c in clients if c not in self.nodes}
+        away = {c: f"no node with partition-id {c} is connected" for c in clients if c not in self.nodes}
+        return away | {c: f"data: {self.data_errors[c]}" for c in clients if c in self.data_errors and c not in away}
 
     # ------------------------------------------------------------------ one exchange
     def exchange(self, exchange: Exchange, on_client: Callable[[], None] | None = None) -> dict[int, ClientOutcome]:
@@ -159,6 +183,17 @@ def send_and_receive(grid: Grid, messages: list[Message], timeout: float) -> lis
     return replies
 
 
+def save_reported_partition(run_dir: Path, data: FederatedData, num_clients: int) -> None:
+    """data.source nodes: partition.json, label_histogram.csv and the heatmap from what the nodes
+    reported (row counts and label histograms; a node that did not report counts as empty)."""
+    reports = data.node_reports
+    hist = np.zeros((num_clients, len(data.label_names)), dtype=np.int64)
+    for client, report in reports.items():
+        hist[client] = report["label_counts"]
+    clients = {str(c): reports.get(c, {"num_examples": 0, "eval_examples": 0}) for c in range(num_clients)}
+    data.heterogeneity = save_histogram_report(run_dir, hist, data.label_names, {"source": "nodes"}, clients)
+
+
 def refuse_node_state(on_nodes: list[int], where: Path, method_key: str) -> None:
     """A resumed Flower run starts its nodes empty: exact only if no client held state at the checkpoint."""
     if on_nodes:
@@ -183,7 +218,8 @@ class FlowerServer:
         self.checkpoint_dir = self.loop.checkpoint_dir
 
     def run_with_grid(self, grid: Grid, on_round: Callable[[dict], None] | None = None) -> list[dict]:
-        return self.loop.run(FlowerClients(grid, self.cfg, self.spec.key), on_round, resume=self.resume)
+        clients = FlowerClients(grid, self.cfg, self.spec.key, self.data, self.out_dir.parent)
+        return self.loop.run(clients, on_round, resume=self.resume)
 
     def save_final_model(self, label_names: list[str]) -> None:
         save_final_model(self.loop, self.out_dir, label_names)
@@ -199,8 +235,8 @@ def first_line(text: str | None) -> str:
     return lines[-1] if lines else "unknown error"
 
 
-def query_reply(message: Message, partition_id: int) -> Message:
-    return Message(RecordDict({META: ConfigRecord({"partition_id": partition_id})}), reply_to=message)
+def query_reply(message: Message, partition_id: int, report: dict | None = None) -> Message:
+    return Message(RecordDict({META: ConfigRecord({"partition_id": partition_id, **(report or {})})}), reply_to=message)
 
 
 def run_config_text(cfg: ExperimentConfig) -> str:
