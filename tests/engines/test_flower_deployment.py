@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+from pathlib import Path
 
 import psutil
 import pytest
@@ -81,3 +82,35 @@ def test_warm_nodes_serve_two_runs_like_the_simulator(tmp_path):
     ):
         assert (tmp_path / "run1" / name).is_file(), name
     assert not link.processes  # closed: every SuperLink / SuperNode process group is gone
+
+
+@pytest.mark.slow
+def test_three_warm_nodes_each_on_its_own_file(tmp_path):
+    """`fedsub flower split` sites on 3 warm nodes (insecure loopback), federated evaluation on: each
+    node reads only its own file (the server's report has each file's own row count), and the run
+    gives the simulator's metrics.jsonl."""
+    from flwr.common.config import parse_config_args
+
+    from fedsub.app.cli import main
+
+    config = write_csv_experiment(
+        tmp_path, ["fedit"], federated_eval={"enabled": True, "clients": "all"},
+        federation={"num_clients": 3, "clients_per_round": 3, "rounds": 2},
+    )  # fmt: skip
+    run_experiment(load_config(config), tmp_path / "simulated", quiet=True)
+    assert main(["flower", "split", str(config), "--out", str(tmp_path / "sites")]) == 0
+    lines = (tmp_path / "sites" / "nodes.txt").read_text().splitlines()
+    extras = {k: line.split(" ", 1)[1] for k, line in enumerate(lines)}  # data="..." test="..."
+    rows = [len(Path(parse_config_args([line])["data"]).read_text().splitlines()) for line in lines]
+    assert len(set(rows)) == 3  # counts that only its own file has
+    with Loopback(tmp_path / "flower", nodes=3, node_configs=extras) as link:
+        overrides = [f"flower.superlink={link.address}", "flower.insecure=true", "flower.round_timeout=180",
+                     "flower.startup_timeout=120", "flower.run_timeout=480"]  # fmt: skip
+        try:
+            run_experiment(load_config(tmp_path / "sites" / "experiment.yaml", overrides), tmp_path / "run", quiet=True)
+        except Exception as err:
+            raise AssertionError(f"{err}\n{link.logs()}") from err
+    report = json.loads((tmp_path / "run" / "partition.json").read_text())["clients"]
+    assert [report[str(k)]["num_examples"] for k in range(3)] == rows
+    simulated = [strip_timing(r) for r in records(tmp_path / "simulated")]
+    assert [strip_timing(r) for r in records(tmp_path / "run")] == simulated

@@ -10,6 +10,7 @@ import pytest
 pytest.importorskip("flwr")
 
 from fedsub_fixtures import strip_timing, write_csv_experiment  # noqa: E402
+from flwr.common.config import parse_config_args  # noqa: E402
 
 from fedsub.app.cli import main  # noqa: E402
 from fedsub.app.run import run_experiment  # noqa: E402
@@ -20,10 +21,10 @@ from fedsub.errors import ConfigError  # noqa: E402
 
 
 def node_configs(sites):
-    """nodes.txt as {partition-id: {data: ..., test: ...}}."""
+    """nodes.txt as {partition-id: {data: ..., test: ...}}, parsed as flower-supernode parses --node-config."""
     nodes = {}
     for line in (sites / "nodes.txt").read_text().splitlines():
-        pairs = dict(item.split("=", 1) for item in line.split())
+        pairs = parse_config_args([line])
         nodes[int(pairs.pop("partition-id"))] = pairs
     return nodes
 

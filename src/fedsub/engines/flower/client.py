@@ -116,7 +116,8 @@ def handle_query(message: Message, context: Context) -> Message:
         return query_reply(message, cid)
     try:
         data = runtime_for(context.run_config, context=context).data
-    except ConfigError as err:
+    except ConfigError as err:  # refused here, and told to the server, which drops this client with it
+        log.error("%s", err)
         return query_reply(message, cid, {"data_error": str(err)})
     labels = data.train.labels[data.parts[cid]]
     report = {

@@ -44,9 +44,14 @@ class Loopback:
     warm worker: one ClientApp process for all its messages); `warm=False` as a stock
     `flower-supernode` (a fresh ClientApp process per message)."""
 
-    def __init__(self, workdir: Path, nodes: int = 2, start_timeout: float = 90.0, warm: bool = True):
+    def __init__(
+        self, workdir: Path, nodes: int = 2, start_timeout: float = 90.0, warm: bool = True,
+        node_configs: dict[int, str] | None = None,
+    ):  # fmt: skip
+        """`node_configs[k]`: more --node-config for node k, e.g. 'data="/srv/site1/train.jsonl"'."""
         self.workdir = Path(workdir)
         self.nodes, self.start_timeout, self.warm = nodes, start_timeout, warm
+        self.node_configs = node_configs or {}
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.processes: list[subprocess.Popen] = []
@@ -86,7 +91,8 @@ class Loopback:
 
     def node_command(self, k: int) -> list[str]:
         flower_args = ["--insecure", "--superlink", self.address]
-        flower_args += ["--node-config", f"partition-id={k} num-partitions={self.nodes}"]
+        node_config = f"partition-id={k} num-partitions={self.nodes} {self.node_configs.get(k, '')}".strip()
+        flower_args += ["--node-config", node_config]
         if self.warm:
             fedsub = [sys.executable, "-m", "fedsub.app.cli", "flower", "node", "--runtime-port", str(free_port())]
             return [*fedsub, "--", *flower_args]

@@ -51,11 +51,11 @@ def write_sites(cfg: ExperimentConfig, out: Path) -> list[Path]:
         site = out / f"site-{k}"
         written.append(site / "train.jsonl")
         atomic_write_text(written[-1], jsonl(splits.train, np.asarray(rows), names))
-        node = f"partition-id={k} data={written[-1].resolve()}"
+        node = f"partition-id={k} data={json.dumps(str(written[-1].resolve()))}"  # flwr parses values as TOML
         if tests is not None:
             written.append(site / "test.jsonl")
             atomic_write_text(written[-1], jsonl(splits.test, tests[k], names))
-            node += f" test={written[-1].resolve()}"
+            node += f" test={json.dumps(str(written[-1].resolve()))}"
         node_lines.append(node)
     server_test = out / "server-test.jsonl"
     atomic_write_text(server_test, jsonl(splits.test, np.arange(len(splits.test)), names))
