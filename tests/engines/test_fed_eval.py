@@ -185,3 +185,20 @@ def test_bad_federated_eval_settings_name_the_field(tmp_path):
     ):
         with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
             load_config(config, [override])
+
+
+def test_summaries_and_tables_carry_the_federated_aggregates(both_engines):
+    from fedsub.app.cli import main
+    from fedsub.app.run import round_line
+
+    run = both_engines / "simulation"
+    last = records(run / "fedsa_lora" / "metrics.jsonl")[-1]
+    summary = json.loads((run / "fedsa_lora" / "summary.json").read_text())
+    assert summary["final_fed_accuracy"] == last["fed_accuracy"]
+    assert summary["final_fed_accuracy_worst"] == last["fed_accuracy_worst"]
+    assert "| fed acc | worst client |" in (run / "results.md").read_text()
+    assert f"fed {last['fed_accuracy']:.3f} worst {last['fed_accuracy_worst']:.3f}" in round_line(last, 2)
+    assert main(["report", str(run), "--out", str(both_engines / "report")]) == 0
+    table = (both_engines / "report" / "results.md").read_text()
+    assert "| fed acc | worst client |" in table and f"{summary['final_fed_accuracy']:.4f}" in table
+    assert "final_fed_accuracy" in (both_engines / "report" / "results.csv").read_text().splitlines()[0]

@@ -248,6 +248,8 @@ def round_line(record: dict, total: int) -> str:
     acc = "" if record.get("accuracy") is None else f" acc {record['accuracy']:.3f} f1 {record['macro_f1']:.3f}"
     if record.get("rougeL") is not None:  # generation
         acc = f" rougeL {record['rougeL']:.3f} bleu {record['bleu4']:.1f} ppl {record['perplexity']:.1f}"
+    if record.get("fed_accuracy") is not None:  # federated evaluation: the clients' own data
+        acc += f" fed {record['fed_accuracy']:.3f} worst {record['fed_accuracy_worst']:.3f}"
     loss = "-" if record.get("train_loss") is None else f"{record['train_loss']:.3f}"
     lost = len(record.get("dropped", [])) + len(record.get("rejected", []))
     faults = (f" {lost} lost" if lost else "") + (f" skipped: {record['skipped']}" if record.get("skipped") else "")

@@ -31,8 +31,18 @@ GENERATION_COLUMNS = (
 )
 
 
+FEDERATED_COLUMNS = [  # federated evaluation ran: the clients' own data, weighted, and the worst client
+    ("final_fed_accuracy", "fed acc", "{:.4f}"),
+    ("final_fed_accuracy_worst", "worst client", "{:.4f}"),
+]
+
+
 def columns_for(summaries: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
-    return GENERATION_COLUMNS if summaries and all("final_rougeL" in s for s in summaries) else COLUMNS
+    if summaries and all("final_rougeL" in s for s in summaries):
+        return GENERATION_COLUMNS
+    if any(s.get("final_fed_accuracy") is not None for s in summaries):
+        return COLUMNS[:4] + FEDERATED_COLUMNS + COLUMNS[4:]
+    return COLUMNS
 
 
 def table_rows(summaries: list[dict[str, Any]]) -> list[list[str]]:

@@ -39,8 +39,23 @@ MEAN_FIELDS = [  # (summary key, column title, scale): mean over seeds
 ]  # fmt: skip
 
 
+FEDERATED_SPREAD_FIELDS = [  # when federated evaluation ran (federated_eval): the clients' own data
+    ("final_fed_accuracy", "fed acc"), ("final_fed_accuracy_worst", "worst client"),
+]  # fmt: skip
+
+
+def federated(cells: list[Cell]) -> bool:
+    return any(c.summary.get("final_fed_accuracy") is not None for c in cells)
+
+
 def spread_fields(cells: list[Cell]) -> list[tuple[str, str]]:
-    return GENERATION_SPREAD_FIELDS if is_generation(cells) else SPREAD_FIELDS
+    if is_generation(cells):
+        return GENERATION_SPREAD_FIELDS
+    return SPREAD_FIELDS + (FEDERATED_SPREAD_FIELDS if federated(cells) else [])
+
+
+def summary_fields(cells: list[Cell]) -> list[str]:
+    return SUMMARY_FIELDS + ([key for key, _ in FEDERATED_SPREAD_FIELDS] if federated(cells) else [])
 
 
 def header(cells: list[Cell]) -> list[str]:
@@ -53,9 +68,10 @@ def header(cells: list[Cell]) -> list[str]:
 def results_csv(cells: list[Cell], out: Path) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["method", "alpha", "seed", *SUMMARY_FIELDS, "run_dir"])
+    fields = summary_fields(cells)
+    writer.writerow(["method", "alpha", "seed", *fields, "run_dir"])
     for c in cells:
-        values = ["" if c.summary.get(f) is None else repr(c.summary[f]) for f in SUMMARY_FIELDS]
+        values = ["" if c.summary.get(f) is None else repr(c.summary[f]) for f in fields]
         writer.writerow([c.method, c.alpha, c.seed, *values, Path(os.path.relpath(c.run_dir, out)).as_posix()])
     return buffer.getvalue()
 
