@@ -159,6 +159,12 @@ class ValidationConfig(Strict):
     max_norm: float | None = Field(
         None, gt=0, description="reject an update whose change of any tensor has a larger L2 norm"
     )
+    max_examples: int = Field(
+        10_000_000,
+        gt=0,
+        description="data.source nodes: the most training rows a node may report (its FedAvg weight); a global "
+        "partition's sizes are known to the server",
+    )
 
 
 class CheckpointConfig(Strict):

@@ -26,7 +26,31 @@ class TensorSpec:
     dtype: torch.dtype | None = None
 
 
-UpdateSpec = dict[str, TensorSpec]
+@dataclass(frozen=True)
+class ScalarSpec:
+    """An expected scalar of the reply (`Payload.scalars`): a real number (not a bool) within
+    [low, high], each bound open when its flag says so (fedgalore's decay: (0, 1])."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    def reason(self, name: str, value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"scalar {name!r} is {value!r}, not a number"
+        if not math.isfinite(value):
+            return f"scalar {name!r} is {value!r}, not finite"
+        below = value <= self.low if self.low_open else value < self.low
+        above = value >= self.high if self.high_open else value > self.high
+        if below or above:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"scalar {name!r} = {value!r} is outside {left}{self.low:g}, {self.high:g}{right}"
+        return None
+
+
+# name -> what an honest reply holds under that name: a tensor, or a scalar (Payload.scalars)
+UpdateSpec = dict[str, TensorSpec | ScalarSpec]
 
 
 def payload_bytes(payload: Any) -> int:
@@ -42,12 +66,15 @@ def spec_of(tensors: dict[str, torch.Tensor]) -> UpdateSpec:
 
 
 def validate_update(
-    update: Any, spec: UpdateSpec, sent: Payload, max_norm: float | None = None, client_id: int | None = None
-) -> str | None:
+    update: Any, spec: UpdateSpec, sent: Payload, max_norm: float | None = None, client_id: int | None = None,
+    known_examples: int | None = None,
+) -> str | None:  # fmt: skip
     """None when `update` is acceptable, else the first reason to reject it (one line).
 
     `max_norm` bounds the L2 norm of each tensor's change from what the client was sent (of the
     tensor itself when nothing of that name was sent, e.g. fresh LoRA factors or GaLore's R).
+    `known_examples` is the client's training-row count as the server knows it (its partition, or
+    what an own-data node reported): a reply must say exactly that, so no client can outweigh others.
     """
     if not isinstance(update, ClientUpdate):
         return f"reply is a {type(update).__name__}, not a ClientUpdate"
@@ -56,9 +83,19 @@ def validate_update(
     tensors = update.payload.tensors if isinstance(update.payload, Payload) else None
     if not isinstance(tensors, dict):
         return f"payload is a {type(update.payload).__name__}, not a Payload of named tensors"
-    reason = check_examples(update.num_examples) or check_names(tensors, spec)
+    scalars = update.payload.scalars
+    if not isinstance(scalars, dict):
+        return f"scalars are a {type(scalars).__name__}, not a dict"
+    tensor_spec = {n: s for n, s in spec.items() if isinstance(s, TensorSpec)}
+    scalar_spec = {n: s for n, s in spec.items() if isinstance(s, ScalarSpec)}
+    reason = (
+        check_examples(update.num_examples, known_examples)
+        or check_names(tensors, tensor_spec)
+        or check_scalars(scalars, scalar_spec)
+    )
     if reason:
         return reason
+    spec = tensor_spec
     for name in spec:
         reason = check_tensor(name, tensors[name], spec[name]) or check_norm(
             name, tensors[name], sent.tensors.get(name), max_norm
@@ -68,9 +105,33 @@ def validate_update(
     return None
 
 
-def check_examples(num_examples: Any) -> str | None:
+def check_examples(num_examples: Any, known: int | None = None) -> str | None:
     if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples <= 0:
-        return f"num_examples {num_examples!r} is not a positive integer"
+        return f"num_examples {shown(num_examples)} is not a positive integer"
+    if known is not None and num_examples != known:
+        return f"num_examples {shown(num_examples)} != the client's {known} training rows"
+    return None
+
+
+def shown(value: Any) -> str:
+    """A value for a one-line reason: at most 40 characters (str of a 5,000-digit int raises)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return "an integer too long to print"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_scalars(scalars: dict, spec: dict[str, ScalarSpec]) -> str | None:
+    unexpected = sorted(str(n)[:40] for n in scalars if n not in spec)
+    if unexpected:
+        return f"unexpected scalar {unexpected[0]!r}"
+    for name, scalar in spec.items():
+        if name not in scalars:
+            return f"missing scalar {name!r}"
+        reason = scalar.reason(name, scalars[name])
+        if reason:
+            return reason
     return None
 
 

@@ -29,6 +29,7 @@ class ClientOutcome:
     reason: str | None
     seconds: float = 0.0
     keep_state: bool = True  # whether the client's state changes of this round persist
+    malformed: bool = False  # a reply came but could not be read: `reason` says why, it counts as rejected
 
 
 def simulated_fault(cfg: FailureConfig, seed: int, round_index: int, client_id: int) -> str | None:
@@ -103,17 +104,23 @@ def screen_outcomes(
     sent: dict[int, Payload],
     expected: Callable[[int, Payload], UpdateSpec],
     max_norm: float | None,
+    known_examples: Callable[[int], int | None] = lambda client_id: None,
 ) -> tuple[list[ClientUpdate], list[dict], list[dict]]:
     """Split a round's replies into the accepted updates, the dropped clients and the rejected
     updates (each with its reason, as metrics.jsonl records them), validating every reply against
-    `expected(client_id, payload sent)`, what the method declares an honest reply holds."""
+    `expected(client_id, payload sent)`, what the method declares an honest reply holds, and its
+    example count against `known_examples(client_id)`, what the server knows of the client."""
     accepted, dropped, rejected = [], [], []
     for o in outcomes:
+        if o.malformed:
+            rejected.append({"client": o.client_id, "reason": o.reason})
+            continue
         if o.update is None:
             dropped.append({"client": o.client_id, "reason": o.reason})
             continue
         spec = expected(o.client_id, sent[o.client_id])
-        reason = validate_update(o.update, spec, sent[o.client_id], max_norm, o.client_id)
+        known = known_examples(o.client_id)
+        reason = validate_update(o.update, spec, sent[o.client_id], max_norm, o.client_id, known)
         if reason:
             rejected.append({"client": o.client_id, "reason": reason})
         else:

@@ -201,7 +201,7 @@ class RoundLoop:
         tic = time.perf_counter()
         expected = partial(exchange.update_spec, self.state)
         accepted, dropped, rejected = screen_outcomes(
-            outcomes, sent, expected, None
+            outcomes, sent, expected, None, self.data.train_size
         )  # a sketch is no change: no max_norm
         self.state, metrics = exchange.aggregate(self.state, accepted)
         return {
@@ -218,7 +218,9 @@ class RoundLoop:
         """Screen the replies, aggregate (unless too few are left), evaluate, and build the round's
         record. A warm-up's bytes, failures and metrics are added to the round's."""
         expected = partial(self.method.update_spec, self.state)
-        accepted, dropped, rejected = screen_outcomes(outcomes, sent, expected, self.cfg.validation.max_norm)
+        accepted, dropped, rejected = screen_outcomes(
+            outcomes, sent, expected, self.cfg.validation.max_norm, self.data.train_size
+        )
         skipped = skip_reason(self.cfg.failures, len(accepted))
         tic = time.perf_counter()
         method_metrics = {}

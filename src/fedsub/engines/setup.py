@@ -46,6 +46,16 @@ class FederatedData:
     # data.source nodes, on the server: what each node reported of its own data (num_examples,
     # eval_examples, label_counts), filled when the nodes are discovered
     node_reports: dict[int, dict[str, Any]] = field(default_factory=dict)
+    source: str = "global"  # data.source: "nodes" when the clients' rows live on their nodes only
+
+    def train_size(self, client_id: int) -> int | None:
+        """The client's training rows as the server knows them: its partition, or what its own-data
+        node reported (None: unknown); an update's num_examples must say exactly this."""
+        if client_id in self.node_reports:
+            return int(self.node_reports[client_id]["num_examples"])
+        if self.source == "nodes":  # a node that never reported usable data: nothing to check against
+            return None
+        return len(self.parts[client_id]) if 0 <= client_id < len(self.parts) else None
 
     def eval_size(self, client_id: int) -> int | None:
         """How many evaluation rows the client holds (None: the server does not know)."""
@@ -127,7 +137,7 @@ def prepare_server_data(cfg: ExperimentConfig) -> FederatedData:
     if cfg.data.dataset:
         test = task.encode_dataset(load_labelled_file(cfg.data, cfg.data.dataset, "data.dataset"))
     parts = [torch.empty(0, dtype=torch.long) for _ in range(cfg.federation.num_clients)]
-    return FederatedData(task, NoRows(), test, parts, list(cfg.data.labels), {}, plan)
+    return FederatedData(task, NoRows(), test, parts, list(cfg.data.labels), {}, plan, source="nodes")
 
 
 def prepare_node_data(cfg: ExperimentConfig, client_id: int, files: dict[str, str]) -> FederatedData:
@@ -163,7 +173,7 @@ def prepare_node_data(cfg: ExperimentConfig, client_id: int, files: dict[str, st
     as_tensors = lambda rows: [torch.as_tensor(r, dtype=torch.long) for r in rows]  # noqa: E731
     return FederatedData(
         task, train, test, as_tensors(parts), list(cfg.data.labels), {}, plan,
-        as_tensors(eval_parts) if eval_parts is not None else None, eval_source,
+        as_tensors(eval_parts) if eval_parts is not None else None, eval_source, source="nodes",
     )  # fmt: skip
 
 

@@ -13,6 +13,7 @@ one does not sleep, the record is the same), "gone" is not connected at all.
 
 from __future__ import annotations
 
+import time
 import traceback
 import uuid
 from collections.abc import Iterable
@@ -55,6 +56,7 @@ class LocalGrid(Grid):
         if TaskIdentity._run_id is None:
             TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, SERVER_NODE_ID, 0
         self._replies: dict[str, Message] = {}
+        self.seconds: dict[str, float] = {}  # message id -> seconds its delivery took (the server's clock)
 
     def set_run(self, run: Run) -> None:
         self._run = run
@@ -75,7 +77,9 @@ class LocalGrid(Grid):
         ids = []
         for message in messages:
             message.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+            tic = time.perf_counter()
             reply = self.deliver(message)
+            self.seconds[message.metadata.message_id] = time.perf_counter() - tic  # its node's own time
             if reply is not None:
                 self._replies[message.metadata.message_id] = reply
             ids.append(message.metadata.message_id)

@@ -20,6 +20,7 @@ report in each reply whether they hold state, and the checkpoint lists those cli
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -86,19 +87,27 @@ class FlowerClients:
             time.sleep(0.5)
 
     def note_node(self, reply: Message) -> None:
-        """A node's answer to the query: its partition-id and, for data.source nodes, its data report."""
-        meta = reply.content.config_records[META]
-        partition = int(meta["partition_id"])
+        """A node's answer to the query: its partition-id and, for data.source nodes, its data report.
+        A reply that cannot be read, or names a partition outside the federation, is ignored (the
+        node then counts as not connected); a report that cannot be used becomes that client's data error."""
+        try:
+            meta = reply.content.config_records[META]
+            partition = int(meta["partition_id"])
+        except Exception:  # noqa: BLE001 (anything malformed: the node is simply not mapped)
+            return
+        if not 0 <= partition < self.cfg.federation.num_clients:
+            return
         self.nodes[partition] = reply.metadata.src_node_id
         if "data_error" in meta:
-            self.data_errors[partition] = first_line(str(meta["data_error"]))
+            self.data_errors[partition] = first_line(str(meta["data_error"]))[:300]
         elif "num_examples" in meta and self.data is not None:
+            try:
+                report = node_report(meta, len(self.data.label_names), self.cfg.validation.max_examples)
+            except (ValueError, TypeError, OverflowError) as err:
+                self.data_errors[partition] = f"node {partition} reported unusable counts: {first_line(str(err))}"[:300]
+                return
             self.data_errors.pop(partition, None)
-            self.data.node_reports[partition] = {
-                "num_examples": int(meta["num_examples"]),
-                "eval_examples": int(meta["eval_examples"]),
-                "label_counts": [int(v) for v in json.loads(str(meta["label_counts"]))],
-            }
+            self.data.node_reports[partition] = report
 
     def unreachable(self, clients: list[int]) -> dict[int, str]:
         live = set(self.grid.get_node_ids())
@@ -125,9 +134,11 @@ class FlowerClients:
                 content, self.nodes[client_id], exchange.kind, ttl=timeout, group_id=str(exchange.round + 1)
             )
         tic = time.perf_counter()
-        replies = send_and_receive(self.grid, list(messages.values()), timeout)
+        replies, arrived = send_and_receive(self.grid, list(messages.values()), timeout, timed=True)
         waited = time.perf_counter() - tic
-        by_node = {reply.metadata.src_node_id: reply for reply in replies}
+        by_node: dict[int, Message] = {}
+        for reply in replies:  # a reply counts for the node it came from; a second one from a node is ignored
+            by_node.setdefault(reply.metadata.src_node_id, reply)
         for client_id in messages:
             reply = by_node.get(self.nodes[client_id])
             if reply is None:
@@ -138,19 +149,34 @@ class FlowerClients:
                 outcomes[client_id] = ClientOutcome(
                     client_id, None, f"error {reply.error.code}: {first_line(reply.error.reason)}"
                 )
-            elif exchange.kind == EVALUATE:  # metrics only: no train loss, no deadline (fed_eval screens them)
-                outcomes[client_id] = ClientOutcome(client_id, record_to_update(reply.content), None)
             else:
-                outcomes[client_id] = self.received(reply, exchange.faults[client_id])
+                elapsed = arrived.get(reply.metadata.reply_to_message_id, waited)
+                outcomes[client_id] = self.received(reply, client_id, exchange, elapsed)
         return outcomes
 
-    def received(self, reply: Message, fault: str | None) -> ClientOutcome:
-        """A reply in time; a simulated straggler's or one over failures.deadline_s is dropped, as in the simulator."""
-        update = record_to_update(reply.content)
-        meta = reply.content.config_records[META]
-        if meta.get("holds_state", False):
-            self.holding_state.add(update.client_id)
-        return reply_outcome(self.cfg.failures, update.client_id, update, float(meta["seconds_train"]), fault)
+    def received(self, reply: Message, client_id: int, exchange: Exchange, elapsed: float) -> ClientOutcome:
+        """A reply in time, from the node the message went to, read defensively: anything that cannot
+        be read, or that claims another client, is rejected with the reason and the round goes on.
+        Deadlines use `elapsed`, the server's own clock from send to arrival; the node's reported
+        training seconds are only logged (and only a finite, non-negative number)."""
+        try:
+            update = record_to_update(reply.content)
+            meta = reply.content.config_records[META]
+            if update.client_id != client_id:
+                claim = f"reply claims client {update.client_id}, the message went to client {client_id}"
+                return rejected(client_id, claim)
+            reported = meta.get("seconds_train", 0.0)
+            finite = isinstance(reported, (int, float)) and not isinstance(reported, bool)
+            seconds = float(reported) if finite and 0 <= reported < math.inf else 0.0
+            if meta.get("holds_state", False) is True:
+                self.holding_state.add(client_id)
+        except Exception as err:  # a malformed reply must not end the run: whatever it is, it is rejected
+            return rejected(client_id, f"malformed reply: {type(err).__name__}: {first_line(str(err))}"[:300])
+        if exchange.kind == EVALUATE:  # metrics only: no train loss, no deadline (fed_eval screens them)
+            return ClientOutcome(client_id, update, None, seconds)
+        outcome = reply_outcome(self.cfg.failures, client_id, update, elapsed, exchange.faults[client_id])
+        outcome.seconds = seconds
+        return outcome
 
     # ------------------------------------------------------------------ checkpoint
     def saved_states(self) -> ClientStates:
@@ -163,24 +189,51 @@ class FlowerClients:
         refuse_node_state(saved.on_nodes, where, self.method_key)
 
 
-def send_and_receive(grid: Grid, messages: list[Message], timeout: float) -> list[Message]:
+def send_and_receive(grid: Grid, messages: list[Message], timeout: float, timed: bool = False):
     """Push the messages, then pull replies every REPLY_POLL_SECONDS until all are in or `timeout` passed.
+    With `timed`, also {message id: seconds from the push to its reply's arrival} (the server's clock).
 
     flwr's own send_and_receive waits 3 s between pulls, which a round of a warm deployment (a few
     seconds of training) would spend mostly waiting. The in-process grid answers at once (and its
     "dead" nodes never), so it keeps its own."""
+    tic = time.monotonic()
     if getattr(grid, "answers_at_once", False):
-        return list(grid.send_and_receive(messages, timeout=timeout))
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        elapsed = time.monotonic() - tic  # the whole batch; each message's own time where the grid kept it
+        seconds = getattr(grid, "seconds", {})
+        arrived = {
+            r.metadata.reply_to_message_id: seconds.get(r.metadata.reply_to_message_id, elapsed) for r in replies
+        }
+        return (replies, arrived) if timed else replies
     waiting = set(grid.push_messages(messages))
-    deadline, replies = time.monotonic() + timeout, []
+    replies, arrived = [], {}
     while waiting:
         pulled = list(grid.pull_messages(waiting))
         replies += pulled
+        for reply in pulled:
+            arrived[reply.metadata.reply_to_message_id] = time.monotonic() - tic
         waiting -= {reply.metadata.reply_to_message_id for reply in pulled}
-        if not waiting or time.monotonic() >= deadline:
+        if not waiting or time.monotonic() - tic >= timeout:
             break
         time.sleep(REPLY_POLL_SECONDS)
-    return replies
+    return (replies, arrived) if timed else replies
+
+
+def rejected(client_id: int, reason: str) -> ClientOutcome:
+    """A reply that came but cannot be used: recorded in `rejected`, like an update that fails validation."""
+    return ClientOutcome(client_id, None, reason, malformed=True)
+
+
+def node_report(meta, num_classes: int, max_examples: int) -> dict:
+    """An own-data node's counts, checked: whole numbers, a histogram of the label space that sums to
+    its row count, at most validation.max_examples rows (one node cannot claim the federation's weight)."""
+    rows, held = int(meta["num_examples"]), int(meta["eval_examples"])
+    counts = [int(v) for v in json.loads(str(meta["label_counts"]))]
+    if len(counts) != num_classes or min(counts, default=0) < 0 or sum(counts) != rows or held < 0:
+        raise ValueError(f"num_examples {rows} with label counts {counts[:8]} over {num_classes} classes")
+    if rows > max_examples:
+        raise ValueError(f"{rows} rows > validation.max_examples {max_examples}")
+    return {"num_examples": rows, "eval_examples": held, "label_counts": counts}
 
 
 def save_reported_partition(run_dir: Path, data: FederatedData, num_clients: int) -> None:

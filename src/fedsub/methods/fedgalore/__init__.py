@@ -58,6 +58,7 @@ keys.py (its payload tensor names), factored.py (update rule, sketch, sketch pro
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Sequence
 
 from torch import Tensor
@@ -67,7 +68,7 @@ from fedsub.core.registry import register
 from fedsub.core.seeding import mix_seed
 from fedsub.core.tensors import normalized_weights, weighted_sum
 from fedsub.core.types import ClientContext, ClientUpdate, Payload, ServerState
-from fedsub.core.validation import TensorSpec, UpdateSpec
+from fedsub.core.validation import ScalarSpec, TensorSpec, UpdateSpec
 from fedsub.core.workspace import Workspace
 from fedsub.diagnostics.rounds import factored_round_diagnostics
 from fedsub.methods.fedgalore import downlink
@@ -283,7 +284,8 @@ class FedGaLore:
         return tensors, {"decay": decays.pop(), **({"v_step": steps.pop()} if steps else {})}
 
     def update_spec(self, state: ServerState, client_id: int, payload: Payload) -> UpdateSpec:
-        """The head, and per matrix R and V (r-wide moment shape) and, in a sketch round, S (see `upload`)."""
+        """The head, and per matrix R and V (r-wide moment shape) and, in a sketch round, S (see `upload`);
+        the scalars decay in (0, 1] and, when V is synced, v_step >= 1."""
         o, width = self.options, self.sketch_width()
         spec = {n: TensorSpec(tuple(state.tensors[n].shape), state.tensors[n].dtype) for n in self.head_names}
         for name, shape in self.shapes.items():
@@ -292,6 +294,9 @@ class FedGaLore:
                 spec[key(Part.MOMENT, name)] = TensorSpec(tuple(moment_shape(shape, o.rank)))
             if payload.scalars["sketch"]:
                 spec[key(Part.SKETCH, name)] = TensorSpec(sketch_side(shape, width))
+        spec["decay"] = ScalarSpec(0.0, 1.0, low_open=True)  # c^E, a product of (1 - lr x weight decay) factors
+        if o.sync in ("ajive", "mean"):
+            spec["v_step"] = ScalarSpec(1.0, math.inf)  # V's step count: at least the round's first step
         return spec
 
     # ------------------------------------------------------------------ server
