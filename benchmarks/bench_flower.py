@@ -38,7 +38,13 @@ def overrides_for(mode: str, rounds: int, address: str | None) -> list[str]:
         return common + ["engine=simulation"]
     if mode == "flower-grid":
         return common + ["engine=flower", "flower.superlink=null"]
-    return common + ["engine=flower", f"flower.superlink={address}", "flower.insecure=true", "flower.round_timeout=900"]
+    return common + [
+        "engine=flower",
+        f"flower.superlink={address}",
+        "flower.insecure=true",
+        "flower.root_certificates=null",
+        "flower.round_timeout=900",
+    ]
 
 
 def run_mode(config: str, mode: str, rounds: int, tmp: Path) -> dict:

@@ -351,6 +351,11 @@ class ExperimentConfig(Strict):
     @model_validator(mode="after")
     def _flower_fits(self) -> "ExperimentConfig":
         fl = self.flower
+        if fl.insecure and fl.root_certificates:
+            raise ValueError(
+                "flower.insecure: true with flower.root_certificates set; choose one (TLS with the CA certificate, "
+                "or insecure for local tests), as Flower's own CLI does"
+            )
         if fl.superlink and not fl.insecure and not fl.root_certificates:
             raise ValueError(
                 "flower.root_certificates: a SuperLink over TLS needs the CA certificate; set it, or "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
 from pathlib import Path
 
 from cryptography import x509
@@ -28,7 +29,14 @@ def _name(common_name: str) -> x509.Name:
 
 
 def _certificate(subject: str, key, issuer: str, issuer_key, *, ca: bool, hosts: list[str] = ()) -> x509.Certificate:
+    """A CA or a TLS server certificate with the extensions strict verifiers require (RFC 5280, and
+    `openssl verify -x509_strict`): basicConstraints, keyUsage, extendedKeyUsage (server), subject
+    and authority key identifiers."""
     now = dt.datetime.now(dt.timezone.utc)
+    usage = dict.fromkeys(
+        ("content_commitment", "key_encipherment", "data_encipherment", "key_agreement", "encipher_only",
+         "decipher_only"), False,
+    )  # fmt: skip
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(subject))
@@ -37,8 +45,13 @@ def _certificate(subject: str, key, issuer: str, issuer_key, *, ca: bool, hosts:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=VALID_DAYS))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=ca, crl_sign=ca, **usage), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
     )
+    if not ca:
+        builder = builder.add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
     if hosts:
         names = [x509.IPAddress(ipaddress.ip_address(h)) if h[0].isdigit() else x509.DNSName(h) for h in hosts]
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
@@ -77,9 +90,18 @@ def write_certificates(out: Path, nodes: int, hosts: list[str] = ("127.0.0.1", "
         )
     paths = []
     for name, data in written.items():
-        path = out / name
-        path.write_bytes(data)
-        if not name.endswith((".crt", ".pem", ".pub")):
-            path.chmod(0o600)  # private keys
-        paths.append(path)
+        private = not name.endswith((".crt", ".pem", ".pub"))
+        paths.append(write_new(out / name, data, 0o600 if private else 0o644))
     return paths
+
+
+def write_new(path: Path, data: bytes, mode: int) -> Path:
+    """Create `path` with `mode` from the first byte (a private key is never readable by others, not
+    even for an instant, whatever the umask widens: O_EXCL, then fchmod before writing)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.fchmod(fd, mode)  # exactly `mode`, whatever the umask
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    return path

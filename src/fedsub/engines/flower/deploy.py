@@ -11,6 +11,7 @@ The Flower CLI's connection file lives in a temporary FLWR_HOME, so the user's ~
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -140,6 +141,7 @@ class FlowerDeployment:
             OUT_KEY: str(self.method_dir.parent),
             RESUME_KEY: self.resume,
         }
+        warn_if_insecure_remote(self.cfg.flower.superlink, self.cfg.flower.insecure)
         with tempfile.TemporaryDirectory(prefix="fedsub-flower-") as scratch:
             home = write_connection(Path(scratch) / "flwr-home", self.cfg)
             app = write_app(Path(scratch) / "app", run_config)
@@ -190,6 +192,29 @@ class FlowerDeployment:
         reply = flwr_json(["ls", "--run-id", str(self.run_id), CONNECTION], home)
         runs = reply.get("runs") or []
         return str(runs[0].get("status", "unknown")) if runs else "unknown"
+
+
+def is_loopback(address: str) -> bool:
+    """Whether host:port (or [v6]:port) names this machine: 127.0.0.0/8, ::1 or localhost."""
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def warn_if_insecure_remote(address: str | None, insecure: bool) -> bool:
+    """Plain HTTP to another machine sends every model update readable to the network: say so."""
+    if not (insecure and address and not is_loopback(address)):
+        return False
+    print(
+        f"fedsub: warning: flower.insecure sends the models in plain text to {address}, which is not this machine; "
+        f"use TLS (flower.root_certificates) outside local tests",
+        file=sys.stderr,
+    )
+    return True
 
 
 def read_records(path: Path) -> list[dict]:

@@ -19,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 
+from fedsub.engines.flower.deploy import warn_if_insecure_remote
 from fedsub.engines.flower.loopback import wait_for_port
 from fedsub.errors import ConfigError
 
@@ -64,6 +65,8 @@ def run_node(
         if not auth_secret_file.is_file():
             raise ConfigError(f"fedsub flower node: --auth-secret-file {auth_secret_file} not found")
         flower_args = [*flower_args, "--superexec-auth-secret-file", str(auth_secret_file)]
+    if "--insecure" in flower_args and "--superlink" in flower_args[:-1]:
+        warn_if_insecure_remote(flower_args[flower_args.index("--superlink") + 1], True)
     supernode = subprocess.Popen(supernode_command(flower_args, runtime_port, superlink_poll))
     try:  # the worker starts once the Runtime API listens, so a slow SuperNode start costs no restarts
         wait_for_port(runtime_port, STARTUP_SECONDS, supernode)
