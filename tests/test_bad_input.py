@@ -32,7 +32,9 @@ def test_a_corrupt_or_truncated_config_file(tmp_path, capsys, content, expected)
 @pytest.mark.parametrize(
     "name, content, expected",
     [
-        ("data.csv", 'text,label\n"a b",x\n"unterminated,y\n', "cannot read {path} as csv (ParserError"),
+        ("data.csv", 'text,label\n"a b",x\n"unterminated,y\n', "{path} line 3 has 1 fields, its header 2"),
+        ("data.csv", 'text,label\n"a b",x\n"c d",y\n"cut mid-row"\n', "{path} line 4 has 1 fields, its header 2"),
+        ("data.jsonl", '{"text": "a", "label": {"x": 1}}\n{"text": "b", "label": {"x": 2}}\n', "holds {{'x': 1}}"),
         ("data.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "lab', "cannot read {path} as json"),
         ("data.parquet", "PAR1 truncated", "cannot read {path} as parquet (ArrowInvalid"),
     ],
@@ -58,6 +60,9 @@ def test_a_corrupt_data_file_exits_2_and_leaves_no_run_directory(tmp_path, capsy
         ("checkpoint.every=-1", "field checkpoint.every"),
         ("train.lr=-0.1", "field train.lr"),
         ("methods.0.rank=0", "field methods[fedit].rank"),
+        ("device=gpu", "field device: 'gpu' is not cpu, cuda or cuda:N"),
+        ("federation.rounds.x=1", "--set federation.rounds.x: 'rounds' is a value (2), not a section"),
+        ("model.max_length=100000", "field model.max_length: Input should be less than or equal to 32768"),
     ],
 )
 def test_bad_values_exit_2_with_the_field(tmp_path, capsys, override, expected):
@@ -153,3 +158,36 @@ def test_fuzzed_configs_validate_or_fail_with_one_line_naming_a_field(assignment
     assert (
         validate_config(yaml.safe_load(yaml.safe_dump(cfg.model_dump(mode="json")))) == cfg
     )  # the resolved config round-trips
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("methods.0.rank=1000", "method fedit: rank 1000 > 32, the smaller side of the adapted matrix"),
+        ("model.max_length=1000", "field model.max_length: 1000 > 512, the positions of minilm"),
+        ("device=cuda", "field device: cuda requested but torch"),
+    ],
+)
+def test_settings_the_model_or_machine_cannot_honour_exit_2_with_no_run_directory(tmp_path, capsys, override, expected):
+    import torch
+
+    if override.startswith("device") and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    config = write_csv_experiment(tmp_path, ["fedit"])
+    out = tmp_path / "run"
+    assert main(["run", str(config), "--out", str(out), "--quiet", "--set", override]) == 2
+    assert expected in one_line_error(capsys) and not out.exists()
+
+
+def test_a_key_given_twice_in_a_config_is_refused(tmp_path, capsys):
+    (tmp_path / "dup.yaml").write_text("train:\n  lr: 1.0e-3\n  batch_size: 8\n  lr: 5.0e-3\n")
+    assert main(["run", str(tmp_path / "dup.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    assert f"config file {tmp_path / 'dup.yaml'} line 4: key 'lr' given twice; keep one" in one_line_error(capsys)
+
+
+def test_methods_by_name_then_an_option_of_one_of_them(tmp_path):
+    from fedsub.config import load_config
+
+    config = write_csv_experiment(tmp_path, ["fedit"])
+    cfg = load_config(config, ["methods=fedsvd,fedit", "methods.0.rank=4"])
+    assert [(m.name, (m.model_extra or {}).get("rank")) for m in cfg.methods] == [("fedsvd", 4), ("fedit", None)]

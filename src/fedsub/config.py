@@ -8,6 +8,7 @@ field and the fix. Method-specific options are validated by the schema the metho
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,7 +29,12 @@ class ModelConfig(Strict):
         description="'minilm' (offline all-MiniLM-L6-v2), 'smollm2' (offline SmolLM2-135M-Instruct), "
         "'efficientnet_lite0', an HF id or a local HF folder",
     )
-    max_length: int = Field(64, gt=0, description="tokens per example; longer inputs are truncated")
+    max_length: int = Field(
+        64,
+        gt=0,
+        le=32768,
+        description="tokens per example; longer inputs are truncated (at most the model's positions)",
+    )
     target_modules: list[str] = Field(
         default_factory=lambda: ["query", "key", "value", "dense"],
         description="module-name suffixes adapted by LoRA (or trained densely by full fine-tuning)",
@@ -312,6 +318,13 @@ class ExperimentConfig(Strict):
     federated_eval: FederatedEvalConfig = FederatedEvalConfig()
     methods: list[MethodSpec] = Field(default_factory=lambda: [MethodSpec(name="fedit")], min_length=1)
 
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", value):
+            raise ValueError(f"{value!r} is not cpu, cuda or cuda:N")
+        return value
+
     @field_validator("methods", mode="before")
     @classmethod
     def _names_as_specs(cls, value: Any) -> Any:
@@ -379,7 +392,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} not found; pass the path of a YAML file (see configs/)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except DuplicateKey as err:
+        raise ConfigError(f"config file {path} line {err.line}: key {err.key!r} given twice; keep one") from None
     except (UnicodeDecodeError, OSError) as err:
         raise ConfigError(
             f"config file {path}: cannot read it as UTF-8 text ({type(err).__name__}); is it a YAML file?"
@@ -393,6 +408,25 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path}: the top level must be a mapping of sections, got {type(raw).__name__}")
     return raw
+
+
+class DuplicateKey(Exception):
+    def __init__(self, key: Any, line: int):
+        self.key, self.line = key, line
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, except that a key given twice in one mapping is an error: YAML keeps the last
+    silently, so a config with `lr:` twice trained with whichever came second."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str) and key in seen:
+                raise DuplicateKey(key, key_node.start_mark.line + 1)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
@@ -415,6 +449,9 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 
 
 def _child(node: Any, part: str, key: str) -> Any:
+    if isinstance(node, dict) and part == "methods" and isinstance(node.get(part), str):
+        # `--set methods=fedit,ffa_lora --set methods.0.rank=4`: the names become a list to index
+        node[part] = [{"name": n.strip()} for n in node[part].split(",") if n.strip()]
     if isinstance(node, list):
         child = node[_index(node, part, key)]
         if isinstance(child, str):  # a method given by name only
@@ -422,7 +459,10 @@ def _child(node: Any, part: str, key: str) -> Any:
         return child
     if not isinstance(node, dict):
         raise ConfigError(f"--set {key}: {part!r} is inside a value, not a section")
-    return node.setdefault(part, {})
+    child = node.setdefault(part, {})
+    if not isinstance(child, (dict, list)):
+        raise ConfigError(f"--set {key}: {part!r} is a value ({child!r}), not a section; set {part} itself")
+    return child
 
 
 def _index(node: list, part: str, key: str) -> int:

@@ -153,7 +153,7 @@ def test_atomic_writes_honour_the_umask(tmp_path, umask, mode):
 def test_a_cuda_checkpoint_on_a_machine_without_cuda_is_refused_in_one_line(tmp_path):
     save_checkpoint(tmp_path, sample_checkpoint(1))
     pointer = tmp_path / "checkpoint.json"
-    pointer.write_text(pointer.read_text().replace('"device": "cpu"', '"device": "cuda:0"'))  # as written on a GPU
+    reseal(pointer, pointer.read_text().replace('"device": "cpu"', '"device": "cuda:0"'))  # as written on a GPU
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(tmp_path)
     message = str(err.value)
@@ -200,3 +200,40 @@ def test_a_view_that_is_not_dense_round_trips_with_its_strides():
     back = decode(node, tensors)
     assert back["p"].stride() == (1, 32) and torch.equal(back["p"], view) and back["again"] is not None
     assert len(tensors) == 1 and tensors["t0"].numel() == 1 + 7 * 1 + 31 * 32  # the span, stored once
+
+
+def reseal(pointer, text):
+    """Write an edited pointer with a matching content_sha256 (what a machine that wrote it so would)."""
+    from fedsub.core.checkpoint import content_digest
+
+    body = json.loads(text)
+    body["content_sha256"] = content_digest(body)
+    pointer.write_text(json.dumps(body))
+
+
+def test_edited_records_are_caught_by_the_content_hash(tmp_path):
+    save_checkpoint(tmp_path, sample_checkpoint(1))
+    pointer = tmp_path / "checkpoint.json"
+    body = json.loads(pointer.read_text())
+    body["records"][0]["accuracy"] = 0.99  # a better-looking history
+    pointer.write_text(json.dumps(body))
+    with pytest.raises(CheckpointError, match="do not match its content_sha256"):
+        load_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "planted, refused",
+    [
+        ('{"$dtype": "load"}', "it names torch dtype 'load'"),  # getattr(torch, "load") before
+        ('{"$numpy": "O", "value": 1}', "it names numpy type 'O'"),
+        ('{"$tensor": "t0", "device": "meta"}', "it names device 'meta'"),
+    ],
+)
+def test_names_from_a_checkpoint_are_looked_up_not_evaluated(tmp_path, planted, refused):
+    save_checkpoint(tmp_path, sample_checkpoint(1))
+    pointer = tmp_path / "checkpoint.json"
+    body = json.loads(pointer.read_text())
+    body["structure"]["server"]["extra"] = json.loads(planted)
+    reseal(pointer, json.dumps(body))
+    with pytest.raises(CheckpointError, match=refused):
+        load_checkpoint(tmp_path)

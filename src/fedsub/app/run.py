@@ -71,6 +71,7 @@ def run_experiment(
 ) -> list[dict[str, Any]]:
     """Run `cfg` into a new (or, with overwrite, emptied) `out`; with resume, continue the run in `out`."""
     check_method_options(cfg)  # a bad method option fails before the run directory is touched
+    check_device(cfg.device)
     console = console or make_console(quiet)
     created = not Path(out).exists()
     run_dir = resume_dir(Path(out)) if resume else prepare_run_dir(Path(out), overwrite)
@@ -84,6 +85,21 @@ def run_experiment(
     print_table(console, summaries)
     console.print(f"results in {run_dir}")
     return summaries
+
+
+def check_device(device: str) -> None:
+    """A CUDA device this torch cannot use is one line, before anything is written (torch's own
+    message is an AssertionError traceback from deep inside the first .to())."""
+    if device.startswith("cuda"):
+        import torch  # late: start-up; only a CUDA config pays for it here
+
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            raise ConfigError(
+                f"field device: {device} requested but torch {torch.__version__} sees {seen} CUDA devices; "
+                f"use device: cpu or a CUDA build of torch"
+            )
 
 
 def forget_untrained_run(run_dir: Path, created: bool) -> None:

@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,8 +41,22 @@ from fedsub.core.io import atomic_write_text, atomic_writer
 from fedsub.core.types import ServerState, extra_name, extra_type
 from fedsub.errors import CheckpointError
 
-FORMAT = "fedsub-checkpoint-2"
-READABLE = ("fedsub-checkpoint-1", FORMAT)  # 1 held the client states and the partition inline
+FORMAT = "fedsub-checkpoint-3"
+# 1 held the client states and the partition inline; 1 and 2 have no content hash (their records and
+# structure are read as they are); 3 covers the whole pointer with `content_sha256`
+READABLE = ("fedsub-checkpoint-1", "fedsub-checkpoint-2", FORMAT)
+# what a checkpoint may name, looked up, never evaluated (`getattr(torch, name)` took any attribute)
+TORCH_DTYPES = {
+    str(d).removeprefix("torch."): d
+    for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int8, torch.int16, torch.int32,
+              torch.int64, torch.uint8, torch.bool)
+}  # fmt: skip
+NUMPY_SCALARS = {
+    np.dtype(t).str: np.dtype(t).type
+    for t in (np.float64, np.float32, np.float16, np.int64, np.int32, np.int16, np.int8, np.uint64, np.uint32,
+              np.uint16, np.uint8, np.bool_)
+}  # fmt: skip
+DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
 POINTER = "checkpoint.json"
 # Test hook: "STAGE:ROUND" kills the process with SIGKILL at STAGE of the checkpoint after ROUND rounds.
 # Stages: tensors-half (half the tensors file written), tensors-written, pointer-written.
@@ -172,9 +187,9 @@ def decode(node: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if "$tuple" in node:
         return tuple(decode(v, tensors) for v in node["$tuple"])
     if "$numpy" in node:
-        return np.dtype(node["$numpy"]).type(node["value"])
+        return _allowed(NUMPY_SCALARS, node["$numpy"], "numpy type")(node["value"])
     if "$dtype" in node:
-        return getattr(torch, node["$dtype"])
+        return _allowed(TORCH_DTYPES, node["$dtype"], "torch dtype")
     if "$state" in node:
         cls = extra_type(node["$state"])
         if cls is None:
@@ -183,7 +198,15 @@ def decode(node: Any, tensors: dict[str, torch.Tensor]) -> Any:
     raise CheckpointError(f"unknown entry {sorted(node)}")
 
 
-def _available(device: str) -> str:
+def _allowed(table: dict[str, Any], name: Any, what: str) -> Any:
+    if not isinstance(name, str) or name not in table:
+        raise CheckpointError(f"it names {what} {str(name)[:40]!r}, not one a checkpoint holds")
+    return table[name]
+
+
+def _available(device: Any) -> str:
+    if not isinstance(device, str) or not DEVICE.fullmatch(device):
+        raise CheckpointError(f"it names device {str(device)[:40]!r}, not cpu or cuda[:N]")
     # Without this, torch's own "Torch not compiled with CUDA enabled" traceback would be the message.
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise CheckpointError(
@@ -248,6 +271,7 @@ def save_checkpoint(folder: str | Path, ckpt: Checkpoint) -> Path:
                "structure": structure, "records": ckpt.records,
                "clients_on_nodes": list(ckpt.clients_on_nodes), "partition_sha256": ckpt.partition_sha256,
                "client_files": [[c, f] for c, f in sorted(ckpt.client_files.items())]}  # fmt: skip
+    pointer["content_sha256"] = content_digest(pointer)
     atomic_write_text(folder / POINTER, json.dumps(pointer))
     crash_point("pointer-written", ckpt.round)
     for stale in folder.iterdir():  # older tensors files and temp files of killed writes
@@ -258,6 +282,14 @@ def save_checkpoint(folder: str | Path, ckpt: Checkpoint) -> Path:
         ):
             stale.unlink(missing_ok=True)
     return folder / POINTER
+
+
+def content_digest(pointer: dict[str, Any]) -> str:
+    """sha256 of the pointer's canonical JSON without its own digest: records, structure, client files
+    and the tensors file's hash, so an edit to any of them is caught on resume."""
+    body = {k: v for k, v in pointer.items() if k != "content_sha256"}
+    canonical = json.loads(json.dumps(body))  # as it reads back: int dict keys become strings, tuples lists
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
 
 
 def checkpoint_round(folder: str | Path) -> int:
@@ -288,6 +320,8 @@ def load_checkpoint(folder: str | Path) -> Checkpoint | None:
         pointer = json.loads(path.read_text())
         if not isinstance(pointer, dict) or pointer.get("format") not in READABLE:
             raise ValueError(f"not a {FORMAT} file")
+        if pointer["format"] == FORMAT and pointer.get("content_sha256") != content_digest(pointer):
+            raise ValueError("its records or structure do not match its content_sha256 (edited after writing)")
         tensors = _read_tensors(folder / pointer["tensors_file"], pointer)
         structure = pointer["structure"]
         server = structure["server"]

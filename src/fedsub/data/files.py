@@ -6,6 +6,7 @@ the tests exercise) is the same code that reads Hub data.
 
 from __future__ import annotations
 
+import csv
 import math
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ def load_local_file(cfg: DataConfig) -> tuple[Source, None]:
     if not path.is_file():
         raise ConfigError(f"data.dataset: file {path} not found; give an existing .csv/.jsonl/.json/.parquet path")
     builder = FILE_BUILDERS[path.suffix.lower()]
+    if builder == "csv":
+        check_csv_rows(path)
     try:
         table = datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as err:  # the builders raise many types; the user needs only the reason
@@ -34,6 +37,23 @@ def load_local_file(cfg: DataConfig) -> tuple[Source, None]:
         ) from None
     (source,) = make_sources(cfg, {"row": table})
     return source, None
+
+
+def check_csv_rows(path: Path) -> None:
+    """Every row has the header's field count: a file cut mid-row (a copy that stopped, a truncated
+    download) would otherwise lose its last row's label silently (the reader fills it with null)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, [])
+            for row in reader:
+                if row and len(row) != len(header):
+                    raise ConfigError(
+                        f"data.dataset: {path} line {reader.line_num} has {len(row)} fields, its header {len(header)}; "
+                        f"the file is truncated or malformed: fix or replace it"
+                    )
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ConfigError(f"data.dataset: cannot read {path} as csv ({type(err).__name__}: {err}); fix or replace it")
 
 
 def _root_cause(err: BaseException) -> BaseException:
@@ -137,8 +157,10 @@ def encode_labels(raw: list[list[Any]], feature: Any, column: str = "label") -> 
     keys: dict[Any, str | int] = {}
     for values in raw:  # in file order, so an error names the first bad value
         for v in values:
-            if v not in keys and not _missing(v):
-                keys[v] = _label_key(v, column)
+            if _missing(v):
+                continue
+            key = _label_key(v, column)  # first: a dict or list label is refused here, not unhashable below
+            keys.setdefault(v, key)
     names_by_key = {key: str(key) for key in keys.values()}
     ordered = sorted(names_by_key, key=lambda k: (isinstance(k, str), k))
     code_of = {key: i for i, key in enumerate(ordered)}

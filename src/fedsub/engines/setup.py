@@ -186,10 +186,34 @@ def build_workspace(cfg: ExperimentConfig, method, data: FederatedData) -> Works
     model = plan.load(len(data.label_names), cfg.seed, dtype)
     heads = head_module_names(model, cfg.model.head_modules, required=plan.needs_head)
     targets = target_linear_names(model, cfg.model.target_modules, exclude=heads)
+    check_fits(cfg, method, model, targets)
     workspace = Workspace(model, data.task, data.train, data.test, cfg.device, heads, targets)
     method.prepare_model(workspace)
     workspace.model.to(workspace.device)
     return workspace
+
+
+def check_fits(cfg: ExperimentConfig, method, model: torch.nn.Module, targets: list[str]) -> None:
+    """Settings the model cannot honour are one line each: a LoRA / GaLore rank above the smaller side
+    of an adapted matrix (rank 1000 on a 32 x 32 matrix made fedsvd upload 15x fedit's bytes), and a
+    max_length beyond the model's position embeddings (an index error deep in the first forward)."""
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(positions, int) and cfg.model.max_length > positions:
+        raise ConfigError(
+            f"field model.max_length: {cfg.model.max_length} > {positions}, the positions of {cfg.model.name}; lower it"
+        )
+    options = getattr(method, "options", None)
+    ranks = [getattr(options, "rank", None), *(getattr(options, "client_ranks", None) or [])]
+    ranks = [r for r in ranks if isinstance(r, int)]
+    if not ranks or not targets:
+        return
+    modules = dict(model.named_modules())
+    side, name = min((min(modules[t].weight.shape), t) for t in targets)
+    if max(ranks) > side:
+        raise ConfigError(
+            f"method {method.name}: rank {max(ranks)} > {side}, the smaller side of the adapted matrix {name}; "
+            f"lower rank (or client_ranks) to at most {side}"
+        )
 
 
 def set_up_method(cfg: ExperimentConfig, spec: MethodSpec, data: FederatedData) -> MethodSetup:
