@@ -151,6 +151,11 @@ class FailureConfig(Strict):
     deadline_s: float | None = Field(
         None, gt=0, description="wall-clock seconds of local training after which an update is too late"
     )
+    poisoned: list[int] = Field(
+        default_factory=list,
+        description="simulated attack: these clients' replies carry their change x poison_scale (benchmarks, tests)",
+    )
+    poison_scale: float = Field(1e6, description="poisoned: the factor on the change a poisoned client sends")
     min_clients: int = Field(
         1, ge=1, description="fewer usable updates than this: the round is skipped (global model unchanged)"
     )
@@ -165,11 +170,40 @@ class ValidationConfig(Strict):
     max_norm: float | None = Field(
         None, gt=0, description="reject an update whose change of any tensor has a larger L2 norm"
     )
+    max_norm_relative: float | None = Field(
+        10.0,
+        gt=1,
+        description="reject an update whose change norm exceeds this multiple of the round's median change norm "
+        "(3 or more updates; null turns it off)",
+    )
     max_examples: int = Field(
         10_000_000,
         gt=0,
         description="data.source nodes: the most training rows a node may report (its FedAvg weight); a global "
         "partition's sizes are known to the server",
+    )
+
+
+# Which robust rules (core/robust.py) each method can take: median and trimmed_mean stand one robust
+# update in for the round, exact only where the method's aggregate is the weighted mean of its uploads;
+# norm_clip clips each client's change and keeps them all. The others need every client's own update
+# in their server maths (FLoRA stacks factors; FlexLoRA, FedSVD and SVD redistribution take an SVD of
+# the sum of products; Subspace-Reg orthonormalises B; FedGaLore syncs V across clients through AJIVE),
+# so they refuse every rule but mean.
+_MEAN_OF_UPLOADS = ("fedit", "ffa_lora", "fedavg_full", "fedsa_lora", "fedftg")
+ROBUST_RULES: dict[str, tuple[str, ...]] = {name: ("median", "trimmed_mean", "norm_clip") for name in _MEAN_OF_UPLOADS}
+
+
+class AggregationConfig(Strict):
+    """How the round's accepted updates are combined before the method aggregates (core/robust.py)."""
+
+    rule: Literal["mean", "median", "trimmed_mean", "norm_clip"] = Field(
+        "mean", description="mean (each method's own), median, trimmed_mean, norm_clip (README, 'Robust aggregation')"
+    )
+    trim: float = Field(0.1, ge=0, lt=0.5, description="trimmed_mean: the share dropped at each end per coordinate")
+    clip_norm: float | None = Field(None, gt=0, description="norm_clip: a fixed bound on each client's change norm")
+    clip_quantile: float = Field(
+        0.5, gt=0, le=1, description="norm_clip without clip_norm: the bound is this quantile of the round's norms"
     )
 
 
@@ -316,6 +350,7 @@ class ExperimentConfig(Strict):
     checkpoint: CheckpointConfig = CheckpointConfig()
     clients: ClientsConfig = ClientsConfig()
     federated_eval: FederatedEvalConfig = FederatedEvalConfig()
+    aggregation: AggregationConfig = AggregationConfig()
     methods: list[MethodSpec] = Field(default_factory=lambda: [MethodSpec(name="fedit")], min_length=1)
 
     @field_validator("device")
@@ -344,6 +379,21 @@ class ExperimentConfig(Strict):
                 f"failures.min_clients ({self.failures.min_clients}) exceeds federation.clients_per_round"
                 f" ({self.federation.clients_per_round}); no round could aggregate, lower it"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _robust_rule_fits(self) -> "ExperimentConfig":
+        rule = self.aggregation.rule
+        if rule != "mean":
+            for spec in self.methods:
+                if rule not in ROBUST_RULES.get(spec.name, ()):
+                    raise ValueError(
+                        f"aggregation.rule: {rule} cannot serve method {spec.key}: its server needs every client's own "
+                        f"update (only {', '.join(_MEAN_OF_UPLOADS)} take robust rules); use rule: mean for it"
+                    )
+        bad = [c for c in self.failures.poisoned if not 0 <= c < self.federation.num_clients]
+        if bad:
+            raise ValueError(f"failures.poisoned: client {bad[0]} is not one of the {self.federation.num_clients}")
         return self
 
     @model_validator(mode="after")

@@ -12,7 +12,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
 from fedsub.config import FailureConfig
+from fedsub.core.robust import change_norm
 from fedsub.core.seeding import derive_rng
 from fedsub.core.types import ClientUpdate, Payload
 from fedsub.core.validation import UpdateSpec, validate_update
@@ -105,6 +108,7 @@ def screen_outcomes(
     expected: Callable[[int, Payload], UpdateSpec],
     max_norm: float | None,
     known_examples: Callable[[int], int | None] = lambda client_id: None,
+    max_norm_relative: float | None = None,
 ) -> tuple[list[ClientUpdate], list[dict], list[dict]]:
     """Split a round's replies into the accepted updates, the dropped clients and the rejected
     updates (each with its reason, as metrics.jsonl records them), validating every reply against
@@ -125,4 +129,27 @@ def screen_outcomes(
             rejected.append({"client": o.client_id, "reason": reason})
         else:
             accepted.append(o.update)
+    if max_norm_relative is not None and len(accepted) >= 3:
+        accepted, outliers = relative_outliers(accepted, sent, max_norm_relative)
+        rejected += outliers
     return accepted, dropped, rejected
+
+
+def relative_outliers(
+    updates: list[ClientUpdate], sent: dict[int, Payload], factor: float
+) -> tuple[list[ClientUpdate], list[dict]]:
+    """Updates whose whole change norm exceeds `factor` x the round's median change norm are rejected:
+    one client scaling its update by 10^6 cannot move the model, whatever the tensors' own scale
+    (a fixed max_norm fits one tensor kind; a sketch and a factor differ by orders of magnitude)."""
+    norms = [change_norm(u, sent[u.client_id].tensors) for u in updates]
+    bound = factor * float(np.median(norms))
+    kept, outliers = [], []
+    for u, norm in zip(updates, norms):
+        if norm > bound:
+            outliers.append(
+                {"client": u.client_id, "reason": f"change norm {norm:.4g} > {factor:g} x the round's median "
+                 f"{bound / factor:.4g} (validation.max_norm_relative)"}
+            )  # fmt: skip
+        else:
+            kept.append(u)
+    return kept, outliers

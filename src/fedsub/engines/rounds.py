@@ -21,7 +21,8 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from fedsub.config import ExperimentConfig, MethodSpec, config_to_dict, method_to_dict
+from fedsub.config import AggregationConfig, ExperimentConfig, MethodSpec, config_to_dict, method_to_dict
+from fedsub.core import robust
 from fedsub.core.checkpoint import (
     Checkpoint,
     load_checkpoint,
@@ -147,7 +148,7 @@ class RoundLoop:
         away = clients.unreachable(sampled)
         warmup = self.warmup(clients, round_index, sampled, away)
         sent = {c: self.method.configure_train(self.state, c) for c in sampled if c not in away}
-        outcomes = self.exchange(clients, round_index, TRAIN, sent, sampled, away, on_client)
+        outcomes = self.poison(self.exchange(clients, round_index, TRAIN, sent, sampled, away, on_client), sent)
         record = self.finish_round(round_index, start, sampled, outcomes, sent, warmup)
         if self.cfg.federated_eval.enabled:
             tic = time.perf_counter()
@@ -218,14 +219,15 @@ class RoundLoop:
         """Screen the replies, aggregate (unless too few are left), evaluate, and build the round's
         record. A warm-up's bytes, failures and metrics are added to the round's."""
         expected = partial(self.method.update_spec, self.state)
+        v = self.cfg.validation
         accepted, dropped, rejected = screen_outcomes(
-            outcomes, sent, expected, self.cfg.validation.max_norm, self.data.train_size
+            outcomes, sent, expected, v.max_norm, self.data.train_size, v.max_norm_relative
         )
         skipped = skip_reason(self.cfg.failures, len(accepted))
         tic = time.perf_counter()
         method_metrics = {}
         if skipped is None:
-            self.state, method_metrics = self.method.aggregate_train(self.state, accepted)
+            self.state, method_metrics = self.method.aggregate_train(self.state, self.robust(accepted, sent))
         seconds_aggregate = time.perf_counter() - tic
         evaluation, seconds_eval = self.maybe_evaluate(round_index)
         warm = warmup or {"bytes_up": 0, "bytes_down": 0, "dropped": [], "rejected": [], "metrics": {}}
@@ -253,6 +255,34 @@ class RoundLoop:
             "peak_rss_mb": peak_rss_mb(),
         }
 
+    def robust(self, updates: list[ClientUpdate], sent: dict[int, Payload]) -> list[ClientUpdate]:
+        """The updates as aggregation.rule hands them to the method (core/robust.py); mean: unchanged."""
+        agg = self.cfg.aggregation
+        if agg.rule == "median":
+            return [robust.median(updates)]
+        if agg.rule == "trimmed_mean":
+            return [robust.trimmed_mean(updates, agg.trim)]
+        if agg.rule == "norm_clip":
+            base = {u.client_id: sent[u.client_id].tensors for u in updates}
+            norms = [robust.change_norm(u, base[u.client_id]) for u in updates]
+            return robust.norm_clip(updates, base, robust.clip_bound(norms, agg.clip_norm, agg.clip_quantile))
+        return updates
+
+    def poison(self, outcomes: list[ClientOutcome], sent: dict[int, Payload]) -> list[ClientOutcome]:
+        """failures.poisoned: those clients' replies carry their change x poison_scale (a simulated attack,
+        applied where the reply arrives, so both engines see the same)."""
+        scale = self.cfg.failures.poison_scale
+        for o in outcomes:
+            if o.update is not None and o.client_id in self.cfg.failures.poisoned:
+                base = sent[o.client_id].tensors
+                tensors = {
+                    n: ((base[n].float() if n in base else 0.0) + scale * d).to(o.update.payload.tensors[n].dtype)
+                    for n, d in robust.change(o.update, base).items()
+                }
+                o.update = ClientUpdate(o.client_id, Payload(tensors, o.update.payload.scalars), o.update.num_examples,
+                                        o.update.metrics)  # fmt: skip
+        return outcomes
+
     def evaluates(self, round_index: int) -> bool:
         """Every federation.eval_every rounds, and the last."""
         fed = self.cfg.federation
@@ -275,7 +305,14 @@ class RoundLoop:
         bookkeeping = ("name", "methods", "checkpoint", "clients")
         if not self.cfg.federated_eval.enabled:  # off changes no number: checkpoints from before it still resume
             bookkeeping += ("federated_eval",)
+        if self.cfg.aggregation == AggregationConfig():  # the same for the default rule (mean)
+            bookkeeping += ("aggregation",)
         config = {k: v for k, v in config_to_dict(self.cfg).items() if k not in bookkeeping}
+        # fields added later, at defaults that (as good as) change no number: older checkpoints keep resuming
+        if not self.cfg.failures.poisoned:
+            config["failures"] = {k: v for k, v in config["failures"].items() if k not in ("poisoned", "poison_scale")}
+        defaults = {"max_norm_relative": 10.0, "max_examples": 10_000_000}
+        config["validation"] = {k: v for k, v in config["validation"].items() if defaults.get(k, object()) != v}
         text = json.dumps({"config": config, "method": method_to_dict(self.spec)}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
