@@ -191,20 +191,26 @@ class ValidationConfig(Strict):
 # the sum of products; Subspace-Reg orthonormalises B; FedGaLore syncs V across clients through AJIVE),
 # so they refuse every rule but mean.
 _MEAN_OF_UPLOADS = ("fedit", "ffa_lora", "fedavg_full", "fedsa_lora", "fedftg")
-ROBUST_RULES: dict[str, tuple[str, ...]] = {name: ("median", "trimmed_mean", "norm_clip") for name in _MEAN_OF_UPLOADS}
+ROBUST_RULES: dict[str, tuple[str, ...]] = {
+    name: ("median", "trimmed_mean", "norm_clip", "krum", "multi_krum") for name in _MEAN_OF_UPLOADS
+}
 
 
 class AggregationConfig(Strict):
     """How the round's accepted updates are combined before the method aggregates (core/robust.py)."""
 
-    rule: Literal["mean", "median", "trimmed_mean", "norm_clip"] = Field(
-        "mean", description="mean (each method's own), median, trimmed_mean, norm_clip (README, 'Robust aggregation')"
+    rule: Literal["mean", "median", "trimmed_mean", "norm_clip", "krum", "multi_krum"] = Field(
+        "mean",
+        description="mean (each method's own), median, trimmed_mean, norm_clip, krum, multi_krum (README, "
+        "'Robust aggregation')",
     )
     trim: float = Field(0.1, ge=0, lt=0.5, description="trimmed_mean: the share dropped at each end per coordinate")
     clip_norm: float | None = Field(None, gt=0, description="norm_clip: a fixed bound on each client's change norm")
     clip_quantile: float = Field(
         0.5, gt=0, le=1, description="norm_clip without clip_norm: the bound is this quantile of the round's norms"
     )
+    krum_f: int = Field(1, ge=0, description="krum / multi_krum: attackers tolerated (needs n > 2f + 2 updates)")
+    multi_krum_keep: int | None = Field(None, gt=0, description="multi_krum: updates kept and averaged (default n - f)")
 
 
 class CheckpointConfig(Strict):

@@ -110,3 +110,13 @@ def test_a_rule_a_method_cannot_serve_is_refused_in_one_line(tmp_path):
         load_config(config, ["aggregation.rule=median"])
     with pytest.raises(ConfigError, match="failures.poisoned: client 9 is not one of the 3"):
         load_config(config, ["failures.poisoned=[9]"])
+
+
+def test_krum_keeps_the_update_closest_to_its_neighbours_and_multi_krum_the_best_m():
+    sent = {k: {"w": torch.zeros(1)} for k in range(5)}
+    updates = [update(k, [v]) for k, v in enumerate([1.0, 1.1, 0.9, 1.2, 50.0])]
+    # f = 1: each score sums the squared distances to its n - f - 2 = 2 nearest others
+    scores = robust.krum_scores(updates, sent, 1)
+    assert scores == pytest.approx([0.01 + 0.01, 0.01 + 0.01, 0.01 + 0.04, 0.01 + 0.04, 48.8**2 + 48.9**2])
+    assert [u.client_id for u in robust.krum(updates, sent, 1)] == [0]  # ties to the lower index
+    assert [u.client_id for u in robust.krum(updates, sent, 1, keep=4)] == [0, 1, 2, 3]  # the outlier left out

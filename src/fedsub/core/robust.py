@@ -3,6 +3,9 @@ the accepted updates before the method aggregates them.
 
 - `median`: the coordinate-wise median over clients of every uploaded tensor (Yin et al. 2018);
 - `trimmed_mean`: per coordinate, drop the floor(beta x K) largest and smallest values, average the rest;
+- `krum` / `multi_krum`: keep the update(s) whose changes lie closest to their n - f - 2 nearest
+  neighbours (Blanchard et al. 2017; f = the number of attackers tolerated, multi_krum keeps m),
+  which the method then averages;
 - `norm_clip`: scale each client's change (its upload minus what it was sent; the upload itself for
   a tensor it was not sent) so that its L2 norm over all its tensors is at most the bound, a fixed
   number or a quantile of the round's norms (adaptive); then the method's own weighted mean.
@@ -83,3 +86,20 @@ def norm_clip(updates: Sequence[ClientUpdate], sent: dict[int, Tensors], bound: 
         }
         clipped.append(ClientUpdate(u.client_id, Payload(tensors, dict(u.payload.scalars)), u.num_examples, u.metrics))
     return clipped
+
+
+def krum_scores(updates: Sequence[ClientUpdate], sent: dict[int, Tensors], f: int) -> list[float]:
+    """Each update's Krum score: the sum of squared distances from its change to its n - f - 2
+    nearest other changes (smaller: closer to the crowd)."""
+    flat = [torch.cat([d.reshape(-1) for d in change(u, sent[u.client_id]).values()]) for u in updates]
+    stacked = torch.stack(flat).double()
+    distances = torch.cdist(stacked, stacked) ** 2
+    neighbours = max(len(updates) - f - 2, 1)
+    return [float(torch.sort(row).values[1 : neighbours + 1].sum()) for row in distances]
+
+
+def krum(updates: Sequence[ClientUpdate], sent: dict[int, Tensors], f: int, keep: int = 1) -> list[ClientUpdate]:
+    """The `keep` updates with the smallest Krum scores (keep=1: Krum; more: multi-Krum), in client order."""
+    scores = krum_scores(updates, sent, f)
+    chosen = sorted(sorted(range(len(updates)), key=lambda k: (scores[k], k))[:keep])
+    return [updates[k] for k in chosen]

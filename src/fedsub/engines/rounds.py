@@ -262,6 +262,10 @@ class RoundLoop:
             return [robust.median(updates)]
         if agg.rule == "trimmed_mean":
             return [robust.trimmed_mean(updates, agg.trim)]
+        if agg.rule in ("krum", "multi_krum"):
+            base = {u.client_id: sent[u.client_id].tensors for u in updates}
+            keep = 1 if agg.rule == "krum" else agg.multi_krum_keep or max(len(updates) - agg.krum_f, 1)
+            return robust.krum(updates, base, agg.krum_f, min(keep, len(updates)))
         if agg.rule == "norm_clip":
             base = {u.client_id: sent[u.client_id].tensors for u in updates}
             norms = [robust.change_norm(u, base[u.client_id]) for u in updates]
