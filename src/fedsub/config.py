@@ -196,6 +196,18 @@ ROBUST_RULES: dict[str, tuple[str, ...]] = {
 }
 
 
+# why the other methods refuse privacy.dp (one line each, in the refusal)
+DP_REFUSALS = {
+    "flora": "FLoRA stacks each client's factors, so the server needs every one, not a noisy sum",
+    "flexlora": "its server takes an SVD of the sum of B_k A_k: the noise would have to go into that sum before the "
+    "SVD (not built)",
+    "fedsvd": "its server takes an SVD of the sum: the noise would have to go into the sum before the SVD (not built)",
+    "svd_redistribute": "its server takes an SVD of the sum: the noise would have to go into it first (not built)",
+    "subspace_reg": "its server orthonormalises the averaged B, whose clipping and noise are not defined yet",
+    "fedgalore": "its server syncs every client's own V through AJIVE (not a sum)",
+}
+
+
 class AggregationConfig(Strict):
     """How the round's accepted updates are combined before the method aggregates (core/robust.py)."""
 
@@ -211,6 +223,26 @@ class AggregationConfig(Strict):
     )
     krum_f: int = Field(1, ge=0, description="krum / multi_krum: attackers tolerated (needs n > 2f + 2 updates)")
     multi_krum_keep: int | None = Field(None, gt=0, description="multi_krum: updates kept and averaged (default n - f)")
+
+
+class DPConfig(Strict):
+    """Client-level differential privacy (core/privacy.py; README, "Differential privacy")."""
+
+    mode: Literal["off", "central"] = Field(
+        "off", description="central: DP-FedAvg (clip each client's change, Gaussian noise on the sum); off"
+    )
+    clip_norm: float = Field(
+        1.0, gt=0, description="C: each client's change is clipped to this L2 norm (adaptive: start)"
+    )
+    noise_multiplier: float = Field(1.0, gt=0, description="z: the noise's std is z x C on the sum of clipped changes")
+    delta: float = Field(1e-5, gt=0, lt=1, description="epsilon is reported at this delta")
+    adaptive: bool = Field(False, description="C follows target_quantile of the change norms (Andrew et al. 2021)")
+    target_quantile: float = Field(0.5, gt=0, lt=1, description="adaptive: the share of clients meant to be within C")
+    clip_lr: float = Field(0.2, gt=0, description="adaptive: eta, the step of log C per round")
+
+
+class PrivacyConfig(Strict):
+    dp: DPConfig = DPConfig()
 
 
 class CheckpointConfig(Strict):
@@ -357,6 +389,7 @@ class ExperimentConfig(Strict):
     clients: ClientsConfig = ClientsConfig()
     federated_eval: FederatedEvalConfig = FederatedEvalConfig()
     aggregation: AggregationConfig = AggregationConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
     methods: list[MethodSpec] = Field(default_factory=lambda: [MethodSpec(name="fedit")], min_length=1)
 
     @field_validator("device")
@@ -400,6 +433,31 @@ class ExperimentConfig(Strict):
         bad = [c for c in self.failures.poisoned if not 0 <= c < self.federation.num_clients]
         if bad:
             raise ValueError(f"failures.poisoned: client {bad[0]} is not one of the {self.federation.num_clients}")
+        return self
+
+    @model_validator(mode="after")
+    def _dp_fits(self) -> "ExperimentConfig":
+        if self.privacy.dp.mode == "off":
+            return self
+        for spec in self.methods:
+            if spec.name not in _MEAN_OF_UPLOADS:
+                raise ValueError(
+                    f"privacy.dp: central DP cannot serve method {spec.key}: "
+                    + DP_REFUSALS.get(spec.name, "its server needs every client's own update")
+                    + f"; DP-FedAvg serves {', '.join(_MEAN_OF_UPLOADS)}"
+                )
+        if self.aggregation.rule != "mean":
+            raise ValueError(
+                f"privacy.dp: central DP with aggregation.rule {self.aggregation.rule}; the noisy clipped mean is "
+                f"already bounded per client, use rule: mean"
+            )
+        dp, m = self.privacy.dp, self.federation.clients_per_round
+        if dp.adaptive and dp.noise_multiplier >= m / 10:  # the count's noise m / 20 must leave the sum some
+            raise ValueError(
+                f"privacy.dp.noise_multiplier: {dp.noise_multiplier:g} is too large for adaptive clipping with "
+                f"{m} clients per round (needs < {m / 10:.3g}: the clipping count's own noise spends the rest); "
+                f"lower it, raise clients_per_round, or set privacy.dp.adaptive: false"
+            )
         return self
 
     @model_validator(mode="after")

@@ -21,8 +21,15 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from fedsub.config import AggregationConfig, ExperimentConfig, MethodSpec, config_to_dict, method_to_dict
-from fedsub.core import robust
+from fedsub.config import (
+    AggregationConfig,
+    ExperimentConfig,
+    MethodSpec,
+    PrivacyConfig,
+    config_to_dict,
+    method_to_dict,
+)
+from fedsub.core import privacy, robust
 from fedsub.core.checkpoint import (
     Checkpoint,
     load_checkpoint,
@@ -33,6 +40,7 @@ from fedsub.core.checkpoint import (
 )
 from fedsub.core.io import atomic_write_text
 from fedsub.core.method import Warmup
+from fedsub.core.seeding import derive_seed, torch_generator
 from fedsub.core.tensors import normalized_weights
 from fedsub.core.types import ClientUpdate, Payload, ServerState, Tensors
 from fedsub.core.validation import payload_bytes
@@ -52,6 +60,7 @@ TIMING_KEYS = (
     "peak_rss_mb",
     "seconds_warmup",
 )
+DP_STREAM = 0xD1FF  # the DP noise's own stream of (seed, round)
 TRAIN, WARMUP = "train", "train.warmup"  # the kinds of exchange (Flower's message types)
 
 RoundFn = Callable[[int, Callable[[], None] | None], dict]
@@ -116,6 +125,7 @@ class RoundLoop:
         self.state: ServerState = self.method.init(self.workspace)
         self.checkpoint_dir = out_dir / "checkpoint"
         self.partition_sha256 = partition_digest(data.parts)  # the run's partition never changes
+        self.dp_clip, self.dp_releases = cfg.privacy.dp.clip_norm, 0  # privacy.dp: C now, rounds released
 
     def run(self, clients: Clients, on_round: Callable[[dict], None] | None = None,
             on_client: Callable[[], None] | None = None,
@@ -219,15 +229,23 @@ class RoundLoop:
         """Screen the replies, aggregate (unless too few are left), evaluate, and build the round's
         record. A warm-up's bytes, failures and metrics are added to the round's."""
         expected = partial(self.method.update_spec, self.state)
-        v = self.cfg.validation
+        v, dp = self.cfg.validation, self.cfg.privacy.dp
+        # under DP the clip bounds every client's influence; a data-dependent screen would break the accounting
+        relative = None if dp.mode == "central" else v.max_norm_relative
         accepted, dropped, rejected = screen_outcomes(
-            outcomes, sent, expected, v.max_norm, self.data.train_size, v.max_norm_relative
+            outcomes, sent, expected, v.max_norm, self.data.train_size, relative
         )
         skipped = skip_reason(self.cfg.failures, len(accepted))
         tic = time.perf_counter()
         method_metrics = {}
-        if skipped is None:
+        if skipped is None and dp.mode == "central":
+            release = self.private_release(round_index, accepted, sent)
+            self.state, method_metrics = self.method.aggregate_train(self.state, [release.update])
+            method_metrics = {**method_metrics, **self.dp_fields(release)}
+        elif skipped is None:
             self.state, method_metrics = self.method.aggregate_train(self.state, self.robust(accepted, sent))
+        elif dp.mode == "central":  # nothing released this round: no privacy spent
+            method_metrics = self.dp_fields(None)
         seconds_aggregate = time.perf_counter() - tic
         evaluation, seconds_eval = self.maybe_evaluate(round_index)
         warm = warmup or {"bytes_up": 0, "bytes_down": 0, "dropped": [], "rejected": [], "metrics": {}}
@@ -253,6 +271,29 @@ class RoundLoop:
             **({"seconds_warmup": warmup["seconds"]} if warmup else {}),
             "seconds_round": time.perf_counter() - start,
             "peak_rss_mb": peak_rss_mb(),
+        }
+
+    def private_release(self, round_index: int, updates: list[ClientUpdate], sent: dict[int, Payload]):
+        """The round's DP-FedAvg release (core/privacy.py), its noise seeded by (seed, round)."""
+        dp = self.cfg.privacy.dp
+        generator = torch_generator(derive_seed(self.cfg.seed, round_index, DP_STREAM))
+        release = privacy.private_mean(
+            updates, sent[updates[0].client_id].tensors, self.dp_clip, dp.noise_multiplier,
+            self.cfg.federation.clients_per_round, generator, dp.adaptive, dp.target_quantile, dp.clip_lr,
+        )  # fmt: skip
+        self.dp_clip, self.dp_releases = release.next_clip_norm, self.dp_releases + 1
+        return release
+
+    def dp_fields(self, release) -> dict:
+        """dp_* of a round: epsilon so far at privacy.dp.delta, the clip used and the next one."""
+        dp, fed = self.cfg.privacy.dp, self.cfg.federation
+        rate = fed.clients_per_round / fed.num_clients
+        return {
+            "dp_released": release is not None,
+            "dp_epsilon": privacy.epsilon(dp.noise_multiplier, rate, self.dp_releases, dp.delta),
+            "dp_clip_norm": release.clip_norm if release else self.dp_clip,
+            "dp_next_clip_norm": self.dp_clip,
+            "dp_clipped_share": release.clipped_share if release else None,
         }
 
     def robust(self, updates: list[ClientUpdate], sent: dict[int, Payload]) -> list[ClientUpdate]:
@@ -311,6 +352,8 @@ class RoundLoop:
             bookkeeping += ("federated_eval",)
         if self.cfg.aggregation == AggregationConfig():  # the same for the default rule (mean)
             bookkeeping += ("aggregation",)
+        if self.cfg.privacy == PrivacyConfig():  # and for DP off
+            bookkeeping += ("privacy",)
         config = {k: v for k, v in config_to_dict(self.cfg).items() if k not in bookkeeping}
         # fields added later, at defaults that (as good as) change no number: older checkpoints keep resuming
         if not self.cfg.failures.poisoned:
@@ -368,6 +411,9 @@ class RoundLoop:
         clients.restore_states(ClientStates(ckpt.client_files, ckpt.clients, ckpt.clients_on_nodes), where)
         self.state = ckpt.server
         restore_rng(ckpt.rng)
+        if self.cfg.privacy.dp.mode == "central" and ckpt.records:  # C and the releases live in the records
+            self.dp_clip = float(ckpt.records[-1].get("dp_next_clip_norm", self.dp_clip))
+            self.dp_releases = sum(1 for r in ckpt.records if r.get("dp_released"))
         return ckpt.records
 
 
@@ -395,6 +441,8 @@ def summarize(records: list[dict], method: str) -> dict[str, Any]:
             extra[f"final_{key}"] = final[key]
             if key != "perplexity":
                 extra[f"best_{key}"] = max(r[key] for r in evaluated)
+    if records and records[-1].get("dp_epsilon") is not None:  # privacy.dp: the budget spent by the end
+        extra["final_dp_epsilon"] = records[-1]["dp_epsilon"]
     for key, value in final.items():  # federated evaluation's aggregates, when it ran (fed_accuracy, ..._worst)
         if key.startswith("fed_") and key not in ("fed_eval", "fed_eval_dropped"):
             extra[f"final_{key}"] = value

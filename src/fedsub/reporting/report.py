@@ -40,9 +40,12 @@ FEDERATED_COLUMNS = [  # federated evaluation ran: the clients' own data, weight
 def columns_for(summaries: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
     if summaries and all("final_rougeL" in s for s in summaries):
         return GENERATION_COLUMNS
+    columns = COLUMNS
     if any(s.get("final_fed_accuracy") is not None for s in summaries):
-        return COLUMNS[:4] + FEDERATED_COLUMNS + COLUMNS[4:]
-    return COLUMNS
+        columns = columns[:4] + FEDERATED_COLUMNS + columns[4:]
+    if any(s.get("final_dp_epsilon") is not None for s in summaries):  # privacy.dp: the budget spent
+        columns = columns[:4] + [("final_dp_epsilon", "epsilon", "{:.2f}")] + columns[4:]
+    return columns
 
 
 def table_rows(summaries: list[dict[str, Any]]) -> list[list[str]]:
