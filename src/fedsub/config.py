@@ -240,6 +240,11 @@ class DPConfig(Strict):
     target_quantile: float = Field(0.5, gt=0, lt=1, description="adaptive: the share of clients meant to be within C")
     clip_lr: float = Field(0.2, gt=0, description="adaptive: eta, the step of log C per round")
 
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _off_is_off(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML 1.1 reads a bare `off` as false
+
 
 class PrivacyConfig(Strict):
     dp: DPConfig = DPConfig()

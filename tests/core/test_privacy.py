@@ -123,3 +123,10 @@ def test_dp_settings_that_cannot_work_are_refused_naming_the_field(tmp_path, met
     config = write_csv_experiment(tmp_path, methods)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         load_config(config, ["privacy.dp.mode=central", *overrides])
+
+
+def test_off_means_off_even_as_yaml_reads_it(tmp_path):
+    from fedsub.config import load_config
+
+    config = write_csv_experiment(tmp_path, ["fedit"])
+    assert load_config(config, ["privacy.dp.mode=off"]).privacy.dp.mode == "off"  # YAML 1.1: a bare off is false
