@@ -208,7 +208,10 @@ def check_fits(cfg: ExperimentConfig, method, model: torch.nn.Module, targets: l
     if not ranks or not targets:
         return
     modules = dict(model.named_modules())
-    side, name = min((min(modules[t].weight.shape), t) for t in targets)
+    matrices = [t for t in targets if getattr(getattr(modules[t], "weight", None), "ndim", 0) == 2]
+    if not matrices:  # e.g. a Conv2d target: the method's own refusal names it
+        return
+    side, name = min((min(modules[t].weight.shape), t) for t in matrices)
     if max(ranks) > side:
         raise ConfigError(
             f"method {method.name}: rank {max(ranks)} > {side}, the smaller side of the adapted matrix {name}; "
