@@ -1,0 +1,35 @@
+"""Accuracy against epsilon from bench_dp.py's JSON: one line per method, the no-DP accuracy dashed.
+
+.venv/bin/python benchmarks/plot_dp.py benchmarks/results/dp-cpu.json benchmarks/results/dp-accuracy-epsilon.png
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def main(source: str, target: str) -> None:
+    table = json.load(open(source))["table"]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for k, method in enumerate(sorted(table["no DP"])):
+        private = [(cell[method]["epsilon"], cell[method]["mean_accuracy"]) for label, cell in table.items()
+                   if label != "no DP"]  # fmt: skip
+        eps, acc = zip(*sorted(private))
+        ax.plot(eps, acc, "o-", color=f"C{k}", label=f"{method} (DP-FedAvg)")
+        ax.axhline(table["no DP"][method]["mean_accuracy"], color=f"C{k}", ls="--", label=f"{method}, no DP")
+    ax.set_xscale("log")
+    ax.set_xlabel("epsilon (delta 1e-5)")
+    ax.set_ylabel("final test accuracy, mean of 3 seeds")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(target, dpi=120)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])
