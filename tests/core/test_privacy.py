@@ -13,6 +13,7 @@ from fedsub_fixtures import stop_at, strip_timing, tiny_config, write_csv_experi
 from fedsub.core import privacy
 from fedsub.core.types import ClientUpdate, Payload
 from fedsub.errors import ConfigError
+from fedsub.reporting.report import read_metrics as records
 
 
 def update(client, values):
@@ -60,10 +61,6 @@ def test_epsilon_is_opacus_rdp_accountant_stepped_round_by_round():
         reference.step(noise_multiplier=1.1, sample_rate=0.25)
         assert privacy.epsilon(1.1, 0.25, rounds, 1e-5) == pytest.approx(reference.get_epsilon(delta=1e-5), rel=1e-12)
     assert privacy.epsilon(1.1, 0.25, 0, 1e-5) == 0.0
-
-
-def records(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_without_clipping_or_noise_dp_fedavg_is_fedavg(tiny_data, tmp_path):

@@ -16,6 +16,7 @@ from fedsub.core.types import ClientUpdate, Payload
 from fedsub.data.client_eval import client_eval_rows, hold_out, largest_remainder, split_test_by_partition
 from fedsub.engines.fed_eval import aggregate, screen
 from fedsub.errors import ConfigError
+from fedsub.reporting.report import read_metrics as records
 from fedsub.tasks.base import EncodedSubset
 
 
@@ -96,10 +97,6 @@ def test_a_subset_is_the_rows_it_names():
     assert len(subset) == 2 and subset.labels.tolist() == [8, 6]
     assert subset.batch(torch.tensor([1]), "cpu")["labels"].tolist() == [6]
     assert subset.prompts == [[4], [2]] and subset.references == ["d", "b"]
-
-
-def records(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")

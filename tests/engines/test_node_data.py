@@ -18,6 +18,7 @@ from fedsub.config import load_config  # noqa: E402
 from fedsub.engines.flower.engine import FlowerLocal  # noqa: E402
 from fedsub.engines.setup import prepare_data  # noqa: E402
 from fedsub.errors import ConfigError  # noqa: E402
+from fedsub.reporting.report import read_metrics as records  # noqa: E402
 
 
 def node_configs(sites):
@@ -34,10 +35,6 @@ def run_on_sites(sites, out, nodes=None, overrides=()):
     out.mkdir(parents=True)
     engine = FlowerLocal(cfg, cfg.methods[0], prepare_data(cfg, out), out / cfg.methods[0].key)
     return engine.run(node_configs=nodes or node_configs(sites))
-
-
-def records(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @pytest.mark.parametrize("mode", ["test_partition", "holdout"])
