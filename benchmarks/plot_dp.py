@@ -9,6 +9,7 @@ import json
 import sys
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -24,6 +25,8 @@ def main(source: str, target: str) -> None:
         ax.plot(eps, acc, "o-", color=f"C{k}", label=f"{method} (DP-FedAvg)")
         ax.axhline(table["no DP"][method]["mean_accuracy"], color=f"C{k}", ls="--", label=f"{method}, no DP")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # the minor labels overlapped
+    ax.set_xticks(eps, [f"{e:.3g}" for e in eps])
     ax.set_xlabel("epsilon (delta 1e-5)")
     ax.set_ylabel("final test accuracy, mean of 3 seeds")
     ax.legend(fontsize=7)
