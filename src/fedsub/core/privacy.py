@@ -24,7 +24,7 @@ from typing import Sequence
 
 import torch
 
-from fedsub.core.robust import change
+from fedsub.core.robust import change, norm
 from fedsub.core.types import ClientUpdate, Payload, Tensors
 
 
@@ -64,11 +64,11 @@ def private_mean(
 ) -> Release:  # fmt: skip
     """The round's DP-FedAvg release (module docstring); `sent` is the global tensors every client got."""
     changes = [change(u, sent) for u in updates]
-    norms = [math.sqrt(sum(float(torch.sum(d * d)) for d in c.values())) for c in changes]
+    norms = [norm(c) for c in changes]
     noise_std = sum_noise_multiplier(z, adaptive, expected_clients) * clip_norm
     summed: Tensors = {}
-    for c, norm in zip(changes, norms):
-        scale = min(1.0, clip_norm / norm) if norm > 0 else 1.0
+    for c, size in zip(changes, norms):
+        scale = min(1.0, clip_norm / size) if size > 0 else 1.0
         for name, d in c.items():
             summed[name] = summed.get(name, 0.0) + scale * d
     tensors = {}
@@ -77,7 +77,7 @@ def private_mean(
         reference = updates[0].payload.tensors[name]
         base = sent[name].float() if name in sent else 0.0
         tensors[name] = (base + (total + noise) / expected_clients).to(reference.dtype)
-    within = sum(norm <= clip_norm for norm in norms)
+    within = sum(size <= clip_norm for size in norms)
     next_clip = clip_norm
     if adaptive:
         noisy_share = (within + float(torch.randn((), generator=generator, dtype=torch.float64))

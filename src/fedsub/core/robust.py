@@ -32,9 +32,25 @@ def change(update: ClientUpdate, sent: Tensors) -> Tensors:
     return {n: t.float() - sent[n].float() if n in sent else t.float() for n, t in update.payload.tensors.items()}
 
 
+def norm(tensors: Tensors) -> float:
+    """The L2 norm of a set of tensors taken as one vector."""
+    return math.sqrt(sum(float(torch.sum(d * d)) for d in tensors.values()))
+
+
 def change_norm(update: ClientUpdate, sent: Tensors) -> float:
     """The L2 norm of the client's whole change, over all its tensors."""
-    return math.sqrt(sum(float(torch.sum(d * d)) for d in change(update, sent).values()))
+    return norm(change(update, sent))
+
+
+def scaled(update: ClientUpdate, sent: Tensors, scale: float, delta: Tensors | None = None) -> ClientUpdate:
+    """The update whose change (`delta`, else computed) is multiplied by `scale`, in its own dtypes."""
+    delta = change(update, sent) if delta is None else delta
+    tensors = {
+        n: ((sent[n].float() if n in sent else 0.0) + scale * d).to(update.payload.tensors[n].dtype)
+        for n, d in delta.items()
+    }
+    return ClientUpdate(update.client_id, Payload(tensors, dict(update.payload.scalars)), update.num_examples,
+                        update.metrics)  # fmt: skip
 
 
 def coordinatewise(updates: Sequence[ClientUpdate], statistic) -> ClientUpdate:
@@ -77,14 +93,8 @@ def norm_clip(updates: Sequence[ClientUpdate], sent: dict[int, Tensors], bound: 
     clipped = []
     for u in updates:
         delta = change(u, sent[u.client_id])
-        norm = math.sqrt(sum(float(torch.sum(d * d)) for d in delta.values()))
-        scale = 1.0 if norm <= bound or norm == 0 else bound / norm
-        base = sent[u.client_id]
-        tensors = {
-            n: ((base[n].float() if n in base else 0.0) + scale * d).to(u.payload.tensors[n].dtype)
-            for n, d in delta.items()
-        }
-        clipped.append(ClientUpdate(u.client_id, Payload(tensors, dict(u.payload.scalars)), u.num_examples, u.metrics))
+        size = norm(delta)
+        clipped.append(u if size <= bound else scaled(u, sent[u.client_id], bound / size, delta))
     return clipped
 
 

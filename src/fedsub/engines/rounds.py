@@ -316,16 +316,9 @@ class RoundLoop:
     def poison(self, outcomes: list[ClientOutcome], sent: dict[int, Payload]) -> list[ClientOutcome]:
         """failures.poisoned: those clients' replies carry their change x poison_scale (a simulated attack,
         applied where the reply arrives, so both engines see the same)."""
-        scale = self.cfg.failures.poison_scale
         for o in outcomes:
             if o.update is not None and o.client_id in self.cfg.failures.poisoned:
-                base = sent[o.client_id].tensors
-                tensors = {
-                    n: ((base[n].float() if n in base else 0.0) + scale * d).to(o.update.payload.tensors[n].dtype)
-                    for n, d in robust.change(o.update, base).items()
-                }
-                o.update = ClientUpdate(o.client_id, Payload(tensors, o.update.payload.scalars), o.update.num_examples,
-                                        o.update.metrics)  # fmt: skip
+                o.update = robust.scaled(o.update, sent[o.client_id].tensors, self.cfg.failures.poison_scale)
         return outcomes
 
     def evaluates(self, round_index: int) -> bool:

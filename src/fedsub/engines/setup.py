@@ -124,18 +124,23 @@ def partition_global(cfg: ExperimentConfig):
     return splits, partition(splits.train, cfg.partition, cfg.federation.num_clients, cfg.seed)
 
 
-def prepare_server_data(cfg: ExperimentConfig) -> FederatedData:
-    """data.source nodes, the server's side: the task and model plan of the declared label space, its
-    own test file (data.dataset) or no test rows, no training rows; the partition report is written
-    from what the nodes report (fedsub.engines.flower.server)."""
+def nodes_task(cfg: ExperimentConfig):
+    """data.source nodes: the model plan and text task of the declared label space, and `encode(path,
+    where)`, a party's own file encoded for it (both sides of an own-data federation build these)."""
     from fedsub.data.node_files import load_labelled_file  # late: start-up, see prepare_data
     from fedsub.tasks import build_task  # late: start-up, see prepare_data
 
     plan = plan_model(cfg)
     task = build_task(cfg, plan, "text", len(cfg.data.labels))
-    test = NoRows()
-    if cfg.data.dataset:
-        test = task.encode_dataset(load_labelled_file(cfg.data, cfg.data.dataset, "data.dataset"))
+    return plan, task, lambda path, where: task.encode_dataset(load_labelled_file(cfg.data, path, where))
+
+
+def prepare_server_data(cfg: ExperimentConfig) -> FederatedData:
+    """data.source nodes, the server's side: the task and model plan of the declared label space, its
+    own test file (data.dataset) or no test rows, no training rows; the partition report is written
+    from what the nodes report (fedsub.engines.flower.server)."""
+    plan, task, encode = nodes_task(cfg)
+    test = encode(cfg.data.dataset, "data.dataset") if cfg.data.dataset else NoRows()
     parts = [torch.empty(0, dtype=torch.long) for _ in range(cfg.federation.num_clients)]
     return FederatedData(task, NoRows(), test, parts, list(cfg.data.labels), {}, plan, source="nodes")
 
@@ -145,15 +150,12 @@ def prepare_node_data(cfg: ExperimentConfig, client_id: int, files: dict[str, st
     that client's partition; for federated evaluation, held-out rows of it (federated_eval.data
     holdout, the same draw as the simulator's) or its own test file `files["test"]` (test_partition)."""
     from fedsub.data.client_eval import hold_out  # late: start-up, see prepare_data
-    from fedsub.data.node_files import load_labelled_file  # late: start-up, see prepare_data
-    from fedsub.tasks import build_task  # late: start-up, see prepare_data
 
     where = f"node {client_id}"
     if "data" not in files:
         raise ConfigError(f"{where}: data.source is nodes but its node config has no data=PATH (its own file)")
-    plan = plan_model(cfg)
-    task = build_task(cfg, plan, "text", len(cfg.data.labels))
-    train = task.encode_dataset(load_labelled_file(cfg.data, files["data"], f"{where} data={files['data']}"))
+    plan, task, encode = nodes_task(cfg)
+    train = encode(files["data"], f"{where} data={files['data']}")
     parts = [np.empty(0, dtype=np.int64) for _ in range(cfg.federation.num_clients)]
     parts[client_id] = np.arange(len(train))
     test, eval_parts, eval_source = NoRows(), None, "test"
@@ -167,7 +169,7 @@ def prepare_node_data(cfg: ExperimentConfig, client_id: int, files: dict[str, st
                 f"{where}: federated_eval.data test_partition needs its own held-out file (node config test=PATH); "
                 f"or set federated_eval.data: holdout"
             )
-        test = task.encode_dataset(load_labelled_file(cfg.data, files["test"], f"{where} test={files['test']}"))
+        test = encode(files["test"], f"{where} test={files['test']}")
         eval_parts = [np.empty(0, dtype=np.int64) for _ in parts]
         eval_parts[client_id] = np.arange(len(test))
     as_tensors = lambda rows: [torch.as_tensor(r, dtype=torch.long) for r in rows]  # noqa: E731

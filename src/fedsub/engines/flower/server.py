@@ -19,6 +19,7 @@ report in each reply whether they hold state, and the checkpoint lists those cli
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -297,7 +298,10 @@ def run_config_text(cfg: ExperimentConfig) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
 
 
+@functools.lru_cache(maxsize=4)
 def config_from_text(text: str) -> ExperimentConfig:
+    """The run config a message carries, validated once per text (nodes ask for it on every message;
+    callers only read it)."""
     return validate_config(yaml.safe_load(text), source="flower run config")
 
 
