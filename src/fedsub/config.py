@@ -228,13 +228,25 @@ class AggregationConfig(Strict):
 class DPConfig(Strict):
     """Client-level differential privacy (core/privacy.py; README, "Differential privacy")."""
 
-    mode: Literal["off", "central"] = Field(
-        "off", description="central: DP-FedAvg (clip each client's change, Gaussian noise on the sum); off"
+    mode: Literal["off", "central", "local"] = Field(
+        "off",
+        description="central: DP-FedAvg (clip each client's change, Gaussian noise on the sum); local: DP-SGD on "
+        "every client (clip each example's gradient, noise on the batch's sum); off",
     )
     clip_norm: float = Field(
-        1.0, gt=0, description="C: each client's change is clipped to this L2 norm (adaptive: start)"
+        1.0,
+        gt=0,
+        description="C: central: each client's change is clipped to this L2 norm (adaptive: start); "
+        "local: each example's gradient",
     )
-    noise_multiplier: float = Field(1.0, gt=0, description="z: the noise's std is z x C on the sum of clipped changes")
+    noise_multiplier: float = Field(
+        1.0, gt=0, description="z: the noise's std is z x C on the sum of clipped changes (local: gradients)"
+    )
+    noise_source: Literal["auto", "run", "os"] = Field(
+        "auto",
+        description="local: run = seeded by the run (reproducible), os = OS entropy (the server cannot regenerate "
+        "it); auto = run in the simulator, os on Flower",
+    )
     delta: float = Field(1e-5, gt=0, lt=1, description="epsilon is reported at this delta")
     adaptive: bool = Field(False, description="C follows target_quantile of the change norms (Andrew et al. 2021)")
     target_quantile: float = Field(0.5, gt=0, lt=1, description="adaptive: the share of clients meant to be within C")
@@ -444,6 +456,8 @@ class ExperimentConfig(Strict):
     def _dp_fits(self) -> "ExperimentConfig":
         if self.privacy.dp.mode == "off":
             return self
+        if self.privacy.dp.mode == "local":
+            return self._local_dp_fits()
         for spec in self.methods:
             if spec.name not in _MEAN_OF_UPLOADS:
                 raise ValueError(
@@ -463,6 +477,27 @@ class ExperimentConfig(Strict):
                 f"{m} clients per round (needs < {m / 10:.3g}: the clipping count's own noise spends the rest); "
                 f"lower it, raise clients_per_round, or set privacy.dp.adaptive: false"
             )
+        return self
+
+    def _local_dp_fits(self) -> "ExperimentConfig":
+        """DP-SGD serves every method (what a client uploads is computed from its noisy gradients), but
+        not what would read raw gradients or clip them twice."""
+        dp = self.privacy.dp
+        if dp.adaptive:
+            raise ValueError("privacy.dp.adaptive: adaptive clipping is for mode central (local clips examples at C)")
+        if self.train.max_grad_norm is not None:
+            raise ValueError(
+                "train.max_grad_norm: under privacy.dp local each example's gradient is clipped at clip_norm; "
+                "remove train.max_grad_norm"
+            )
+        for spec in self.methods:
+            options = spec.options
+            if getattr(options, "warmup_batches", 0) and getattr(options, "proj_source", "random") != "random":
+                raise ValueError(
+                    f"privacy.dp: local DP cannot serve method {spec.key} with warmup_batches "
+                    f"{options.warmup_batches}: its warm-up sketch reads raw gradients outside DP-SGD; "
+                    f"set methods.{spec.key}.warmup_batches: 0"
+                )
         return self
 
     @model_validator(mode="after")

@@ -18,6 +18,7 @@ the rounds released so far at sampling rate q = m / num_clients, reported as eps
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -87,8 +88,10 @@ def private_mean(
     return Release(release, clip_norm, next_clip, 1 - within / len(updates))
 
 
+@functools.lru_cache(maxsize=4096)  # local DP asks it for every client every round; most share (q, steps)
 def epsilon(z: float, sample_rate: float, rounds: int, delta: float) -> float:
-    """epsilon after `rounds` releases of the sampled Gaussian mechanism (Opacus' RDP accountant)."""
+    """epsilon after `rounds` releases of the sampled Gaussian mechanism (Opacus' RDP accountant); DP-SGD's
+    steps are its releases too."""
     if rounds == 0:
         return 0.0
     from opacus.accountants import RDPAccountant  # late: an optional extra (fedsub[dp]), imported when used

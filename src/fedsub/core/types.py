@@ -87,6 +87,17 @@ def extra_name(cls: type) -> str | None:
     return _EXTRA_NAMES.get(cls)
 
 
+@dataclass(frozen=True)
+class LocalDP:
+    """A client's DP-SGD settings (privacy.dp local; core/dp_sgd.py): C, z, and whether the noise is
+    seeded by the run (reproducible: the simulator) or by the OS (a deployment: the server knows the
+    run seed)."""
+
+    clip_norm: float
+    noise_multiplier: float
+    os_noise: bool = False
+
+
 @dataclass
 class TrainSettings:
     """Local-training settings of one client in one round (resolved from the config)."""
@@ -100,6 +111,7 @@ class TrainSettings:
     head_lr: float | None = (
         None  # the run's train.lr: densely trained heads of the GaLore methods (their own lr is lower)
     )
+    dp: LocalDP | None = None  # privacy.dp local: DP-SGD's clip, noise and noise source (core/dp_sgd.py)
 
     def steps_for(self, num_examples: int) -> int:
         if self.local_epochs is not None:

@@ -7,6 +7,7 @@ on what the previous client left behind (tested: client B alone equals client A 
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import torch
@@ -81,26 +82,58 @@ class Workspace:
         extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
         after_backward: Callable[[], None] | None = None,
     ) -> dict[str, float]:
-        """Run the client's local steps; returns its mean train loss. Dropout is seeded per client."""
+        """Run the client's local steps; returns its mean train loss. Dropout is seeded per client.
+        Under privacy.dp local the data's gradient is DP-SGD's (core/dp_sgd.py)."""
         torch.manual_seed(client.seed)
         self.model.train()
         steps = client.train.steps_for(len(client.indices))
         params = [p for p in self.model.parameters() if p.requires_grad]
-        batches = self.client_batches(client)
+        gradient = (
+            self.private_gradients(client, extra_loss) if client.train.dp else self.plain_gradients(client, extra_loss)
+        )
         total = 0.0
         for _ in range(steps):
-            batch = self.train_data.batch(next(batches), self.device)
-            loss = self.task.loss(self.model, batch)
-            objective = loss + extra_loss(self.model) if extra_loss else loss
-            objective.backward()
+            total += gradient()
             if after_backward:
                 after_backward()
             if client.train.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, client.train.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            total += loss.item()
         return {"train_loss": total / steps, "steps": float(steps)}
+
+    def plain_gradients(self, client: ClientContext, extra_loss=None) -> Callable[[], float]:
+        """One step's gradient of the next mini-batch's mean loss (+ extra_loss), left in .grad;
+        returns the data loss."""
+        batches = self.client_batches(client)
+
+        def step() -> float:
+            loss = self.task.loss(self.model, self.train_data.batch(next(batches), self.device))
+            (loss + extra_loss(self.model) if extra_loss else loss).backward()
+            return loss.item()
+
+        return step
+
+    def private_gradients(self, client: ClientContext, extra_loss=None) -> Callable[[], float]:
+        """One step's DP-SGD gradient of a Poisson batch at rate batch_size / n (core/dp_sgd.py)."""
+        from fedsub.core import dp_sgd  # late: imports opacus (the optional extra fedsub[dp])
+
+        dp, indices = client.train.dp, client.indices
+        # os_noise: a deployment's server knows the run seed, so its clients' noise must not derive from it
+        generator = torch_generator(int.from_bytes(os.urandom(7), "little") if dp.os_noise else client.seed)
+        rate = min(1.0, client.train.batch_size / len(indices))
+
+        def step() -> float:
+            batch = dp_sgd.poisson_batch(indices, rate, generator)
+            data = self.train_data.batch(batch, self.device) if len(batch) else None
+            loss = dp_sgd.private_backward(
+                self.model, self.task.example_losses, data, len(batch), dp, rate * len(indices), generator
+            )
+            if extra_loss:  # a penalty on the parameters alone (no data): its gradient is added as it is
+                extra_loss(self.model).backward()
+            return loss
+
+        return step
 
     def evaluate(self, batch_size: int) -> dict[str, float]:
         return self.task.evaluate(self.model, self.test_data, batch_size, self.device)

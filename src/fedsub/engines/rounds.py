@@ -121,11 +121,12 @@ class RoundLoop:
 
     def __init__(self, cfg: ExperimentConfig, spec: MethodSpec, data: FederatedData, setup: MethodSetup, out_dir: Path):
         self.cfg, self.spec, self.data, self.out_dir = cfg, spec, data, out_dir
-        self.method, self.workspace = setup.method, setup.workspace
+        self.method, self.workspace, self.settings = setup.method, setup.workspace, setup.settings
         self.state: ServerState = self.method.init(self.workspace)
         self.checkpoint_dir = out_dir / "checkpoint"
         self.partition_sha256 = partition_digest(data.parts)  # the run's partition never changes
         self.dp_clip, self.dp_releases = cfg.privacy.dp.clip_norm, 0  # privacy.dp: C now, rounds released
+        self.dp_steps: dict[int, int] = {}  # privacy.dp local: DP-SGD steps each client has taken so far
 
     def run(self, clients: Clients, on_round: Callable[[dict], None] | None = None,
             on_client: Callable[[], None] | None = None,
@@ -246,6 +247,8 @@ class RoundLoop:
             self.state, method_metrics = self.method.aggregate_train(self.state, self.robust(accepted, sent))
         elif dp.mode == "central":  # nothing released this round: no privacy spent
             method_metrics = self.dp_fields(None)
+        if dp.mode == "local":
+            method_metrics = {**method_metrics, **self.local_dp_fields(clients)}
         seconds_aggregate = time.perf_counter() - tic
         evaluation, seconds_eval = self.maybe_evaluate(round_index)
         warm = warmup or {"bytes_up": 0, "bytes_down": 0, "dropped": [], "rejected": [], "metrics": {}}
@@ -295,6 +298,22 @@ class RoundLoop:
             "dp_next_clip_norm": self.dp_clip,
             "dp_clipped_share": release.clipped_share if release else None,
         }
+
+    def local_dp_fields(self, clients: list[int]) -> dict:
+        """privacy.dp local: every sampled client is counted as having taken its DP-SGD steps (a client
+        that failed may not have: an upper bound); dp_epsilon is the worst client's, each client's own
+        accountant at its rate q = batch_size / n over its steps so far."""
+        for c in clients:
+            rows = self.data.train_size(c)
+            if rows:
+                self.dp_steps[c] = self.dp_steps.get(c, 0) + self.settings.steps_for(rows)
+        dp = self.cfg.privacy.dp
+        worst = max(
+            (privacy.epsilon(dp.noise_multiplier, min(1.0, self.settings.batch_size / rows), steps, dp.delta)
+             for c, steps in self.dp_steps.items() if (rows := self.data.train_size(c))),
+            default=0.0,
+        )  # fmt: skip
+        return {"dp_epsilon": worst, "dp_clients_spent": len(self.dp_steps)}
 
     def robust(self, updates: list[ClientUpdate], sent: dict[int, Payload]) -> list[ClientUpdate]:
         """The updates as aggregation.rule hands them to the method (core/robust.py); mean: unchanged."""
@@ -407,6 +426,9 @@ class RoundLoop:
         if self.cfg.privacy.dp.mode == "central" and ckpt.records:  # C and the releases live in the records
             self.dp_clip = float(ckpt.records[-1].get("dp_next_clip_norm", self.dp_clip))
             self.dp_releases = sum(1 for r in ckpt.records if r.get("dp_released"))
+        if self.cfg.privacy.dp.mode == "local":  # each client's steps follow from the rounds it was sampled in
+            for record in ckpt.records:
+                self.local_dp_fields(record["clients"])
         return ckpt.records
 
 

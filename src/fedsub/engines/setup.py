@@ -20,7 +20,7 @@ from fedsub.config import ExperimentConfig, MethodSpec
 from fedsub.core.method import Method
 from fedsub.core.registry import build_method
 from fedsub.core.seeding import derive_rng
-from fedsub.core.types import TrainSettings
+from fedsub.core.types import LocalDP, TrainSettings
 from fedsub.core.workspace import Workspace
 from fedsub.errors import ConfigError
 from fedsub.models import ModelPlan, head_module_names, plan_model, target_linear_names
@@ -245,7 +245,17 @@ def train_settings(cfg: ExperimentConfig, spec: MethodSpec) -> TrainSettings:
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         head_lr=t.lr,
+        dp=local_dp(cfg),
     )
+
+
+def local_dp(cfg: ExperimentConfig) -> LocalDP | None:
+    """privacy.dp local's client settings; the noise comes from the OS on Flower unless told otherwise."""
+    dp = cfg.privacy.dp
+    if dp.mode != "local":
+        return None
+    source = dp.noise_source if dp.noise_source != "auto" else ("os" if cfg.engine == "flower" else "run")
+    return LocalDP(dp.clip_norm, dp.noise_multiplier, os_noise=source == "os")
 
 
 def reset_peak_rss() -> None:

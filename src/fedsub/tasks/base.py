@@ -75,10 +75,13 @@ class Task(Protocol):
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         """The training loss of one batch (a scalar to backpropagate)."""
 
+    def example_losses(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """Each example's own loss, [batch size] (DP-SGD clips each example's gradient of it)."""
+
     def evaluate(
         self, model: nn.Module, data: EncodedData, batch_size: int, device: torch.device | str
     ) -> dict[str, float]:
         """Every metric of `metric_keys` on `data`, in batches of `batch_size`."""
 
 
-TASK_MEMBERS = ("metric", "metric_keys", "encode_dataset", "loss", "evaluate")
+TASK_MEMBERS = ("metric", "metric_keys", "encode_dataset", "loss", "example_losses", "evaluate")

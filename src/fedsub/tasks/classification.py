@@ -58,6 +58,10 @@ class ClassificationTask:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         return F.cross_entropy(logits.float(), batch["labels"])
 
+    def example_losses(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return F.cross_entropy(logits.float(), batch["labels"], reduction="none")
+
     def evaluate(self, model: nn.Module, data: Encoded, batch_size: int, device) -> dict[str, float]:
         def logits(model, batch):
             return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()

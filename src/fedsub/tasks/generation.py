@@ -101,6 +101,14 @@ class GenerationTask:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         return response_loss(logits, batch["labels"])
 
+    def example_losses(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Each example's mean over its own response tokens (the batch loss weights by token instead,
+        which would tie one example's gradient to the others' lengths)."""
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        target = batch["labels"][:, 1:]
+        nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), target, ignore_index=IGNORE, reduction="none")
+        return nll.sum(1) / (target != IGNORE).sum(1).clamp(min=1)
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module, data: LMEncoded, batch_size: int, device) -> dict[str, float]:
         was_training = model.training

@@ -107,6 +107,9 @@ class MultipleChoiceTask:
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return F.cross_entropy(self.scores(model, batch), batch["labels"])
 
+    def example_losses(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return F.cross_entropy(self.scores(model, batch), batch["labels"], reduction="none")
+
     def evaluate(self, model: nn.Module, data: ChoiceEncoded, batch_size: int, device) -> dict[str, float]:
         step = max(1, batch_size // self.num_choices)  # batch_size counts sequences, C per example
         return evaluate_by_scores(model, data, step, device, self.scores, self.num_choices)

@@ -75,6 +75,9 @@ class ImageClassificationTask:
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return F.cross_entropy(self.logits(model, batch), batch["labels"])
 
+    def example_losses(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return F.cross_entropy(self.logits(model, batch), batch["labels"], reduction="none")
+
     def logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         pixels = batch["pixel_values"].to(next(model.parameters()).dtype)  # bf16 models take bf16 input
         return logits_of(model(pixel_values=pixels))
