@@ -208,6 +208,13 @@ DP_REFUSALS = {
 }
 
 
+# why secure aggregation refuses a method beyond DP's reasons (one line each, in the refusal)
+SECAGG_REFUSALS = {
+    "fedgalore": "its server syncs every client's own V through AJIVE and refreshes projectors from their "
+    "sketches (not one sum)",
+}
+
+
 class AggregationConfig(Strict):
     """How the round's accepted updates are combined before the method aggregates (core/robust.py)."""
 
@@ -258,8 +265,35 @@ class DPConfig(Strict):
         return "off" if value is False else value  # YAML 1.1 reads a bare `off` as false
 
 
+class SecAggConfig(Strict):
+    """Secure aggregation on Flower: Flower's SecAgg+ protocol (engines/flower/secagg.py; README,
+    "Secure aggregation")."""
+
+    mode: Literal["off", "secaggplus"] = Field(
+        "off", description="secaggplus: the server learns only the sum of the clients' changes (engine: flower)"
+    )
+    num_shares: float = Field(
+        1.0,
+        gt=0,
+        description="each client's secrets go to this many clients (a float <= 1: that share of the "
+        "round's clients; 1.0 = all, SecAgg's full graph)",
+    )
+    reconstruction_threshold: float = Field(
+        0.67, gt=0, description="shares needed to rebuild a secret (a float <= 1: that share of num_shares)"
+    )
+    clipping_range: float = Field(
+        1.0, gt=0, description="each coordinate of (weight x change) is clipped to +-this before quantisation"
+    )
+    quantization_range: int = Field(2**22, gt=1, description="integers each clipped coordinate is quantised into")
+    modulus_range: int = Field(2**32, gt=1, description="the masks' modulus (a power of 2 above quantization_range)")
+    max_weight: float | None = Field(
+        None, gt=0, description="the weight a client's rows are divided by; None = the largest client's rows"
+    )
+
+
 class PrivacyConfig(Strict):
     dp: DPConfig = DPConfig()
+    secagg: SecAggConfig = SecAggConfig()
 
 
 class CheckpointConfig(Strict):
@@ -498,6 +532,51 @@ class ExperimentConfig(Strict):
                     f"{options.warmup_batches}: its warm-up sketch reads raw gradients outside DP-SGD; "
                     f"set methods.{spec.key}.warmup_batches: 0"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _secagg_fits(self) -> "ExperimentConfig":
+        sa = self.privacy.secagg
+        if sa.mode == "off":
+            return self
+        if self.engine != "flower":
+            raise ValueError(
+                "privacy.secagg: secure aggregation runs on engine: flower (the simulator holds every update)"
+            )
+        for spec in self.methods:
+            if spec.name not in _MEAN_OF_UPLOADS:
+                raise ValueError(
+                    f"privacy.secagg: secure aggregation cannot serve method {spec.key}: "
+                    + SECAGG_REFUSALS.get(spec.name, DP_REFUSALS.get(spec.name, "its server needs each update"))
+                    + f"; it serves {', '.join(_MEAN_OF_UPLOADS)}"
+                )
+        if self.aggregation.rule != "mean":
+            raise ValueError(
+                f"privacy.secagg: aggregation.rule {self.aggregation.rule} needs each client's update, which secure "
+                f"aggregation hides from the server; use rule: mean"
+            )
+        if self.privacy.dp.mode == "central":
+            raise ValueError(
+                "privacy.secagg: central DP clips each client's change at the server, which secure aggregation hides; "
+                "use privacy.dp.mode local (DP-SGD on the clients) with it"
+            )
+        if self.failures.poisoned:
+            raise ValueError(
+                "failures.poisoned: the attack is simulated on the server's copy of each update, which secure "
+                "aggregation hides; remove it or privacy.secagg"
+            )
+        if self.federation.clients_per_round < 2:
+            raise ValueError(
+                "privacy.secagg: a sum over one client is that client's update; set clients_per_round >= 2"
+            )
+        if sa.modulus_range <= sa.quantization_range or sa.modulus_range & (sa.modulus_range - 1):
+            raise ValueError("privacy.secagg.modulus_range: must be a power of 2 above quantization_range")
+        if sa.modulus_range > 2**32:
+            raise ValueError("privacy.secagg.modulus_range: Flower's SecAgg+ needs it at most 2**32")
+        if sa.num_shares > 1 and (sa.num_shares != int(sa.num_shares) or sa.num_shares < 3):
+            raise ValueError("privacy.secagg.num_shares: a share of the clients (<= 1.0) or a whole number >= 3")
+        if sa.reconstruction_threshold > 1 and sa.reconstruction_threshold != int(sa.reconstruction_threshold):
+            raise ValueError("privacy.secagg.reconstruction_threshold: a share (<= 1.0) or a whole number")
         return self
 
     @model_validator(mode="after")

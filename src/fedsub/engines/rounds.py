@@ -159,8 +159,12 @@ class RoundLoop:
         away = clients.unreachable(sampled)
         warmup = self.warmup(clients, round_index, sampled, away)
         sent = {c: self.method.configure_train(self.state, c) for c in sampled if c not in away}
-        outcomes = self.poison(self.exchange(clients, round_index, TRAIN, sent, sampled, away, on_client), sent)
-        record = self.finish_round(round_index, start, sampled, outcomes, sent, warmup)
+        secure = None
+        if self.cfg.privacy.secagg.mode != "off":  # the server gets the mean change, never an update
+            outcomes, secure = self.secure_exchange(clients, round_index, sent, sampled, away)
+        else:
+            outcomes = self.poison(self.exchange(clients, round_index, TRAIN, sent, sampled, away, on_client), sent)
+        record = self.finish_round(round_index, start, sampled, outcomes, sent, warmup, secure)
         if self.cfg.federated_eval.enabled:
             tic = time.perf_counter()
             record.update(self.federated_evaluate(clients, round_index, sampled))
@@ -192,6 +196,30 @@ class RoundLoop:
         faults = {c: simulated_fault(self.cfg.failures, self.cfg.seed, round_index, c) for c in sent}
         replies = clients.exchange(Exchange(round_index, kind, sent, faults, self.state.tensors), on_client)
         return [replies[c] if c in replies else ClientOutcome(c, None, away[c]) for c in sampled]
+
+    def secure_exchange(self, clients: Clients, round_index: int, sent: dict[int, Payload], sampled: list[int],
+                        away: dict[int, str]) -> tuple[list[ClientOutcome], Any]:  # fmt: skip
+        """exchange's twin under privacy.secagg (engine flower only): the outcomes carry example counts
+        and metrics, the second value the protocol's mean change (engines/flower/secagg.SecureRound)."""
+        faults = {c: simulated_fault(self.cfg.failures, self.cfg.seed, round_index, c) for c in sent}
+        replies, secure = clients.secure_exchange(Exchange(round_index, TRAIN, sent, faults, self.state.tensors))
+        return [replies[c] if c in replies else ClientOutcome(c, None, away[c]) for c in sampled], secure
+
+    def screen_secure(self, outcomes: list[ClientOutcome], secure) -> tuple[list, list, list, str | None]:
+        """A secure round's accepted (counts and metrics only), dropped and rejected clients, and why
+        the round is skipped: the protocol halted, or a summed client's example count is not the one
+        the server knows (its weight is inside the sum, which then cannot be used)."""
+        accepted = [o.update for o in outcomes if o.update is not None]
+        dropped = [{"client": o.client_id, "reason": o.reason} for o in outcomes if not (o.update or o.malformed)]
+        rejected = [{"client": o.client_id, "reason": o.reason} for o in outcomes if o.malformed]
+        for u in accepted:
+            known = self.data.train_size(u.client_id)
+            if known is not None and u.num_examples != known:
+                reason = f"counted {u.num_examples} examples, the server knows {known}; the secure sum is discarded"
+                rejected.append({"client": u.client_id, "reason": reason})
+        if len(rejected) > len([o for o in outcomes if o.malformed]):
+            return accepted, dropped, rejected, "a summed client's example count is wrong (see rejected)"
+        return accepted, dropped, rejected, secure.reason or skip_reason(self.cfg.failures, len(accepted))
 
     def warmup(
         self, clients: Clients, round_index: int, sampled: list[int], away: dict[int, str] | None = None
@@ -226,20 +254,28 @@ class RoundLoop:
         }
 
     def finish_round(self, round_index: int, start: float, clients: list[int], outcomes: list[ClientOutcome],
-                     sent: dict[int, Payload], warmup: dict | None = None) -> dict:  # fmt: skip
+                     sent: dict[int, Payload], warmup: dict | None = None, secure=None) -> dict:  # fmt: skip
         """Screen the replies, aggregate (unless too few are left), evaluate, and build the round's
-        record. A warm-up's bytes, failures and metrics are added to the round's."""
+        record. A warm-up's bytes, failures and metrics are added to the round's. `secure`: the round
+        went through secure aggregation, whose mean change is all there is to aggregate."""
         expected = partial(self.method.update_spec, self.state)
         v, dp = self.cfg.validation, self.cfg.privacy.dp
         # under DP the clip bounds every client's influence; a data-dependent screen would break the accounting
         relative = None if dp.mode == "central" else v.max_norm_relative
-        accepted, dropped, rejected = screen_outcomes(
-            outcomes, sent, expected, v.max_norm, self.data.train_size, relative
-        )
-        skipped = skip_reason(self.cfg.failures, len(accepted))
+        if secure is None:
+            accepted, dropped, rejected = screen_outcomes(
+                outcomes, sent, expected, v.max_norm, self.data.train_size, relative
+            )
+            skipped = skip_reason(self.cfg.failures, len(accepted))
+        else:
+            accepted, dropped, rejected, skipped = self.screen_secure(outcomes, secure)
         tic = time.perf_counter()
         method_metrics = {}
-        if skipped is None and dp.mode == "central":
+        if skipped is None and secure is not None:
+            base = sent[accepted[0].client_id].tensors  # the same global tensors went to every client
+            mean = robust.scaled(ClientUpdate(accepted[0].client_id, Payload(base), 1, {}), base, 1.0, secure.mean)
+            self.state, method_metrics = self.method.aggregate_train(self.state, [mean])
+        elif skipped is None and dp.mode == "central":
             release = self.private_release(round_index, accepted, sent)
             self.state, method_metrics = self.method.aggregate_train(self.state, [release.update])
             method_metrics = {**method_metrics, **self.dp_fields(release)}
@@ -258,13 +294,14 @@ class RoundLoop:
             **evaluation,
             "train_loss": mean_train_loss(accepted),
             "clients": clients,
-            "bytes_up": warm["bytes_up"]
-            + sum(payload_bytes(o.update.payload) for o in outcomes if o.update is not None),
-            "bytes_down": warm["bytes_down"] + sum(p.nbytes() for p in sent.values()),
+            "bytes_up": warm["bytes_up"] + (secure.bytes_up if secure else upload_bytes(outcomes)),
+            "bytes_down": warm["bytes_down"]
+            + (secure.bytes_down if secure else sum(p.nbytes() for p in sent.values())),
             "aggregated": [u.client_id for u in accepted] if skipped is None else [],
             "dropped": warm["dropped"] + dropped,
             "rejected": warm["rejected"] + rejected,
             "skipped": skipped,
+            **({"secagg_clipped": secure.clipped} if secure else {}),
             **warm["metrics"],
             **method_metrics,
             "seconds_train": sum(o.seconds for o in outcomes),
@@ -430,6 +467,10 @@ class RoundLoop:
             for record in ckpt.records:
                 self.local_dp_fields(record["clients"])
         return ckpt.records
+
+
+def upload_bytes(outcomes: list[ClientOutcome]) -> int:
+    return sum(payload_bytes(o.update.payload) for o in outcomes if o.update is not None)
 
 
 def mean_train_loss(updates: list[ClientUpdate]) -> float | None:

@@ -25,13 +25,14 @@ from fedsub.engines.flower.client import (
     handle_train,
     handle_warmup,
 )
+from fedsub.engines.flower.secagg import secagg_when_asked
 from fedsub.engines.flower.server import FlowerServer, config_from_text, describe, method_spec
 from fedsub.engines.setup import prepare_data
 
 server_app = ServerApp()
 client_app = ClientApp()
 client_app.query()(handle_query)
-client_app.train()(handle_train)
+client_app.train(mods=[secagg_when_asked])(handle_train)  # privacy.secagg: Flower's SecAgg+ mod
 client_app.train("warmup")(handle_warmup)
 client_app.evaluate()(handle_evaluate)
 

@@ -39,6 +39,7 @@ from fedsub.engines.flower.records import (
     save_client_state,
     update_to_record,
 )
+from fedsub.engines.flower.secagg import in_secure_round, masked_reply
 from fedsub.engines.flower.server import config_from_text, method_spec, query_reply
 from fedsub.engines.setup import FederatedData, prepare_data, prepare_node_data, set_up_method
 from fedsub.errors import ConfigError
@@ -186,7 +187,8 @@ def client_reply(message: Message, context: Context, warmup: bool) -> Message:
     seconds = time.perf_counter() - tic
     if not warmup and finite_train_loss(update):  # a diverged client's state is discarded, as in the simulator
         save_client_state(context.state, client.state)
-    content = update_to_record(update)
+    # a secure round: Flower's secaggplus_mod masks the change and sends no tensor (engines/flower/secagg.py)
+    content = masked_reply(update, payload) if in_secure_round(message) else update_to_record(update)
     content.config_records[META]["seconds_train"] = seconds
     content.config_records[META]["holds_state"] = holds_client_state(
         context.state

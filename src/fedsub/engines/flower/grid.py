@@ -7,12 +7,14 @@ same seed gives the same floats). flwr's own InMemoryGrid needs a LinkState and 
 
 `faults` makes a partition misbehave at training (it still answers the server's query for its
 partition-id, as a node that joined and then broke does): "error" raises inside its ClientApp (the reply carries the
-error, as a SuperNode's does), "dead" never replies (a real grid would wait the round timeout; this
+error, as a SuperNode's does), "leaves_secagg" answers a SecAgg+ round's key stages and dies before
+its masked vector, "dead" never replies (a real grid would wait the round timeout; this
 one does not sleep, the record is the same), "gone" is not connected at all.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 import traceback
 import uuid
@@ -98,13 +100,21 @@ class LocalGrid(Grid):
             if message.metadata.message_type == "train"
             else None
         )
-        if fault == "dead":
+        if fault == "dead" or (fault == "leaves_secagg" and stage_of(message) == "collect_masked_vectors"):
             return None
         try:
             if fault == "error":
                 raise RuntimeError(f"injected failure on partition {context.node_config['partition-id']}")
-            reply = self.client_app(message, context)
+            # a copy, as a real transport delivers: a ClientApp (Flower's secaggplus_mod pops its stage key)
+            # may change what it receives, and the server sends one content object to several nodes
+            reply = self.client_app(copy.deepcopy(message), context)
         except Exception:  # a SuperNode turns a ClientApp exception into an error reply, so do we
             reason = traceback.format_exc()
             reply = Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=message)
         return reply
+
+
+def stage_of(message: Message) -> str | None:
+    """The SecAgg+ stage a message asks for (None: not a SecAgg+ message)."""
+    configs = message.content.config_records.get("secaggplus_configs")
+    return None if configs is None else str(configs.get("stage"))

@@ -32,11 +32,14 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedsub.config import ExperimentConfig, MethodSpec, config_to_dict, validate_config
+from fedsub.core.types import ClientUpdate, Payload
 from fedsub.data.report import save_histogram_report
 from fedsub.engines.failures import ClientOutcome, reply_outcome
 from fedsub.engines.fed_eval import EVALUATE
 from fedsub.engines.final_model import save_final_model
 from fedsub.engines.flower.records import META, payload_to_record, record_to_update
+from fedsub.engines.flower.secagg import ScreenedGrid, SecureRound, clipped_clients, secure_mean
+from fedsub.engines.flower.secagg import workflow as secagg_workflow
 from fedsub.engines.rounds import ClientStates, Exchange, RoundLoop
 from fedsub.engines.setup import FederatedData, reset_peak_rss, set_up_method
 from fedsub.errors import CheckpointError
@@ -178,6 +181,40 @@ class FlowerClients:
         outcome = reply_outcome(self.cfg.failures, client_id, update, elapsed, exchange.faults[client_id])
         outcome.seconds = seconds
         return outcome
+
+    def secure_exchange(self, exchange: Exchange) -> tuple[dict[int, ClientOutcome], SecureRound]:
+        """The train exchange under privacy.secagg: Flower's SecAgg+ over the round's clients
+        (engines/flower/secagg.py). The outcomes carry each summed client's example count and train
+        metrics (no tensors: the server never holds one); the SecureRound the mean change or why none."""
+        sa, timeout = self.cfg.privacy.secagg, self.cfg.flower.round_timeout
+        outcomes = {c: ClientOutcome(c, None, "dropout") for c, f in exchange.faults.items() if f == "dropout"}
+        asked = {c: p for c, p in exchange.payloads.items() if c not in outcomes}
+        contents = {
+            self.nodes[c]: payload_to_record(p, {"round": exchange.round, "client_id": c}) for c, p in asked.items()
+        }
+        sent = next(iter(asked.values()), Payload())
+        shapes = [tuple(sent.tensors[n].shape) for n in sorted(sent.tensors)]
+        grid = ScreenedGrid(self.grid, send_and_receive, timeout, shapes, {self.nodes[c]: c for c in asked})
+        max_weight = sa.max_weight or self.largest_client()
+        tic = time.perf_counter()
+        secure = secure_mean(grid, secagg_workflow(sa, max_weight, timeout), contents, exchange.round, sent)
+        seconds = time.perf_counter() - tic
+        for c in asked:
+            if c in secure.summed:
+                reply = secure.summed[c]
+                update = ClientUpdate(c, Payload(), int(reply["meta"]["num_examples"]), reply["metrics"])
+                outcomes[c] = ClientOutcome(c, update, None, seconds)
+            elif c in secure.screened:
+                outcomes[c] = rejected(c, secure.screened[c])
+            else:
+                outcomes[c] = ClientOutcome(c, None, f"left the secure aggregation (no reply within {timeout:g}s)")
+        secure.clipped = clipped_clients(secure.summed, sa.clipping_range, max_weight)
+        return outcomes, secure
+
+    def largest_client(self) -> float:
+        """SecAgg+'s max_weight by default: the most rows any client has, as the server knows them."""
+        sizes = [self.data.train_size(c) or 0 for c in range(self.cfg.federation.num_clients)] if self.data else []
+        return float(max(sizes, default=0) or self.cfg.validation.max_examples)
 
     # ------------------------------------------------------------------ checkpoint
     def saved_states(self) -> ClientStates:
