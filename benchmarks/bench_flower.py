@@ -6,7 +6,8 @@ The demo's workload (MiniLM, WordNet supersenses, fedit) cut to 2 clients so tha
 deployment (a SuperLink and 2 SuperNodes on 127.0.0.1, insecure) fits on the 2-core machine. Modes:
 the simulator, Flower's message path in one process (flower-grid), a stock deployment
 (`flower-supernode`: a fresh ClientApp process per message) and a warm one (`fedsub flower node`:
-one worker process per node), whose nodes serve two runs of the same config in a row.
+one worker process per node), whose nodes serve two runs of the same config in a row, and the warm
+one with secure aggregation (privacy.secagg: Flower's SecAgg+, four exchanges a round instead of one).
 
 Per mode, medians over the rounds: seconds_round as the server measures it, the slowest client's
 training (`seconds_train_max`; the nodes train in parallel, the simulator's clients one after the
@@ -29,7 +30,7 @@ from fedsub.app.run import run_experiment
 from fedsub.config import load_config
 from fedsub.reporting.report import read_metrics
 
-MODES = ("simulation", "flower-grid", "flower-deployment", "flower-deployment-warm")
+MODES = ("simulation", "flower-grid", "flower-deployment", "flower-deployment-warm", "flower-deployment-warm-secagg")
 
 
 def overrides_for(mode: str, rounds: int, address: str | None) -> list[str]:
@@ -38,7 +39,8 @@ def overrides_for(mode: str, rounds: int, address: str | None) -> list[str]:
         return common + ["engine=simulation"]
     if mode == "flower-grid":
         return common + ["engine=flower", "flower.superlink=null"]
-    return common + [
+    secure = ["privacy.secagg.mode=secaggplus"] if mode.endswith("secagg") else []
+    return common + secure + [
         "engine=flower",
         f"flower.superlink={address}",
         "flower.insecure=true",
@@ -53,16 +55,16 @@ def run_mode(config: str, mode: str, rounds: int, tmp: Path) -> dict:
     if not mode.startswith("flower-deployment"):
         run_experiment(load_config(config, overrides_for(mode, rounds, None)), tmp / mode, quiet=True)
         return summarize_mode(read_metrics(tmp / mode / "fedit" / "metrics.jsonl"))
-    warm = mode.endswith("warm")
+    warm, twice = "warm" in mode, mode.endswith("warm")  # the warm nodes serve a second run (not for secagg)
     with Loopback(tmp / f"{mode}-loopback", nodes=2, warm=warm) as link:
         runs = []
-        for k in range(2 if warm else 1):
+        for k in range(2 if twice else 1):
             out = tmp / f"{mode}-{k}"
             run_experiment(load_config(config, overrides_for(mode, rounds, link.address)), out, quiet=True)
             runs.append(summarize_mode(read_metrics(out / "fedit" / "metrics.jsonl")))
         logs = [(link.workdir / f"supernode{k}.log").read_text() for k in range(2)]
     result = runs[0]
-    if warm:
+    if twice:
         result["second_run"] = runs[1]
         result["model_builds_per_node_over_both_runs"] = [len(re.findall("built the runtime of", log)) for log in logs]
     return result
@@ -81,6 +83,8 @@ def summarize_mode(records: list[dict]) -> dict:
         "overhead_seconds": overhead,
         "median_overhead_seconds": statistics.median(overhead),
         "accuracy": [r["accuracy"] for r in records],
+        "median_bytes_up": statistics.median(r["bytes_up"] for r in records),
+        "median_bytes_down": statistics.median(r["bytes_down"] for r in records),
     }
 
 

@@ -2,7 +2,8 @@
 
 Two runs of 2 rounds of fedit on the same nodes: both give the simulator's metrics.jsonl (timing
 aside); the second run reuses each node's model (its worker logs one build for both runs); a worker
-killed between the runs is restarted by its node, rebuilds, and the run is unchanged."""
+killed between the runs is restarted by its node, rebuilds, and the run is unchanged. A third run
+with Flower's SecAgg+ gives the same rounds to quantisation error."""
 
 from __future__ import annotations
 
@@ -57,11 +58,14 @@ def test_warm_nodes_serve_two_runs_like_the_simulator(tmp_path):
             assert len(workers) == 1
             workers[0].send_signal(signal.SIGKILL)
             run_experiment(cfg, tmp_path / "run2", quiet=True)
+            # a third run through Flower's SecAgg+ (privacy.secagg): another config, so each node builds again
+            secure = load_config(config, [*overrides, "privacy.secagg.mode=secaggplus"])
+            run_experiment(secure, tmp_path / "run3", quiet=True)
         except Exception as err:
             raise AssertionError(f"{err}\n{link.logs()}") from err
         runs = flwr_json(["ls", CONNECTION], write_connection(tmp_path / "cli-home", cfg))["runs"]
         logs = [path.read_text() for path in node_logs]
-    assert [r["status"] for r in runs] == ["finished:completed"] * 2
+    assert [r["status"] for r in runs] == ["finished:completed"] * 3
     for run in ("run1", "run2"):
         got = records(tmp_path / run)
         assert [strip_timing(r) for r in got] == expected  # the simulator's numbers, every field
@@ -71,7 +75,12 @@ def test_warm_nodes_serve_two_runs_like_the_simulator(tmp_path):
     assert summaries[0]["rounds"] == 2 and summaries[0]["final_accuracy"] == records(tmp_path / "run1")[-1]["accuracy"]
     # a warm node builds its model once for both runs; node 0's restarted worker had to build again
     builds = [len(re.findall(r"built the runtime of fedit", log)) for log in logs]
-    assert builds == [2, 1], builds
+    assert builds == [3, 2], builds
+    for got, want in zip(records(tmp_path / "run3"), records(tmp_path / "run1")):  # the mean to quantisation error
+        assert got["aggregated"] == [0, 1] and got["skipped"] is None and got["secagg_clipped"] == []
+        assert got["train_loss"] == pytest.approx(want["train_loss"], abs=1e-4)
+        assert got["accuracy"] == pytest.approx(want["accuracy"], abs=0.05)
+        assert got["bytes_up"] > 1.9 * want["bytes_up"]  # masked 64-bit integers, not float32
     assert "worker exited with code -9; restart 1 of 5" in logs[0]
     for name in (
         "config.yaml",
