@@ -40,7 +40,9 @@ def overrides_for(mode: str, rounds: int, address: str | None) -> list[str]:
     if mode == "flower-grid":
         return common + ["engine=flower", "flower.superlink=null"]
     secure = ["privacy.secagg.mode=secaggplus"] if mode.endswith("secagg") else []
-    return common + secure + [
+    return [
+        *common,
+        *secure,
         "engine=flower",
         f"flower.superlink={address}",
         "flower.insecure=true",
