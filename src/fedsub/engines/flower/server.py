@@ -169,9 +169,7 @@ class FlowerClients:
             if update.client_id != client_id:
                 claim = f"reply claims client {update.client_id}, the message went to client {client_id}"
                 return rejected(client_id, claim)
-            reported = meta.get("seconds_train", 0.0)
-            finite = isinstance(reported, (int, float)) and not isinstance(reported, bool)
-            seconds = float(reported) if finite and 0 <= reported < math.inf else 0.0
+            seconds = reported_seconds(meta)
             if meta.get("holds_state", False) is True:
                 self.holding_state.add(client_id)
         except Exception as err:  # a malformed reply must not end the run: whatever it is, it is rejected
@@ -196,14 +194,12 @@ class FlowerClients:
         shapes = [tuple(sent.tensors[n].shape) for n in sorted(sent.tensors)]
         grid = ScreenedGrid(self.grid, send_and_receive, timeout, shapes, {self.nodes[c]: c for c in asked})
         max_weight = sa.max_weight or self.largest_client()
-        tic = time.perf_counter()
         secure = secure_mean(grid, secagg_workflow(sa, max_weight, timeout), contents, exchange.round, sent)
-        seconds = time.perf_counter() - tic
         for c in asked:
             if c in secure.summed:
                 reply = secure.summed[c]
                 update = ClientUpdate(c, Payload(), int(reply["meta"]["num_examples"]), reply["metrics"])
-                outcomes[c] = ClientOutcome(c, update, None, seconds)
+                outcomes[c] = ClientOutcome(c, update, None, reported_seconds(reply["meta"]))
             elif c in secure.screened:
                 outcomes[c] = rejected(c, secure.screened[c])
             else:
@@ -255,6 +251,13 @@ def send_and_receive(grid: Grid, messages: list[Message], timeout: float, timed:
             break
         time.sleep(REPLY_POLL_SECONDS)
     return (replies, arrived) if timed else replies
+
+
+def reported_seconds(meta) -> float:
+    """The training seconds a node reports (logged only): a finite, non-negative number, else 0."""
+    reported = meta.get("seconds_train", 0.0)
+    finite = isinstance(reported, (int, float)) and not isinstance(reported, bool)
+    return float(reported) if finite and 0 <= reported < math.inf else 0.0
 
 
 def rejected(client_id: int, reason: str) -> ClientOutcome:
