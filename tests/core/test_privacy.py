@@ -63,18 +63,24 @@ def test_epsilon_is_opacus_rdp_accountant_stepped_round_by_round():
     assert privacy.epsilon(1.1, 0.25, 0, 1e-5) == 0.0
 
 
-def test_without_clipping_or_noise_dp_fedavg_is_fedavg(tiny_data, tmp_path):
+@pytest.mark.parametrize("name", ["fedit", "fedsvd"])
+def test_without_clipping_or_noise_dp_fedavg_is_fedavg(tiny_data, tmp_path, name):
     """The degenerate case: full participation, equal client sizes, C = 1e3 (above every change), noise
-    std z C = 1e-9: the same run as plain FedAvg."""
+    std z C = 1e-9: the same run as the plain method (fedsvd: its SVD of the noisy mean B is the plain
+    one's of the mean B)."""
     from fedsub.engines.simulation import Simulation
 
-    plain = tiny_config()
-    private = tiny_config(privacy={"dp": {"mode": "central", "clip_norm": 1e3, "noise_multiplier": 1e-12}})
-    a = Simulation(plain, plain.methods[0], tiny_data, tmp_path / "plain").run()
-    b = Simulation(private, private.methods[0], tiny_data, tmp_path / "dp").run()
-    for x, y in zip(a, b):
+    plain = tiny_config(methods=[name])
+    private = tiny_config(
+        methods=[name], privacy={"dp": {"mode": "central", "clip_norm": 1e3, "noise_multiplier": 1e-12}}
+    )
+    a = Simulation(plain, plain.methods[0], tiny_data, tmp_path / "plain")
+    b = Simulation(private, private.methods[0], tiny_data, tmp_path / "dp")
+    for x, y in zip(a.run(), b.run()):
         assert x["accuracy"] == y["accuracy"] and y["dp_released"] and y["dp_clipped_share"] == 0.0
         assert x["test_loss"] == pytest.approx(y["test_loss"], rel=1e-5)
+    for n, t in a.state.tensors.items():
+        assert torch.allclose(b.state.tensors[n], t, atol=1e-5), n
 
 
 def test_a_private_run_logs_epsilon_and_resumes_exactly(tmp_path, monkeypatch):
@@ -106,7 +112,7 @@ def test_a_private_run_logs_epsilon_and_resumes_exactly(tmp_path, monkeypatch):
     "methods, overrides, message",
     [
         (["flora"], [], "privacy.dp: central DP cannot serve method flora: FLoRA stacks each client's factors"),
-        (["fedsvd"], [], "noise would have to go into the sum before the SVD"),
+        (["flexlora"], [], "noise would have to go into that sum before the SVD"),
         (["fedit"], ["aggregation.rule=median"], "privacy.dp: central DP with aggregation.rule median"),
         (["fedit"], ["privacy.dp.adaptive=true"], "privacy.dp.noise_multiplier: 1 is too large for adaptive"),
         (["fedit"], ["privacy.dp.delta=1.5"], "privacy.dp.delta"),
