@@ -562,6 +562,11 @@ class ExperimentConfig(Strict):
                 "privacy.secagg: central DP clips each client's change at the server, which secure aggregation hides; "
                 "use privacy.dp.mode local (DP-SGD on the clients) with it"
             )
+        if self.failures.deadline_s is not None or self.failures.straggler_prob:
+            raise ValueError(
+                "failures.deadline_s: a secure round waits for each of its four stages up to flower.round_timeout; "
+                "a per-client deadline (and simulated stragglers) needs each reply on its own; remove them"
+            )
         if self.failures.poisoned:
             raise ValueError(
                 "failures.poisoned: the attack is simulated on the server's copy of each update, which secure "

@@ -168,6 +168,7 @@ def secagg_bytes(array):
         ({"methods": ["fedgalore"]}, "cannot serve method fedgalore: its server syncs"),
         ({"aggregation": {"rule": "median"}}, "aggregation.rule median needs each client's update"),
         ({"failures": {"poisoned": [0]}}, "failures.poisoned"),
+        ({"failures": {"deadline_s": 5.0}}, "failures.deadline_s"),
         ({"federation": {"num_clients": 3, "clients_per_round": 1, "rounds": 1}}, "clients_per_round >= 2"),
     ],
 )
