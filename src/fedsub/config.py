@@ -201,7 +201,7 @@ ROBUST_RULES: dict[str, tuple[str, ...]] = {
 DP_SERVES = (*_MEAN_OF_UPLOADS, "fedsvd")
 # why the other methods refuse privacy.dp (one line each, in the refusal)
 DP_REFUSALS = {
-    "flora": "FLoRA stacks each client's factors, so the server needs every one, not a noisy sum",
+    "flora": "FLoRA stacks each client's factors, so the server needs every one, not their (noisy) sum",
     "flexlora": "its server takes an SVD of the sum of B_k A_k: the noise would have to go into that sum before the "
     "SVD (not built)",
     "svd_redistribute": "its server takes an SVD of the sum: the noise would have to go into it first (not built)",
@@ -741,7 +741,8 @@ def describe_error(err: ValidationError, raw: dict[str, Any], within: str = "") 
         message = "unknown key; check the spelling (fedsub methods lists each method's options)"
     more = len(err.errors()) - 1
     suffix = f" (and {more} more error{'s' if more > 1 else ''})" if more else ""
-    return f"field {path or '<top>'}: {message}{suffix}"
+    # a cross-field check (a model validator) has no path of its own: its message starts with the field
+    return f"field {path}: {message}{suffix}" if path else f"{message}{suffix}"
 
 
 def _method_path(path: str, raw: dict[str, Any]) -> str:
