@@ -7,7 +7,8 @@ config's methods x 3 seeds, plus the same runs without DP (the reference).
 `--mode central` is client-level DP-FedAvg (privacy.dp central: the clip and noise are the config's),
 `local` is DP-SGD on every client (epsilon: the worst client's). Resumable: with --out, every
 finished (noise, seed) cell is kept in partial-<out> (text, committed as it grows) and skipped on a
-rerun; the final JSON is written when all cells are in.
+rerun; the final JSON is written when all cells are in (or, with --finished-only, from the cells
+finished so far; its "cells" field says how many).
 """
 
 from __future__ import annotations
@@ -44,11 +45,17 @@ def main() -> None:
     parser.add_argument("--mode", choices=("central", "local"), default="central")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--finished-only",
+        action="store_true",
+        help="run nothing: write --out from the cells partial-<out> holds (marked incomplete)",
+    )
     args = parser.parse_args()
     partial = partial_path(args.out) if args.out else None
     cells = json.loads(partial.read_text()) if partial and partial.exists() else {}
     with tempfile.TemporaryDirectory() as tmp:
-        for seed in SEEDS:  # seed-major: a cut-short run has every noise level for the first seeds
+        # seed-major: a cut-short run has every noise level for its first seeds
+        for seed in () if args.finished_only else SEEDS:
             for label, z in NOISE.items():
                 key = f"{label}|{seed}"
                 if key in cells:
@@ -67,8 +74,9 @@ def main() -> None:
                     "runs": rs} for m, rs in methods.items()}
         for label, methods in runs.items()
     }  # fmt: skip
+    done = f"{len(cells)} of {len(SEEDS) * len(NOISE)} (noise, seed) cells"
     emit({"benchmark": "dp_accuracy_epsilon", "machine": machine_info("cpu", "float32"), "config": args.config,
-          "mode": args.mode, "overrides": args.overrides, "table": table}, args.out)  # fmt: skip
+          "mode": args.mode, "overrides": args.overrides, "cells": done, "table": table}, args.out)  # fmt: skip
 
 
 if __name__ == "__main__":
