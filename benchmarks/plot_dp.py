@@ -1,4 +1,5 @@
-"""Accuracy against epsilon from bench_dp.py's JSON: one line per method, the no-DP accuracy dashed.
+"""Accuracy against epsilon from bench_dp.py's JSON (either mode): one line per method, the no-DP
+accuracy dashed.
 
 .venv/bin/python benchmarks/plot_dp.py benchmarks/results/dp-cpu.json benchmarks/results/dp-accuracy-epsilon.png
 """
@@ -16,19 +17,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def main(source: str, target: str) -> None:
-    table = json.load(open(source))["table"]
+    report = json.load(open(source))
+    table, mechanism = report["table"], "DP-SGD" if report.get("mode") == "local" else "DP-FedAvg"
+    seeds = len(next(iter(table["no DP"].values()))["runs"])
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for k, method in enumerate(sorted(table["no DP"])):
         private = [(cell[method]["epsilon"], cell[method]["mean_accuracy"]) for label, cell in table.items()
                    if label != "no DP"]  # fmt: skip
         eps, acc = zip(*sorted(private))
-        ax.plot(eps, acc, "o-", color=f"C{k}", label=f"{method} (DP-FedAvg)")
+        ax.plot(eps, acc, "o-", color=f"C{k}", label=f"{method} ({mechanism})")
         ax.axhline(table["no DP"][method]["mean_accuracy"], color=f"C{k}", ls="--", label=f"{method}, no DP")
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # the minor labels overlapped
     ax.set_xticks(eps, [f"{e:.3g}" for e in eps])
-    ax.set_xlabel("epsilon (delta 1e-5)")
-    ax.set_ylabel("final test accuracy, mean of 3 seeds")
+    ax.set_xlabel("epsilon (delta 1e-5)" + (", the worst client's" if mechanism == "DP-SGD" else ""))
+    ax.set_ylabel(f"final test accuracy, mean of {seeds} seed{'s' * (seeds > 1)}")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(target, dpi=120)
