@@ -63,12 +63,14 @@ def test_epsilon_is_opacus_rdp_accountant_stepped_round_by_round():
     assert privacy.epsilon(1.1, 0.25, 0, 1e-5) == 0.0
 
 
-@pytest.mark.parametrize("name", ["fedit", "fedsvd"])
+@pytest.mark.parametrize("name", ["fedit", "fedsvd", "flexlora", "svd_redistribute"])
 def test_without_clipping_or_noise_dp_fedavg_is_fedavg(tiny_data, tmp_path, name):
     """The degenerate case: full participation, equal client sizes, C = 1e3 (above every change), noise
     std z C = 1e-9: the same run as the plain method (fedsvd: its SVD of the noisy mean B is the plain
-    one's of the mean B)."""
+    one's of the mean B; flexlora, svd_redistribute: their SVD of the noisy mean product is the plain
+    one's of the mean product, so the layers' products agree, the factors up to each component's sign)."""
     from fedsub.engines.simulation import Simulation
+    from fedsub.lora.names import lora_layers
 
     plain = tiny_config(methods=[name])
     private = tiny_config(
@@ -79,8 +81,14 @@ def test_without_clipping_or_noise_dp_fedavg_is_fedavg(tiny_data, tmp_path, name
     for x, y in zip(a.run(), b.run()):
         assert x["accuracy"] == y["accuracy"] and y["dp_released"] and y["dp_clipped_share"] == 0.0
         assert x["test_loss"] == pytest.approx(y["test_loss"], rel=1e-5)
+    layers = lora_layers(a.state.tensors)
+    products = {k.b for k in layers.values()} | {k.a for k in layers.values()}
     for n, t in a.state.tensors.items():
-        assert torch.allclose(b.state.tensors[n], t, atol=1e-5), n
+        if n not in products:
+            assert torch.allclose(b.state.tensors[n], t, atol=1e-5), n
+    for k in layers.values():
+        mine, theirs = (s.state.tensors[k.b] @ s.state.tensors[k.a] for s in (b, a))
+        assert torch.allclose(mine, theirs, atol=1e-5), k.prefix
 
 
 def test_a_private_run_logs_epsilon_and_resumes_exactly(tmp_path, monkeypatch):
@@ -112,7 +120,7 @@ def test_a_private_run_logs_epsilon_and_resumes_exactly(tmp_path, monkeypatch):
     "methods, overrides, message",
     [
         (["flora"], [], "privacy.dp: central DP cannot serve method flora: FLoRA stacks each client's factors"),
-        (["flexlora"], [], "noise would have to go into that sum before the SVD"),
+        (["subspace_reg"], [], "its server orthonormalises the averaged B"),
         (["fedit"], ["aggregation.rule=median"], "privacy.dp: central DP with aggregation.rule median"),
         (["fedit"], ["privacy.dp.adaptive=true"], "privacy.dp.noise_multiplier: 1 is too large for adaptive"),
         (["fedit"], ["privacy.dp.delta=1.5"], "privacy.dp.delta"),
@@ -133,3 +141,27 @@ def test_off_means_off_even_as_yaml_reads_it(tmp_path):
 
     config = write_csv_experiment(tmp_path, ["fedit"])
     assert load_config(config, ["privacy.dp.mode=off"]).privacy.dp.mode == "off"  # YAML 1.1: a bare off is false
+
+
+def test_product_space_round_trip_and_release_exact_numbers():
+    """A layer's product B A and back (full-rank SVD factors multiply to it); the release is the mean
+    of the sent products plus the clipped, noised mean change of the products."""
+    from fedsub.lora.names import lora_layers
+    from fedsub.lora.private import as_factors, product_release, product_space
+
+    b_name, a_name = "m.lora_B.default.weight", "m.lora_A.default.weight"
+    sent = {b_name: torch.zeros(2, 1), a_name: torch.tensor([[1.0, 0.0]]), "head": torch.zeros(1)}
+    layers = lora_layers(sent)
+    up0 = {b_name: torch.tensor([[3.0], [0.0]]), a_name: torch.tensor([[1.0, 0.0]]), "head": torch.tensor([4.0])}
+    up1 = {b_name: torch.tensor([[0.0], [0.6]]), a_name: torch.tensor([[1.0, 0.0]]), "head": torch.tensor([0.8])}
+    back = as_factors(product_space(up0, layers), layers, up0)
+    assert torch.allclose(back[b_name] @ back[a_name], up0[b_name] @ up0[a_name], atol=1e-6)
+    updates = [ClientUpdate(0, Payload(up0), 6), ClientUpdate(1, Payload(up1), 6)]
+    release = product_release(updates, {0: Payload(sent), 1: Payload(sent)}, 2.0, 0.0, 4,
+                              torch.Generator().manual_seed(0))  # fmt: skip
+    # client 0's change: product [[3, 0], [0, 0]] and head 4, norm 5, clipped to 2 (x 0.4); client 1's:
+    # [[0, 0], [0.6, 0]] and 0.8, norm 1, kept; summed and over the 4 clients expected
+    got = release.update.payload.tensors
+    assert (got[b_name] @ got[a_name]).flatten().tolist() == pytest.approx([0.3, 0.0, 0.15, 0.0], abs=1e-6)
+    assert got["head"].tolist() == pytest.approx([(1.6 + 0.8) / 4], abs=1e-6)
+    assert release.clipped_share == 0.5

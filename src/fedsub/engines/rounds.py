@@ -22,6 +22,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from fedsub.config import (
+    DP_PRODUCTS,
     AggregationConfig,
     ExperimentConfig,
     MethodSpec,
@@ -48,6 +49,7 @@ from fedsub.engines import fed_eval
 from fedsub.engines.failures import ClientOutcome, screen_outcomes, simulated_fault, skip_reason
 from fedsub.engines.setup import FederatedData, MethodSetup, peak_rss_mb, sample_clients
 from fedsub.errors import CheckpointError
+from fedsub.lora.private import product_release
 from fedsub.tasks.base import Task
 
 TIMING_KEYS = (
@@ -317,10 +319,12 @@ class RoundLoop:
         """The round's DP-FedAvg release (core/privacy.py), its noise seeded by (seed, round)."""
         dp = self.cfg.privacy.dp
         generator = torch_generator(derive_seed(self.cfg.seed, round_index, DP_STREAM))
-        release = privacy.private_mean(
-            updates, sent[updates[0].client_id].tensors, self.dp_clip, dp.noise_multiplier,
-            self.cfg.federation.clients_per_round, generator, dp.adaptive, dp.target_quantile, dp.clip_lr,
-        )  # fmt: skip
+        noise = (self.dp_clip, dp.noise_multiplier, self.cfg.federation.clients_per_round, generator)
+        adaptive = {"adaptive": dp.adaptive, "target_quantile": dp.target_quantile, "clip_lr": dp.clip_lr}
+        if self.spec.name in DP_PRODUCTS:  # the noise goes into the sum of B_k A_k, before the method's SVD
+            release = product_release(updates, sent, *noise, **adaptive)
+        else:
+            release = privacy.private_mean(updates, sent[updates[0].client_id].tensors, *noise, **adaptive)
         self.dp_clip, self.dp_releases = release.next_clip_norm, self.dp_releases + 1
         return release
 
