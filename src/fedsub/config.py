@@ -198,14 +198,13 @@ ROBUST_RULES: dict[str, tuple[str, ...]] = {
 
 # FedSVD's server averages the uploaded B and then takes an SVD of mean(B) A: the noisy mean goes in
 # before the SVD, which is post-processing (tested against plain FedSVD without noise)
-# FlexLoRA and svd_redistribute take an SVD of the sum of B_k A_k: the noise goes into that sum, before
-# the SVD (fedsub.lora.private)
-DP_PRODUCTS = ("flexlora", "svd_redistribute")
+# FlexLoRA, svd_redistribute and Subspace-Reg take an SVD of the sum of B_k A_k: the noise goes into that
+# sum, before the SVD (fedsub.lora.private)
+DP_PRODUCTS = ("flexlora", "svd_redistribute", "subspace_reg")
 DP_SERVES = (*_MEAN_OF_UPLOADS, "fedsvd", *DP_PRODUCTS)
 # why the other methods refuse privacy.dp (one line each, in the refusal)
 DP_REFUSALS = {
     "flora": "FLoRA stacks each client's factors, so the server needs every one, not their (noisy) sum",
-    "subspace_reg": "its server orthonormalises the averaged B, whose clipping and noise are not defined yet",
     "fedgalore": "its server syncs every client's own V through AJIVE (not a sum)",
 }
 
@@ -215,6 +214,7 @@ SECAGG_REFUSALS = {
     "fedsvd": "it sends A and sums only B: the secure sum of a subset of what was sent is not built",
     "flexlora": "its server sums the products B_k A_k, not the uploads: a secure sum of products is not built",
     "svd_redistribute": "its server sums the products B_k A_k, not the uploads: a secure sum of products is not built",
+    "subspace_reg": "its server sums the products B_k A_k, not the uploads: a secure sum of products is not built",
     "fedgalore": "its server syncs every client's own V through AJIVE and refreshes projectors from their "
     "sketches (not one sum)",
 }

@@ -63,7 +63,7 @@ def test_epsilon_is_opacus_rdp_accountant_stepped_round_by_round():
     assert privacy.epsilon(1.1, 0.25, 0, 1e-5) == 0.0
 
 
-@pytest.mark.parametrize("name", ["fedit", "fedsvd", "flexlora", "svd_redistribute"])
+@pytest.mark.parametrize("name", ["fedit", "fedsvd", "flexlora", "svd_redistribute", "subspace_reg"])
 def test_without_clipping_or_noise_dp_fedavg_is_fedavg(tiny_data, tmp_path, name):
     """The degenerate case: full participation, equal client sizes, C = 1e3 (above every change), noise
     std z C = 1e-9: the same run as the plain method (fedsvd: its SVD of the noisy mean B is the plain
@@ -120,7 +120,7 @@ def test_a_private_run_logs_epsilon_and_resumes_exactly(tmp_path, monkeypatch):
     "methods, overrides, message",
     [
         (["flora"], [], "privacy.dp: central DP cannot serve method flora: FLoRA stacks each client's factors"),
-        (["subspace_reg"], [], "its server orthonormalises the averaged B"),
+        (["fedgalore"], [], "its server syncs every client's own V through AJIVE"),
         (["fedit"], ["aggregation.rule=median"], "privacy.dp: central DP with aggregation.rule median"),
         (["fedit"], ["privacy.dp.adaptive=true"], "privacy.dp.noise_multiplier: 1 is too large for adaptive"),
         (["fedit"], ["privacy.dp.delta=1.5"], "privacy.dp.delta"),
