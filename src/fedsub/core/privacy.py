@@ -6,7 +6,8 @@ C over all its tensors; the clipped changes are summed; Gaussian noise N(0, (z_d
 every coordinate of the sum; the sum is divided by the expected number of clients m
 (federation.clients_per_round), and the global model moves by that. The method then aggregates one
 update holding global + noisy mean change, so a method whose aggregate is the weighted mean of its
-uploads applies exactly that (which methods: config.ROBUST_RULES's list, the same reason).
+uploads applies exactly that (config.DP_SERVES; the methods whose server takes an SVD of the sum of
+B_k A_k get the noise in that sum instead: fedsub.lora.private).
 
 Adaptive clipping: C follows the target_quantile of the clients' change norms, C <- C exp(-eta (b - gamma))
 with b the noisy share of clients within C (count noise sigma_b = m / 20); the sum's noise is then
