@@ -196,3 +196,13 @@ def test_local_dp_and_secure_aggregation_together(tiny_data, tmp_path):
     records, _ = secure_run(tiny_data, tmp_path, flower)
     assert records[0]["aggregated"] == [0, 1, 2] and records[-1]["dp_epsilon"] > 0
     assert torch.isfinite(torch.tensor(records[-1]["train_loss"]))
+
+
+def test_a_client_keeping_state_is_listed_for_the_checkpoint(tiny_data, tmp_path):
+    """fedsa_lora keeps each client's B on its node: a secure round must still tell the checkpoint."""
+    import json
+
+    flower, _ = configs({"name": "fedsa_lora", "rank": 4})
+    secure_run(tiny_data, tmp_path / "fedsa_lora", flower)
+    checkpoint = json.loads((tmp_path / "fedsa_lora" / "checkpoint" / "checkpoint.json").read_text())
+    assert checkpoint["clients_on_nodes"] == [0, 1, 2]

@@ -200,6 +200,8 @@ class FlowerClients:
                 reply = secure.summed[c]
                 update = ClientUpdate(c, Payload(), int(reply["meta"]["num_examples"]), reply["metrics"])
                 outcomes[c] = ClientOutcome(c, update, None, reported_seconds(reply["meta"]))
+                if reply["meta"].get("holds_state", False) is True:  # the checkpoint must list it (resume)
+                    self.holding_state.add(c)
             elif c in secure.screened:
                 outcomes[c] = rejected(c, secure.screened[c])
             else:
