@@ -89,10 +89,14 @@ class NodeProxy:
 
 class SumOnly:
     """The two calls SecAggPlusWorkflow makes of a legacy Strategy: which nodes train (configure_fit)
-    and what to do with the aggregate (aggregate_fit: keep the unmasked mean; never an update)."""
+    and what to do with the aggregate (aggregate_fit: keep the unmasked mean; never an update). It is
+    also the client manager the workflow asks for its log line ("sampled 3 clients (out of 3)")."""
 
     def __init__(self, nodes: list[int]):
         self.nodes, self.mean = nodes, None
+
+    def num_available(self) -> int:
+        return len(self.nodes)
 
     def configure_fit(self, server_round, parameters, client_manager):
         return [(NodeProxy(n), FitIns(parameters, {})) for n in self.nodes]
@@ -236,7 +240,7 @@ def secure_mean(grid: ScreenedGrid, flow: SecAggPlusWorkflow, contents: dict[int
     """Run the four stages over the nodes of `contents` (node id -> the train message's content);
     the weighted mean change by tensor name, or why there is none."""
     strategy = SumOnly(sorted(contents))
-    context = LegacyContext(Context(0, 0, {}, RecordDict(), {}), strategy=strategy)
+    context = LegacyContext(Context(0, 0, {}, RecordDict(), {}), strategy=strategy, client_manager=strategy)
     context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({WorkflowKey.CURRENT_ROUND: round_index + 1})
     context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(Parameters([], ""), True)
     state, outcome = WorkflowState(), grid.outcome
