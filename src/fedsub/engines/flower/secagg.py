@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -238,7 +239,19 @@ def workflow(sa: SecAggConfig, max_weight: float, timeout: float) -> SecAggPlusW
 def secure_mean(grid: ScreenedGrid, flow: SecAggPlusWorkflow, contents: dict[int, RecordDict], round_index: int,
                 sent: Payload) -> SecureRound:  # fmt: skip
     """Run the four stages over the nodes of `contents` (node id -> the train message's content);
-    the weighted mean change by tensor name, or why there is none."""
+    the weighted mean change by tensor name, or why there is none. Flower's own INFO lines (how many
+    were sampled, how many results) are held back: the round's record says it, under --quiet too."""
+    flwr_log = logging.getLogger("flwr")
+    level = flwr_log.level
+    flwr_log.setLevel(max(level, logging.WARNING))
+    try:
+        return run_stages(grid, flow, contents, round_index, sent)
+    finally:
+        flwr_log.setLevel(level)
+
+
+def run_stages(grid: ScreenedGrid, flow: SecAggPlusWorkflow, contents: dict[int, RecordDict], round_index: int,
+               sent: Payload) -> SecureRound:  # fmt: skip
     strategy = SumOnly(sorted(contents))
     context = LegacyContext(Context(0, 0, {}, RecordDict(), {}), strategy=strategy, client_manager=strategy)
     context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({WorkflowKey.CURRENT_ROUND: round_index + 1})
