@@ -22,7 +22,6 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from fedsub.config import (
-    DP_PRODUCTS,
     AggregationConfig,
     ExperimentConfig,
     MethodSpec,
@@ -30,7 +29,7 @@ from fedsub.config import (
     config_to_dict,
     method_to_dict,
 )
-from fedsub.core import privacy, robust
+from fedsub.core import robust
 from fedsub.core.checkpoint import (
     Checkpoint,
     load_checkpoint,
@@ -41,15 +40,14 @@ from fedsub.core.checkpoint import (
 )
 from fedsub.core.io import atomic_write_text
 from fedsub.core.method import Warmup
-from fedsub.core.seeding import derive_seed, torch_generator
 from fedsub.core.tensors import normalized_weights
 from fedsub.core.types import ClientUpdate, Payload, ServerState, Tensors
 from fedsub.core.validation import payload_bytes
 from fedsub.engines import fed_eval
 from fedsub.engines.failures import ClientOutcome, screen_outcomes, simulated_fault, skip_reason
+from fedsub.engines.privacy import RoundPrivacy
 from fedsub.engines.setup import FederatedData, MethodSetup, peak_rss_mb, sample_clients
 from fedsub.errors import CheckpointError
-from fedsub.lora.private import product_release
 from fedsub.tasks.base import Task
 
 TIMING_KEYS = (
@@ -62,7 +60,6 @@ TIMING_KEYS = (
     "peak_rss_mb",
     "seconds_warmup",
 )
-DP_STREAM = 0xD1FF  # the DP noise's own stream of (seed, round)
 TRAIN, WARMUP = "train", "train.warmup"  # the kinds of exchange (Flower's message types)
 
 RoundFn = Callable[[int, Callable[[], None] | None], dict]
@@ -123,12 +120,11 @@ class RoundLoop:
 
     def __init__(self, cfg: ExperimentConfig, spec: MethodSpec, data: FederatedData, setup: MethodSetup, out_dir: Path):
         self.cfg, self.spec, self.data, self.out_dir = cfg, spec, data, out_dir
-        self.method, self.workspace, self.settings = setup.method, setup.workspace, setup.settings
+        self.method, self.workspace = setup.method, setup.workspace
         self.state: ServerState = self.method.init(self.workspace)
         self.checkpoint_dir = out_dir / "checkpoint"
         self.partition_sha256 = partition_digest(data.parts)  # the run's partition never changes
-        self.dp_clip, self.dp_releases = cfg.privacy.dp.clip_norm, 0  # privacy.dp: C now, rounds released
-        self.dp_steps: dict[int, int] = {}  # privacy.dp local: DP-SGD steps each client has taken so far
+        self.privacy = RoundPrivacy(cfg, spec, data, setup.settings)  # privacy.dp / privacy.secagg's parts
 
     def run(self, clients: Clients, on_round: Callable[[dict], None] | None = None,
             on_client: Callable[[], None] | None = None,
@@ -207,22 +203,6 @@ class RoundLoop:
         replies, secure = clients.secure_exchange(Exchange(round_index, TRAIN, sent, faults, self.state.tensors))
         return [replies[c] if c in replies else ClientOutcome(c, None, away[c]) for c in sampled], secure
 
-    def screen_secure(self, outcomes: list[ClientOutcome], secure) -> tuple[list, list, list, str | None]:
-        """A secure round's accepted (counts and metrics only), dropped and rejected clients, and why
-        the round is skipped: the protocol halted, or a summed client's example count is not the one
-        the server knows (its weight is inside the sum, which then cannot be used)."""
-        accepted = [o.update for o in outcomes if o.update is not None]
-        dropped = [{"client": o.client_id, "reason": o.reason} for o in outcomes if not (o.update or o.malformed)]
-        rejected = [{"client": o.client_id, "reason": o.reason} for o in outcomes if o.malformed]
-        for u in accepted:
-            known = self.data.train_size(u.client_id)
-            if known is not None and u.num_examples != known:
-                reason = f"counted {u.num_examples} examples, the server knows {known}; the secure sum is discarded"
-                rejected.append({"client": u.client_id, "reason": reason})
-        if len(rejected) > len([o for o in outcomes if o.malformed]):
-            return accepted, dropped, rejected, "a summed client's example count is wrong (see rejected)"
-        return accepted, dropped, rejected, secure.reason or skip_reason(self.cfg.failures, len(accepted))
-
     def warmup(
         self, clients: Clients, round_index: int, sampled: list[int], away: dict[int, str] | None = None
     ) -> dict | None:
@@ -270,7 +250,7 @@ class RoundLoop:
             )
             skipped = skip_reason(self.cfg.failures, len(accepted))
         else:
-            accepted, dropped, rejected, skipped = self.screen_secure(outcomes, secure)
+            accepted, dropped, rejected, skipped = self.privacy.screen_secure(outcomes, secure)
         tic = time.perf_counter()
         method_metrics = {}
         if skipped is None and secure is not None:
@@ -278,15 +258,15 @@ class RoundLoop:
             mean = robust.scaled(ClientUpdate(accepted[0].client_id, Payload(base), 1, {}), base, 1.0, secure.mean)
             self.state, method_metrics = self.method.aggregate_train(self.state, [mean])
         elif skipped is None and dp.mode == "central":
-            release = self.private_release(round_index, accepted, sent)
+            release = self.privacy.release(round_index, accepted, sent)
             self.state, method_metrics = self.method.aggregate_train(self.state, [release.update])
-            method_metrics = {**method_metrics, **self.dp_fields(release)}
+            method_metrics = {**method_metrics, **self.privacy.central_fields(release)}
         elif skipped is None:
             self.state, method_metrics = self.method.aggregate_train(self.state, self.robust(accepted, sent))
         elif dp.mode == "central":  # nothing released this round: no privacy spent
-            method_metrics = self.dp_fields(None)
+            method_metrics = self.privacy.central_fields(None)
         if dp.mode == "local":
-            method_metrics = {**method_metrics, **self.local_dp_fields(clients)}
+            method_metrics = {**method_metrics, **self.privacy.local_fields(clients)}
         seconds_aggregate = time.perf_counter() - tic
         evaluation, seconds_eval = self.maybe_evaluate(round_index)
         warm = warmup or {"bytes_up": 0, "bytes_down": 0, "dropped": [], "rejected": [], "metrics": {}}
@@ -314,47 +294,6 @@ class RoundLoop:
             "seconds_round": time.perf_counter() - start,
             "peak_rss_mb": peak_rss_mb(),
         }
-
-    def private_release(self, round_index: int, updates: list[ClientUpdate], sent: dict[int, Payload]):
-        """The round's DP-FedAvg release (core/privacy.py), its noise seeded by (seed, round)."""
-        dp = self.cfg.privacy.dp
-        generator = torch_generator(derive_seed(self.cfg.seed, round_index, DP_STREAM))
-        noise = (self.dp_clip, dp.noise_multiplier, self.cfg.federation.clients_per_round, generator)
-        adaptive = {"adaptive": dp.adaptive, "target_quantile": dp.target_quantile, "clip_lr": dp.clip_lr}
-        if self.spec.name in DP_PRODUCTS:  # the noise goes into the sum of B_k A_k, before the method's SVD
-            release = product_release(updates, sent, *noise, **adaptive)
-        else:
-            release = privacy.private_mean(updates, sent[updates[0].client_id].tensors, *noise, **adaptive)
-        self.dp_clip, self.dp_releases = release.next_clip_norm, self.dp_releases + 1
-        return release
-
-    def dp_fields(self, release) -> dict:
-        """dp_* of a round: epsilon so far at privacy.dp.delta, the clip used and the next one."""
-        dp, fed = self.cfg.privacy.dp, self.cfg.federation
-        rate = fed.clients_per_round / fed.num_clients
-        return {
-            "dp_released": release is not None,
-            "dp_epsilon": privacy.epsilon(dp.noise_multiplier, rate, self.dp_releases, dp.delta),
-            "dp_clip_norm": release.clip_norm if release else self.dp_clip,
-            "dp_next_clip_norm": self.dp_clip,
-            "dp_clipped_share": release.clipped_share if release else None,
-        }
-
-    def local_dp_fields(self, clients: list[int]) -> dict:
-        """privacy.dp local: every sampled client is counted as having taken its DP-SGD steps (a client
-        that failed may not have: an upper bound); dp_epsilon is the worst client's, each client's own
-        accountant at its rate q = batch_size / n over its steps so far."""
-        for c in clients:
-            rows = self.data.train_size(c)
-            if rows:
-                self.dp_steps[c] = self.dp_steps.get(c, 0) + self.settings.steps_for(rows)
-        dp = self.cfg.privacy.dp
-        worst = max(
-            (privacy.epsilon(dp.noise_multiplier, min(1.0, self.settings.batch_size / rows), steps, dp.delta)
-             for c, steps in self.dp_steps.items() if (rows := self.data.train_size(c))),
-            default=0.0,
-        )  # fmt: skip
-        return {"dp_epsilon": worst, "dp_clients_spent": len(self.dp_steps)}
 
     def robust(self, updates: list[ClientUpdate], sent: dict[int, Payload]) -> list[ClientUpdate]:
         """The updates as aggregation.rule hands them to the method (core/robust.py); mean: unchanged."""
@@ -464,12 +403,7 @@ class RoundLoop:
         clients.restore_states(ClientStates(ckpt.client_files, ckpt.clients, ckpt.clients_on_nodes), where)
         self.state = ckpt.server
         restore_rng(ckpt.rng)
-        if self.cfg.privacy.dp.mode == "central" and ckpt.records:  # C and the releases live in the records
-            self.dp_clip = float(ckpt.records[-1].get("dp_next_clip_norm", self.dp_clip))
-            self.dp_releases = sum(1 for r in ckpt.records if r.get("dp_released"))
-        if self.cfg.privacy.dp.mode == "local":  # each client's steps follow from the rounds it was sampled in
-            for record in ckpt.records:
-                self.local_dp_fields(record["clients"])
+        self.privacy.restore(ckpt.records)
         return ckpt.records
 
 
