@@ -1,5 +1,5 @@
 """Accuracy against epsilon from bench_dp.py's JSON (either mode): one line per method, the no-DP
-accuracy dashed.
+accuracy dashed; the same numbers printed as RESULTS.md's markdown table.
 
 .venv/bin/python benchmarks/plot_dp.py benchmarks/results/dp-cpu.json benchmarks/results/dp-accuracy-epsilon.png
 """
@@ -35,6 +35,22 @@ def main(source: str, target: str) -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(target, dpi=120)
+    print("\n".join(markdown_table(table)))
+
+
+def markdown_table(table: dict) -> list[str]:
+    """| noise | epsilon | <method> (mean; per seed) | ... |, the no-DP row first."""
+    methods = sorted(table["no DP"])
+    rows = [f"| noise multiplier z | epsilon | {' | '.join(f'{m} (mean; per seed)' for m in methods)} |",
+            "|" + "---|" * (2 + len(methods))]  # fmt: skip
+    for label, cell in table.items():
+        eps = "-" if label == "no DP" else f"{cell[methods[0]]['epsilon']:.3g}"
+        accs = []
+        for m in methods:
+            seeds = ", ".join(f"{r['accuracy']:.2f}" for r in cell[m]["runs"])
+            accs.append(f"{cell[m]['mean_accuracy']:.3f} ({seeds})")
+        rows.append(f"| {label.removeprefix('z=') if label != 'no DP' else 'no DP'} | {eps} | {' | '.join(accs)} |")
+    return rows
 
 
 if __name__ == "__main__":
