@@ -1,7 +1,7 @@
 """Benchmark: final accuracy against epsilon under differential privacy, 3 noise multipliers x the
 config's methods x 3 seeds, plus the same runs without DP (the reference).
 
-    .venv/bin/python benchmarks/bench_dp.py [--config configs/dp.yaml] [--mode central|local]
+    (from benchmarks/) ../.venv/bin/python bench_dp.py [--config ../configs/dp_demo.yaml] [--mode central|local]
         [--set KEY=VALUE]... [--out FILE]
 
 `--mode central` is client-level DP-FedAvg (privacy.dp central: the clip and noise are the config's),
@@ -41,7 +41,7 @@ def run_cell(config: str, overrides: list[str], mode: str, z: float | None, seed
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/dp.yaml")
+    parser.add_argument("--config", default="../configs/dp_demo.yaml")
     parser.add_argument("--mode", choices=("central", "local"), default="central")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", type=Path)

@@ -1,7 +1,7 @@
 """Accuracy against epsilon from bench_dp.py's JSON (either mode): one line per method, the no-DP
 accuracy dashed; the same numbers printed as RESULTS.md's markdown table.
 
-.venv/bin/python benchmarks/plot_dp.py benchmarks/results/dp-cpu.json benchmarks/results/dp-accuracy-epsilon.png
+(from benchmarks/) ../.venv/bin/python plot_dp.py results/dp-demo-cpu.json results/dp-demo-accuracy-epsilon.png
 """
 
 from __future__ import annotations
