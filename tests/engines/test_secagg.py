@@ -1,6 +1,6 @@
 """Secure aggregation on Flower (issue 20 point 3), on the in-process grid: Flower's SecAgg+ gives the
 plain aggregate to quantisation error, the server never holds an individual update, a client that
-leaves mid-protocol is recovered, bad replies are screened, wrong counts discard the sum, refusals."""
+leaves mid-protocol is recovered, bad replies are screened before the sum, refusals."""
 
 from __future__ import annotations
 
@@ -116,22 +116,38 @@ def test_a_malformed_masked_vector_is_screened_and_the_round_goes_on(tiny_data, 
     assert "secagg collect_masked_vectors" in records[0]["rejected"][0]["reason"]
 
 
-def test_a_wrong_example_count_discards_the_secure_sum(tiny_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "lie, reason",
+    [
+        ({"num_examples": 600}, "num_examples 600 != the client's 6 training rows"),
+        ({"metrics": {"train_loss": float("nan")}}, "non-finite train_loss nan"),
+    ],
+)
+def test_a_miscounted_or_diverged_client_is_kept_out_of_the_sum(tiny_data, tmp_path, monkeypatch, lie, reason):
+    """Each collect reply gets the server's screen before Flower sums it: client 0 claims 600 rows
+    (its weight would be inside the sum), or reports a NaN train loss. It is rejected, its masks are
+    recovered as a dropout's, and the round aggregates the other two."""
+    from dataclasses import replace
+
     original = secagg.masked_reply
 
-    def inflated(update, sent):  # client 0 claims 600 rows: its weight is inside the sum
-        from dataclasses import replace
+    def lying(update, sent):
+        return original(replace(update, **lie) if update.client_id == 0 else update, sent)
 
-        return original(replace(update, num_examples=600) if update.client_id == 0 else update, sent)
-
-    monkeypatch.setattr("fedsub.engines.flower.client.masked_reply", inflated)
+    monkeypatch.setattr("fedsub.engines.flower.client.masked_reply", lying)
     flower, _ = configs()
     records, engine = secure_run(tiny_data, tmp_path, flower)
-    assert records[0]["skipped"] == "a summed client's example count is wrong (see rejected)"
-    assert records[0]["rejected"] == [
-        {"client": 0, "reason": "counted 600 examples, the server knows 6; the secure sum is discarded"}
-    ]
-    assert engine.state.round == 0
+    assert records[0]["aggregated"] == [1, 2] and records[0]["skipped"] is None
+    assert records[0]["rejected"] == [{"client": 0, "reason": f"secagg collect_masked_vectors: {reason}"}]
+    assert engine.state.round == 1
+
+
+def test_a_non_finite_change_never_leaves_the_client():
+    from fedsub.core.types import ClientUpdate, Payload
+
+    sent = Payload({"w": torch.zeros(2)})
+    with pytest.raises(ValueError, match="not finite"):
+        secagg.masked_reply(ClientUpdate(0, Payload({"w": torch.tensor([1.0, float("inf")])}), 6, {}), sent)
 
 
 def test_screening_each_stage_exact_cases():

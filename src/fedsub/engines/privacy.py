@@ -78,17 +78,10 @@ class RoundPrivacy:
                 self.local_fields(record["clients"])
 
     def screen_secure(self, outcomes: list[ClientOutcome], secure) -> tuple[list, list, list, str | None]:
-        """A secure round's accepted (counts and metrics only), dropped and rejected clients, and why
-        the round is skipped: the protocol halted, or a summed client's example count is not the one
-        the server knows (its weight is inside the sum, which then cannot be used)."""
+        """A secure round's accepted (counts and metrics only: each was screened before it was summed,
+        engines/flower/secagg.ScreenedGrid), dropped and rejected clients, and why the round is skipped
+        (the protocol halted, or too few are left)."""
         accepted = [o.update for o in outcomes if o.update is not None]
         dropped = [{"client": o.client_id, "reason": o.reason} for o in outcomes if not (o.update or o.malformed)]
         rejected = [{"client": o.client_id, "reason": o.reason} for o in outcomes if o.malformed]
-        miscounted = [
-            {"client": u.client_id, "reason": f"counted {u.num_examples} examples, the server knows {known}; "
-             "the secure sum is discarded"}
-            for u in accepted if (known := self.data.train_size(u.client_id)) is not None and u.num_examples != known
-        ]  # fmt: skip
-        if miscounted:
-            return accepted, dropped, rejected + miscounted, "a summed client's example count is wrong (see rejected)"
         return accepted, dropped, rejected, secure.reason or skip_reason(self.cfg.failures, len(accepted))

@@ -47,8 +47,10 @@ def tensors_to_record(tensors: Tensors) -> tuple[ArrayRecord, str]:
 
 
 def record_to_tensors(record: ArrayRecord, index_json: str) -> Tensors:
-    """The tensors back, bit-exact; an index that does not match the bytes is a ValueError."""
-    blob = torch.from_numpy(record[PACKED].numpy()).reshape(-1)
+    """The tensors back, bit-exact; an index that does not match the bytes is a ValueError. No packed
+    array reads as no tensors (a SecAgg+ reply: Flower's mod clears the arrays it masked)."""
+    packed = record[PACKED].numpy() if PACKED in record else None
+    blob = torch.empty(0, dtype=torch.uint8) if packed is None else torch.from_numpy(packed).reshape(-1)
     if blob.dtype != torch.uint8:
         raise ValueError(f"packed tensors must be uint8 bytes, got {blob.dtype}")
     tensors, offset = {}, 0

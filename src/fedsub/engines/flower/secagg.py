@@ -23,7 +23,6 @@ bound on any one client's influence, and robust rules are refused with secure ag
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -45,7 +44,8 @@ from flwr.server.workflow.secure_aggregation.secaggplus_workflow import Workflow
 
 from fedsub.config import SecAggConfig
 from fedsub.core.types import ClientUpdate, Payload, Tensors
-from fedsub.engines.flower.records import META, update_to_record
+from fedsub.core.validation import shown
+from fedsub.engines.flower.records import META, record_to_update, update_to_record
 
 MAX_KEY_BYTES = 4096  # a public key, a share or a ciphertext of one share pair is ~100-300 bytes
 
@@ -70,11 +70,13 @@ def masked_reply(update: ClientUpdate, sent: Payload) -> RecordDict:
     the server log a change the clipping_range cut."""
     names = sorted(sent.tensors)
     changes = [(update.payload.tensors[n].float() - sent.tensors[n].float()).numpy() for n in names]
+    if not all(np.isfinite(c).all() for c in changes):  # quantising NaN gives any integer: keep it out of the sum
+        raise ValueError("the change is not finite; it is not sent into the secure sum")
     fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(changes), update.num_examples, {})
     content = compat.fitres_to_recorddict(fitres, keep_input=False)
     plain = update_to_record(ClientUpdate(update.client_id, Payload(), update.num_examples, update.metrics))
-    for name, record in plain.config_records.items():
-        content.config_records[name] = record
+    for name, record in [*plain.config_records.items(), *plain.array_records.items()]:
+        content[name] = record  # its (empty) tensor record too: the mod clears it, the server reads no tensors
     largest = max((float(np.abs(c).max()) for c in changes if c.size), default=0.0)
     content.config_records[META]["max_abs_change"] = largest
     return content
@@ -114,7 +116,7 @@ class SecureRound:
     why), the clients whose masked change is in it with their clear metadata, and the protocol's cost."""
 
     mean: Tensors | None
-    summed: dict[int, dict] = field(default_factory=dict)  # client id -> its reply's META and metrics
+    summed: dict[int, tuple[ClientUpdate, dict]] = field(default_factory=dict)  # client -> (counts and metrics, META)
     screened: dict[int, str] = field(default_factory=dict)  # client id -> why its reply was dropped
     reason: str | None = None
     bytes_up: int = 0
@@ -125,12 +127,14 @@ class SecureRound:
 class ScreenedGrid:
     """The grid as SecAggPlusWorkflow sees it: fedsub's polling (`receive`) and every reply screened
     for the stage it answers before the workflow reads it. A reply that fails is left out, as if its
-    node had dropped (the protocol's own recovery then applies)."""
+    node had dropped (the protocol's own recovery then applies). A collect-stage reply is also read as
+    the client's update without tensors (its count and metrics) and put to `accept(client, update)`,
+    the server's own screen: a miscounted or diverged client is kept out of the sum, not summed."""
 
     def __init__(self, grid, receive: Callable, timeout: float, shapes: list[tuple[int, ...]],
-                 node_clients: dict[int, int]):  # fmt: skip
+                 node_clients: dict[int, int], accept: Callable[[int, ClientUpdate], str | None]):  # fmt: skip
         self.grid, self.receive, self.timeout = grid, receive, timeout
-        self.shapes, self.node_clients = shapes, node_clients  # node id -> client id
+        self.shapes, self.node_clients, self.accept = shapes, node_clients, accept  # node id -> client id
         self.outcome = SecureRound(None)
 
     def __getattr__(self, name):  # create_message, get_node_ids, run: the grid's own
@@ -157,12 +161,19 @@ class ScreenedGrid:
         return kept
 
     def note_summed(self, client: int, content: RecordDict) -> str | None:
-        meta = dict(content.config_records[META])
-        if int(meta.get("client_id", -1)) != client:
-            return f"reply claims client {meta.get('client_id')}, the node holds client {client}"
-        metrics = dict(content.config_records.get("metrics", {}))
-        self.outcome.summed[client] = {"meta": meta, "metrics": metrics}
-        return None
+        try:
+            update, meta = record_to_update(content), dict(content.config_records[META])
+            weighted = compat.recorddict_to_fitres(content, keep_input=True).num_examples  # what the mod weighted by
+        except Exception as err:  # noqa: BLE001 (whatever is malformed: kept out of the sum, the round goes on)
+            return f"malformed reply: {type(err).__name__}"
+        if update.client_id != client:
+            return f"reply claims client {update.client_id}, the node holds client {client}"
+        if weighted != update.num_examples:
+            return f"weighted by {shown(weighted)} examples but reports {update.num_examples}"
+        reason = self.accept(client, update)
+        if reason is None:
+            self.outcome.summed[client] = (update, meta)
+        return reason
 
 
 def screen_reply(stage: str, content: RecordDict, shapes: list[tuple[int, ...]]) -> str | None:
@@ -179,14 +190,14 @@ def screen_reply(stage: str, content: RecordDict, shapes: list[tuple[int, ...]])
             ok = len(dsts) == len(texts) and all(type(d) is int for d in dsts) and all(
                 isinstance(t, bytes) and len(t) <= MAX_KEY_BYTES for t in texts)  # fmt: skip
         elif stage == Stage.COLLECT_MASKED_VECTORS:
-            return masked_vector_problem(res[Key.MASKED_PARAMETERS], shapes) or fitres_problem(content)
+            return masked_vector_problem(res[Key.MASKED_PARAMETERS], shapes)
         elif stage == Stage.UNMASK:
             nids, shares = res[Key.NODE_ID_LIST], res[Key.SHARE_LIST]
             ok = len(nids) == len(shares) and all(type(n) is int for n in nids) and all(
                 isinstance(s, bytes) and len(s) <= MAX_KEY_BYTES for s in shares)  # fmt: skip
         else:
             return f"unknown stage {stage!r}"
-    except (KeyError, TypeError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 (np.load of hostile bytes raises several kinds: all are malformed)
         return f"malformed: {type(err).__name__}: {err}"[:200]
     return None if ok else "malformed keys or shares"
 
@@ -200,18 +211,6 @@ def masked_vector_problem(arrays, shapes: list[tuple[int, ...]]) -> str | None:
         array = np.load(io.BytesIO(blob), allow_pickle=False)
         if array.shape != shape or array.dtype.kind not in "iu":
             return f"masked array of shape {array.shape} and dtype {array.dtype}, expected integers of {shape}"
-    return None
-
-
-def fitres_problem(content: RecordDict) -> str | None:
-    """Flower's workflow rebuilds a FitRes from every collect reply; it must be there and readable."""
-    try:
-        fitres = compat.recorddict_to_fitres(content, keep_input=True)
-        json.dumps(dict(content.config_records[META]))
-    except Exception as err:  # noqa: BLE001 (whatever is missing: the reply is dropped, the round goes on)
-        return f"malformed FitRes: {type(err).__name__}"
-    if not isinstance(fitres.num_examples, int) or fitres.num_examples < 0:
-        return f"num_examples {fitres.num_examples!r}"
     return None
 
 
@@ -281,11 +280,17 @@ def run_stages(grid: ScreenedGrid, flow: SecAggPlusWorkflow, contents: dict[int,
     return outcome
 
 
-def clipped_clients(summed: dict[int, dict], clipping_range: float, max_weight: float) -> list[int]:
+def clipped_clients(
+    summed: dict[int, tuple[ClientUpdate, dict]], clipping_range: float, max_weight: float
+) -> list[int]:
     """Clients whose weighted change had a coordinate beyond clipping_range (the mod clipped it)."""
     out = []
-    for client, reply in summed.items():
-        largest, rows = reply["meta"].get("max_abs_change", 0.0), reply["meta"].get("num_examples", 0)
-        if isinstance(largest, float) and math.isfinite(largest) and largest * rows / max_weight > clipping_range:
+    for client, (update, meta) in summed.items():
+        largest = meta.get("max_abs_change", 0.0)
+        if (
+            isinstance(largest, float)
+            and math.isfinite(largest)
+            and largest * update.num_examples / max_weight > clipping_range
+        ):
             out.append(client)
     return sorted(out)

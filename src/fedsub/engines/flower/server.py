@@ -33,8 +33,9 @@ from flwr.serverapp import Grid
 
 from fedsub.config import ExperimentConfig, MethodSpec, config_to_dict, validate_config
 from fedsub.core.types import ClientUpdate, Payload
+from fedsub.core.validation import check_examples
 from fedsub.data.report import save_histogram_report
-from fedsub.engines.failures import ClientOutcome, reply_outcome
+from fedsub.engines.failures import ClientOutcome, finite_train_loss, reply_outcome
 from fedsub.engines.fed_eval import EVALUATE
 from fedsub.engines.final_model import save_final_model
 from fedsub.engines.flower.records import META, payload_to_record, record_to_update
@@ -192,15 +193,15 @@ class FlowerClients:
         }
         sent = next(iter(asked.values()), Payload())
         shapes = [tuple(sent.tensors[n].shape) for n in sorted(sent.tensors)]
-        grid = ScreenedGrid(self.grid, send_and_receive, timeout, shapes, {self.nodes[c]: c for c in asked})
+        nodes = {self.nodes[c]: c for c in asked}
+        grid = ScreenedGrid(self.grid, send_and_receive, timeout, shapes, nodes, self.accept_secure)
         max_weight = sa.max_weight or self.largest_client()
         secure = secure_mean(grid, secagg_workflow(sa, max_weight, timeout), contents, exchange.round, sent)
         for c in asked:
             if c in secure.summed:
-                reply = secure.summed[c]
-                update = ClientUpdate(c, Payload(), int(reply["meta"]["num_examples"]), reply["metrics"])
-                outcomes[c] = ClientOutcome(c, update, None, reported_seconds(reply["meta"]))
-                if reply["meta"].get("holds_state", False) is True:  # the checkpoint must list it (resume)
+                update, meta = secure.summed[c]
+                outcomes[c] = ClientOutcome(c, update, None, reported_seconds(meta))
+                if meta.get("holds_state", False) is True:  # the checkpoint must list it (resume)
                     self.holding_state.add(c)
             elif c in secure.screened:
                 outcomes[c] = rejected(c, secure.screened[c])
@@ -208,6 +209,13 @@ class FlowerClients:
                 outcomes[c] = ClientOutcome(c, None, f"left the secure aggregation (no reply within {timeout:g}s)")
         secure.clipped = clipped_clients(secure.summed, sa.clipping_range, max_weight)
         return outcomes, secure
+
+    def accept_secure(self, client_id: int, update: ClientUpdate) -> str | None:
+        """The screen a plain reply gets that a masked one still allows: its example count against the
+        server's, and a finite train loss (a diverged client's change would poison the sum)."""
+        if not finite_train_loss(update):
+            return f"non-finite train_loss {update.metrics.get('train_loss')!r}"
+        return check_examples(update.num_examples, self.data.train_size(client_id) if self.data else None)
 
     def largest_client(self) -> float:
         """SecAgg+'s max_weight by default: the most rows any client has, as the server knows them."""
