@@ -220,6 +220,18 @@ SECAGG_REFUSALS = {
 }
 
 
+def refuse_unserved(methods, serves, what: str, reasons: dict[str, str], fix: str = "") -> None:
+    """One line for the first method `what` (the field and its mechanism) cannot serve: the method's
+    own reason (default: its server needs every client's update) and the methods it does serve."""
+    for spec in methods:
+        if spec.name not in serves:
+            reason = reasons.get(spec.name, "its server needs every client's own update")
+            raise ValueError(
+                f"{what} cannot serve method {spec.key}: {reason}; it serves {', '.join(serves)}"
+                + (f"; {fix}" if fix else "")
+            )
+
+
 class AggregationConfig(Strict):
     """How the round's accepted updates are combined before the method aggregates (core/robust.py)."""
 
@@ -480,12 +492,8 @@ class ExperimentConfig(Strict):
     def _robust_rule_fits(self) -> "ExperimentConfig":
         rule = self.aggregation.rule
         if rule != "mean":
-            for spec in self.methods:
-                if rule not in ROBUST_RULES.get(spec.name, ()):
-                    raise ValueError(
-                        f"aggregation.rule: {rule} cannot serve method {spec.key}: its server needs every client's own "
-                        f"update (only {', '.join(_MEAN_OF_UPLOADS)} take robust rules); use rule: mean for it"
-                    )
+            serves = [name for name, rules in ROBUST_RULES.items() if rule in rules]
+            refuse_unserved(self.methods, serves, f"aggregation.rule: {rule}", {}, "use rule: mean for it")
         bad = [c for c in self.failures.poisoned if not 0 <= c < self.federation.num_clients]
         if bad:
             raise ValueError(f"failures.poisoned: client {bad[0]} is not one of the {self.federation.num_clients}")
@@ -497,13 +505,7 @@ class ExperimentConfig(Strict):
             return self
         if self.privacy.dp.mode == "local":
             return self._local_dp_fits()
-        for spec in self.methods:
-            if spec.name not in DP_SERVES:
-                raise ValueError(
-                    f"privacy.dp: central DP cannot serve method {spec.key}: "
-                    + DP_REFUSALS.get(spec.name, "its server needs every client's own update")
-                    + f"; DP-FedAvg serves {', '.join(DP_SERVES)}"
-                )
+        refuse_unserved(self.methods, DP_SERVES, "privacy.dp: central DP", DP_REFUSALS)
         if self.aggregation.rule != "mean":
             raise ValueError(
                 f"privacy.dp: central DP with aggregation.rule {self.aggregation.rule}; the noisy clipped mean is "
@@ -548,13 +550,9 @@ class ExperimentConfig(Strict):
             raise ValueError(
                 "privacy.secagg: secure aggregation runs on engine: flower (the simulator holds every update)"
             )
-        for spec in self.methods:
-            if spec.name not in _MEAN_OF_UPLOADS:
-                raise ValueError(
-                    f"privacy.secagg: secure aggregation cannot serve method {spec.key}: "
-                    + SECAGG_REFUSALS.get(spec.name, DP_REFUSALS.get(spec.name, "its server needs each update"))
-                    + f"; it serves {', '.join(_MEAN_OF_UPLOADS)}"
-                )
+        refuse_unserved(
+            self.methods, _MEAN_OF_UPLOADS, "privacy.secagg: secure aggregation", {**DP_REFUSALS, **SECAGG_REFUSALS}
+        )
         if self.aggregation.rule != "mean":
             raise ValueError(
                 f"privacy.secagg: aggregation.rule {self.aggregation.rule} needs each client's update, which secure "
